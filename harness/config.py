@@ -1,0 +1,176 @@
+"""RunConfig: every knob of one run, resolved and validated.
+
+Resolution order: knob default < preset < experiment baseline < variant < command line. Every value
+passes through its `Knob.parse`, so a bad key or value is a ValueError that names the key, the bad
+value and what is allowed, before anything runs or is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from harness import registry
+from harness.knobs import GENERIC_BY_NAME, GENERIC_KNOBS, NEEDS_WORKLOAD_SUPPORT, Knob
+from harness.workload import Workload
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunConfig:
+    """The resolved knobs of one run. Read knobs as attributes (``cfg.batch_size``) or ``cfg["forward"]``.
+
+    Knob values live in one mapping rather than one field each so that `harness.knobs` stays the
+    single table of knobs (a second hand-written list of fields would drift from it).
+    """
+
+    workload: str
+    """Registered name or ``module:object`` path."""
+    values: Mapping[str, Any]
+    """Every knob, generic and workload-specific, resolved."""
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal attribute lookup fails, i.e. for knob names.
+        try:
+            return object.__getattribute__(self, "values")[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def get_workload(self) -> Workload:
+        """The workload object this config is for."""
+        return registry.get(self.workload)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form: ``{"workload": ..., knob: value, ...}``."""
+        return {"workload": self.workload, **dict(self.values)}
+
+    def replace(self, **overrides: Any) -> RunConfig:
+        """A new, re-validated config with some knobs changed."""
+        return resolve(self.workload, {**self.values, **overrides})
+
+    def diff(self, other: RunConfig) -> dict[str, tuple[Any, Any]]:
+        """Knobs whose values differ: name -> (self's, other's)."""
+        return {k: (self.values[k], other.values.get(k)) for k in self.values
+                if self.values[k] != other.values.get(k)}
+
+
+def all_knobs(workload: Workload) -> dict[str, Knob]:
+    """Generic knobs followed by the workload's own."""
+    return {**GENERIC_BY_NAME, **{k.name: k for k in workload.knobs}}
+
+
+def _unknown(key: str, known: Iterable[str], workload: str) -> ValueError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else "; `trainbench list` shows every knob"
+    return ValueError(f"unknown knob '{key}' for workload '{workload}'{hint}")
+
+
+def resolve(workload_name: str, *layers: Mapping[str, Any]) -> RunConfig:
+    """Resolve knob layers (later wins) on top of the preset and the defaults."""
+    wl = registry.get(workload_name)
+    knobs = all_knobs(wl)
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, raw in layer.items():
+            if key == "workload":
+                continue
+            if key not in knobs:
+                raise _unknown(key, knobs, wl.name)
+            merged[key] = raw
+
+    preset_name = knobs["preset"].parse(merged.get("preset", "")) or wl.default_preset
+    if preset_name not in wl.presets:
+        raise ValueError(f"knob 'preset': bad value {preset_name!r} for workload '{wl.name}'; "
+                         f"allowed: {' | '.join(wl.presets)}")
+    preset = wl.presets[preset_name]
+
+    values: dict[str, Any] = {name: k.default for name, k in knobs.items()}
+    for key, raw in preset.values.items():
+        assert key in knobs, f"preset {wl.name}.{preset_name} sets unknown knob {key}"
+        values[key] = knobs[key].parse(raw)
+    for key, raw in merged.items():
+        values[key] = knobs[key].parse(raw)
+    values["preset"] = preset_name
+
+    for name in sorted(NEEDS_WORKLOAD_SUPPORT - wl.supports):
+        if values[name] != GENERIC_BY_NAME[name].default:
+            supported = ", ".join(sorted(wl.supports)) or "none of them"
+            raise ValueError(f"knob '{name}' is not supported by workload '{wl.name}' "
+                             f"(it supports: {supported}); remove '{name}={values[name]}'")
+    if values["device"] == "cuda" and not torch.cuda.is_available():
+        raise ValueError("knob 'device': bad value 'cuda': no CUDA GPU is visible to torch here; "
+                         "use device=cpu or device=auto")
+    cfg = RunConfig(workload=workload_name, values=MappingProxyType(values))
+    wl.validate(cfg)
+    return cfg
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; ValueError for an item without '='."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override '{item}' is not key=value; write e.g. batch_size=64")
+        out[key.strip()] = value
+    return out
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML file; ValueError with the file and the parser's message when malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"experiment file '{p}' does not exist; `trainbench list` shows the bundled ones")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"malformed TOML in '{p}': {exc}") from None
+
+
+def resolve_device(cfg: RunConfig) -> torch.device:
+    """The torch device a config runs on."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def runtime_warnings(cfg: RunConfig, device: torch.device) -> list[str]:
+    """Legal settings that do nothing or hurt on this machine: one line each, recorded in the run."""
+    warnings: list[str] = []
+    cores = os.cpu_count() or 1
+    if device.type == "cpu":
+        if cfg.pin_memory:
+            warnings.append("pin_memory=true has no effect on a CPU run (nothing is copied to a GPU)")
+        if cfg.amp == "fp16":
+            warnings.append("amp=fp16 on a CPU: autocast fp16 is emulated on most CPUs and usually slower")
+        if cfg.tf32:
+            warnings.append("tf32=true has no effect on a CPU run")
+    if cfg.num_workers > cores:
+        warnings.append(f"num_workers={cfg.num_workers} exceeds the {cores} CPU cores here; "
+                        "workers will compete with the training process")
+    if cfg.num_workers == 0 and cfg.persistent_workers:
+        warnings.append("persistent_workers=true is ignored with num_workers=0")
+    if cfg.num_workers == 0 and cfg.prefetch_factor != GENERIC_BY_NAME["prefetch_factor"].default:
+        warnings.append("prefetch_factor is ignored with num_workers=0")
+    return warnings
+
+
+def knob_table(workload: Workload) -> list[dict[str, Any]]:
+    """Rows describing every knob for `trainbench list`."""
+    rows = []
+    for knob in [*GENERIC_KNOBS, *workload.knobs]:
+        if knob.name in NEEDS_WORKLOAD_SUPPORT and knob.name not in workload.supports:
+            continue
+        rows.append({"knob": knob.name, "type": knob.type.__name__, "allowed": knob.allowed(),
+                     "default": knob.default, "kind": knob.kind, "doc": knob.doc})
+    return rows

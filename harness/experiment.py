@@ -1,0 +1,155 @@
+"""Experiment: a baseline, named variants (knob overrides), repeats, budgets and gates, from TOML.
+
+```toml
+workload = "lm"
+description = "duplicate forward, batching, chunking"
+baseline_name = "batched"      # how the baseline is called in tables and gates (default "baseline")
+repeats = 3                    # speed repeats per variant, interleaved A B C A B C
+timeout_s = 600                # per (variant, repeat) child process
+quality_epochs = 0             # > 0: one extra quality run per variant training this many epochs
+quality_target = 0.0           # optional: time-to-target on the workload's primary metric
+equivalence = true             # check every exact/approx-only variant against the baseline
+gates = ["duplicate.forward_calls_per_step == 2"]
+
+[baseline]                     # knobs shared by every variant
+preset = "cpu"
+
+[variants.duplicate]           # each variant: the knobs it changes
+duplicate_forward = true
+```
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.config import RunConfig, load_toml, resolve
+from harness.knobs import GENERIC_BY_NAME
+
+_TOP_KEYS = {"workload", "description", "baseline_name", "repeats", "timeout_s", "quality_epochs",
+             "quality_target", "equivalence", "gates", "baseline", "variants", "name"}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Experiment:
+    """A validated experiment: every variant's config is resolved before anything runs."""
+
+    name: str
+    workload: str
+    description: str
+    baseline_name: str
+    configs: Mapping[str, RunConfig]
+    """Variant name -> config, baseline first, in file order."""
+    overrides: Mapping[str, Mapping[str, Any]]
+    """Variant name -> the knobs it sets on top of the baseline (empty for the baseline)."""
+    repeats: int = 3
+    timeout_s: float = 600.0
+    quality_epochs: int = 0
+    quality_target: float | None = None
+    equivalence: bool = True
+    gates: tuple[str, ...] = ()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ValueError(f"experiment '{self.name}': repeats={self.repeats}; use 1 or more")
+        if self.timeout_s <= 0:
+            raise ValueError(f"experiment '{self.name}': timeout_s={self.timeout_s}; use a positive number")
+        if self.quality_epochs < 0:
+            raise ValueError(f"experiment '{self.name}': quality_epochs={self.quality_epochs}; use 0 or more")
+
+    @property
+    def variants(self) -> list[str]:
+        """Variant names, baseline first."""
+        return list(self.configs)
+
+    def changed_knobs(self, variant: str) -> dict[str, tuple[Any, Any]]:
+        """Knobs where the variant differs from the baseline: name -> (baseline, variant)."""
+        return self.configs[self.baseline_name].diff(self.configs[variant])
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Experiment:
+        """The same experiment with knobs forced on every variant (command-line `key=value`)."""
+        return build(self.name, self.workload, self.baseline_overrides | dict(overrides),
+                     {v: o for v, o in self.overrides.items() if v != self.baseline_name},
+                     description=self.description, baseline_name=self.baseline_name, repeats=self.repeats,
+                     timeout_s=self.timeout_s, quality_epochs=self.quality_epochs,
+                     quality_target=self.quality_target, equivalence=self.equivalence, gates=self.gates,
+                     source=self.source, forced=overrides)
+
+    @property
+    def baseline_overrides(self) -> dict[str, Any]:
+        """The knobs the baseline section sets."""
+        return dict(self.overrides.get("__baseline__", {}))
+
+
+def build(name: str, workload: str, baseline: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]],
+          *, baseline_name: str = "baseline", forced: Mapping[str, Any] | None = None, **kw: Any) -> Experiment:
+    """Resolve every variant; ValueError for a variant that changes nothing or clashes in name."""
+    forced = dict(forced or {})
+    base_cfg = resolve(workload, baseline, forced)
+    configs: dict[str, RunConfig] = {baseline_name: base_cfg}
+    overrides: dict[str, Mapping[str, Any]] = {baseline_name: {}, "__baseline__": dict(baseline)}
+    for vname, vover in variants.items():
+        if vname in configs:
+            raise ValueError(f"variant name '{vname}' is used twice (the baseline is called '{baseline_name}'); "
+                             "rename one")
+        if not isinstance(vover, Mapping) or not vover:
+            raise ValueError(f"variant '{vname}' overrides nothing; give it at least one knob, e.g. "
+                             f"[variants.{vname}] amp = \"bf16\"")
+        cfg = resolve(workload, baseline, vover, forced)
+        if not base_cfg.diff(cfg):
+            raise ValueError(f"variant '{vname}' overrides nothing: every knob it sets equals the baseline's "
+                             f"({', '.join(f'{k}={v}' for k, v in vover.items())}); change a value or drop it")
+        configs[vname] = cfg
+        overrides[vname] = dict(vover)
+    return Experiment(name=name, workload=workload, baseline_name=baseline_name, configs=configs,
+                      overrides=overrides, description=kw.pop("description", ""), **kw)
+
+
+def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Experiment:
+    """Parse and validate an experiment TOML file (plus command-line overrides for every variant)."""
+    data = load_toml(path)
+    where = Path(path).name
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    if "workload" not in data:
+        raise ValueError(f"{where}: missing 'workload = \"...\"' (e.g. workload = \"lm\")")
+    variants = data.get("variants", {})
+    if not isinstance(variants, Mapping):
+        raise ValueError(f"{where}: 'variants' must be tables, e.g. [variants.fast] amp = \"bf16\"")
+    gates = data.get("gates", [])
+    if not isinstance(gates, list) or not all(isinstance(g, str) for g in gates):
+        raise ValueError(f"{where}: 'gates' must be a list of strings, e.g. gates = [\"fast.speedup >= 1.5\"]")
+    target = data.get("quality_target")
+    try:
+        return build(
+            str(data.get("name", Path(path).stem)), str(data["workload"]), data.get("baseline", {}), variants,
+            baseline_name=str(data.get("baseline_name", "baseline")), forced=overrides,
+            description=str(data.get("description", "")), repeats=int(data.get("repeats", 3)),
+            timeout_s=float(data.get("timeout_s", 600)), quality_epochs=int(data.get("quality_epochs", 0)),
+            quality_target=None if target is None else float(target),
+            equivalence=bool(data.get("equivalence", True)), gates=tuple(gates), source=str(path))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def knob_kinds(exp: Experiment, variant: str) -> set[str]:
+    """Kinds of the knobs a variant changes; micro-batch x accumulation at equal effective batch is exact."""
+    from harness.config import all_knobs
+
+    changed = exp.changed_knobs(variant)
+    knobs = all_knobs(exp.configs[variant].get_workload())
+    base, var = exp.configs[exp.baseline_name], exp.configs[variant]
+    kinds = set()
+    for name in changed:
+        if name in ("batch_size", "grad_accum") and \
+                base.batch_size * base.grad_accum == var.batch_size * var.grad_accum:
+            kinds.add("exact")
+        else:
+            kinds.add(knobs.get(name, GENERIC_BY_NAME.get(name)).kind)
+    return kinds

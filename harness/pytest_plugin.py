@@ -1,0 +1,1 @@
+"""trainbench pytest plugin (see issue: pytest-benchmark integration)."""

@@ -1,0 +1,68 @@
+"""Finding workloads: the packages under `models/`, installed entry points, or a `module:object` path.
+
+The harness never imports a model by name. A package `models/<name>/` that exposes ``WORKLOAD`` is
+found by scanning; a third-party package registers under the ``trainbench.workloads`` entry-point
+group; a user's own workload is named as ``package.module:object`` on the command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import cache
+from importlib.metadata import entry_points
+
+from harness.knobs import GENERIC_BY_NAME
+from harness.workload import Workload
+
+
+def _check(obj: object, where: str) -> Workload:
+    if isinstance(obj, type) and issubclass(obj, Workload):
+        obj = obj()
+    if not isinstance(obj, Workload):
+        raise ValueError(f"workload '{where}' is a {type(obj).__name__}, not a harness.workload.Workload; "
+                         "point to a Workload instance or subclass")
+    clash = {k.name for k in obj.knobs} & set(GENERIC_BY_NAME)
+    assert not clash, f"workload {obj.name} redefines generic knobs {sorted(clash)}"
+    return obj
+
+
+@cache
+def builtin() -> dict[str, Workload]:
+    """Workloads shipped under `models/` plus installed entry points, by name."""
+    found: dict[str, Workload] = {}
+    try:
+        models = importlib.import_module("models")
+    except ModuleNotFoundError:
+        models = None
+    if models is not None:
+        for info in sorted(pkgutil.iter_modules(models.__path__), key=lambda m: m.name):
+            if not info.ispkg:
+                continue
+            module = importlib.import_module(f"models.{info.name}")
+            if hasattr(module, "WORKLOAD"):
+                wl = _check(module.WORKLOAD, f"models.{info.name}")
+                found[wl.name] = wl
+    for ep in entry_points(group="trainbench.workloads"):
+        if ep.name not in found:
+            found[ep.name] = _check(ep.load(), ep.value)
+    return found
+
+
+def get(name: str) -> Workload:
+    """A workload by registered name or by ``module:object`` path; ValueError names the choices."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(f"workload '{name}': cannot import module '{module_name}' ({exc}); "
+                             "check the path and that it is on PYTHONPATH") from None
+        if not hasattr(module, attr):
+            raise ValueError(f"workload '{name}': module '{module_name}' has no attribute '{attr}'")
+        return _check(getattr(module, attr), name)
+    workloads = builtin()
+    if name not in workloads:
+        raise ValueError(f"unknown workload '{name}'; available: {', '.join(sorted(workloads)) or 'none'} "
+                         "(or a module:object path to your own Workload)")
+    return workloads[name]

@@ -1,0 +1,235 @@
+"""Run records: immutable, schema-versioned, appended atomically to `records.jsonl`.
+
+One record per (variant, phase, repeat). ``phase`` is ``speed`` (a timed window of optimizer steps),
+``quality`` (training for epochs, with evals and a curve), or ``equivalence`` (one step of a
+variant against the baseline from the same weights and batch). A crash, OOM, NaN or timeout is a
+record too, with its status and the child's error text, so a sweep never loses the other variants.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "oom", "nan", "crash", "timeout")
+PHASES = ("speed", "quality", "equivalence")
+RECORDS_FILE = "records.jsonl"
+
+# Scalar speed / resource metrics every run may carry (None when not measured here).
+METRICS = (
+    "steps_per_s", "it_per_s", "samples_per_s", "tokens_per_s", "padded_tokens_per_s",
+    "step_ms_median", "step_ms_p10", "step_ms_p90", "step_ms_mean",
+    "forward_calls_per_step", "flops_per_step", "flops_per_sample", "achieved_tflops", "mfu",
+    "peak_rss_gib", "cuda_peak_allocated_gib", "cuda_peak_reserved_gib",
+    "gpu_util_pct", "gpu_mem_used_gib", "gpu_power_w", "energy_j_per_sample", "cpu_util_pct",
+    "samples_per_step", "real_tokens_per_step", "padded_tokens_per_step", "param_count",
+    "train_wall_s", "measured_steps", "final_loss", "best_epoch", "epochs_run", "instrument_overhead_pct",
+)
+PHASE_NAMES = ("data", "forward", "loss", "backward", "optimizer", "other")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Record:
+    """The result of one (variant, phase, repeat)."""
+
+    experiment: str
+    variant: str
+    phase: str
+    repeat: int
+    workload: str
+    preset: str
+    seed: int
+    config: Mapping[str, Any]
+    """All knobs, resolved."""
+    status: str
+    error: str = ""
+    """The child's error text (traceback tail) when status != ok."""
+    env: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    metrics: Mapping[str, float | None] = field(default_factory=dict)
+    """Named in `METRICS`."""
+    phase_ms: Mapping[str, float] = field(default_factory=dict)
+    """Median ms per optimizer step spent in each of `PHASE_NAMES`."""
+    step_ms: tuple[float, ...] = ()
+    """Every measured (post-warmup) optimizer step's wall time."""
+    quality: Mapping[str, float] = field(default_factory=dict)
+    """Final quality metrics (workload-defined names; ``ema_`` prefix for EMA weights)."""
+    curve: tuple[Mapping[str, float], ...] = ()
+    """Per eval: {"epoch", "step", "wall_s", "train_loss", <metrics>}; wall_s excludes eval time."""
+    equivalence: Mapping[str, Any] = field(default_factory=dict)
+    """For phase=equivalence: passed, max_abs_err, max_rel_err, tolerance, dtype, compared, reason."""
+    timeline: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    """Sampler series: "t_s", "gpu_util_pct", "gpu_mem_used_gib", "gpu_power_w", "cpu_util_pct", "rss_gib"."""
+    wall_s: float = 0.0
+    """Child process lifetime, seconds."""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        assert self.status in STATUSES, self.status
+        assert self.phase in PHASES, self.phase
+        unknown = set(self.metrics) - set(METRICS)
+        assert not unknown, f"unknown metrics {sorted(unknown)}"
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """Identity within a sweep, used by --resume."""
+        return (self.variant, self.phase, self.repeat)
+
+    def to_json(self) -> str:
+        """One JSON line."""
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=True, default=_json_default)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Record:
+        """Inverse of `to_json` (tuples restored)."""
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"record schema version {version} is not {SCHEMA_VERSION}; "
+                             "re-run the sweep with this trainbench version")
+        d = dict(data)
+        for key in ("warnings", "step_ms", "curve"):
+            d[key] = tuple(d.get(key, ()))
+        d["timeline"] = {k: tuple(v) for k, v in d.get("timeline", {}).items()}
+        return cls(**d)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def append(directory: str | os.PathLike[str], record: Record) -> None:
+    """Append one record as one line: a single O_APPEND write under an exclusive lock, then fsync."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    line = (record.to_json() + "\n").encode()
+    fd = os.open(path / RECORDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def iter_records(directory: str | os.PathLike[str]) -> Iterator[Record]:
+    """Records of a results directory in file order; a torn last line (killed writer) is skipped."""
+    path = Path(directory) / RECORDS_FILE
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue  # the writer died mid-line; the run will be redone by --resume
+            raise ValueError(f"{path}:{i + 1} is not valid JSON; the file was edited or corrupted") from None
+        yield Record.from_dict(data)
+
+
+def load_records(directory: str | os.PathLike[str]) -> list[Record]:
+    """All records of a directory; ValueError if there is none."""
+    records = list(iter_records(directory))
+    if not records:
+        raise ValueError(f"no records in '{directory}' (expected {RECORDS_FILE}); run `trainbench sweep` first")
+    return records
+
+
+def load(directory: str | os.PathLike[str], allow_mixed_machines: bool = False):
+    """A pandas DataFrame, one row per record: identity columns, metrics, phase_ms_*, quality metrics.
+
+    Refuses (ValueError) to mix records from different machines unless asked: speed figures from two
+    machines are not comparable.
+    """
+    import pandas as pd
+
+    records = load_records(directory)
+    machines = {machine_id(r.env) for r in records}
+    if len(machines) > 1 and not allow_mixed_machines:
+        raise ValueError(f"'{directory}' mixes records from {len(machines)} machines ({sorted(machines)}); "
+                         "compare them with `trainbench compare` or pass allow_mixed_machines=True")
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {
+            "experiment": r.experiment, "variant": r.variant, "phase": r.phase, "repeat": r.repeat,
+            "workload": r.workload, "preset": r.preset, "seed": r.seed, "status": r.status,
+            "error": r.error, "wall_s": r.wall_s, "n_warnings": len(r.warnings),
+        }
+        row.update({m: r.metrics.get(m) for m in METRICS})
+        row.update({f"phase_ms_{p}": r.phase_ms.get(p) for p in PHASE_NAMES})
+        row.update(dict(r.quality))
+        if r.equivalence:
+            row.update({f"equiv_{k}": v for k, v in r.equivalence.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def machine_id(env: Mapping[str, Any]) -> str:
+    """What makes two records' timings comparable: host, CPU model and GPU."""
+    return f"{env.get('hostname', '?')}/{env.get('cpu_model', '?')}/{env.get('gpu_name') or 'no-gpu'}"
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def collect_env() -> dict[str, Any]:
+    """Versions, hardware and code identity of this process's environment."""
+    import torch
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "hostname": socket.gethostname(),
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "gpu_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu_driver": None,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if env["gpu_name"]:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            env["gpu_driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception:  # NVML missing or unusable: the driver stays unknown, the run goes on
+            pass
+    return env
