@@ -117,8 +117,9 @@ class Workload(ABC):
         """Move every tensor in a (nested) batch to the device."""
         return move_to(batch, device, non_blocking)
 
-    def compare_outputs(self, outputs: Any) -> list[torch.Tensor]:
-        """Tensors of `forward`'s output that an equivalence check compares (default: all)."""
+    def compare_outputs(self, outputs: Any, batch: Any) -> list[torch.Tensor]:
+        """Tensors of `forward`'s output that an equivalence check compares, in a form every forward
+        mode shares (default: all floating-point tensors)."""
         return [t for t in flatten_tensors(outputs) if t.is_floating_point()]
 
     # --- quality --------------------------------------------------------------------------------

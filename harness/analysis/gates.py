@@ -1,0 +1,196 @@
+"""Gates: pass/fail checks written as data in the experiment TOML, parsed by a small grammar (no eval).
+
+    VARIANT.METRIC OP NUMBER                     scan.speedup >= 5
+    VARIANT.METRIC OP [NUMBER *] VARIANT.METRIC  parallel.samples_per_s >= 1.5 * sequential.samples_per_s
+    all.METRIC OP NUMBER                         all.forward_calls_per_step == 1
+    VARIANT.equivalent                           scan.equivalent
+    OP: >= <= > < == !=                          METRIC: a summary column, e.g. speedup, speedup_ci_low,
+                                                 samples_per_s, <quality>_delta, time_to_target_s
+
+`validate` runs before a sweep (unknown variants or metrics are a ValueError naming the choices);
+`check` evaluates against a `summarize` DataFrame and returns one `GateResult` per gate.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import operator
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from harness.results import METRICS, PHASE_NAMES
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
+ALL = "all"
+EQUIVALENT = "equivalent"
+_NAME = r"[A-Za-z_][A-Za-z0-9_\-]*"
+_METRIC = r"[A-Za-z_][A-Za-z0-9_]*"
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_REF = rf"(?P<{{g}}v>{_NAME})\.(?P<{{g}}m>{_METRIC})"
+_COMPARE = re.compile(
+    rf"^\s*{_REF.format(g='l')}\s*(?P<op>>=|<=|==|!=|>|<)\s*"
+    rf"(?:(?P<num>{_NUMBER})\s*(?:\*\s*{_REF.format(g='r')})?|{_REF.format(g='s')})\s*$")
+_EQUIV = re.compile(rf"^\s*(?P<v>{_NAME})\.{EQUIVALENT}\s*$")
+_FORBIDDEN = re.compile(r"__|[()\[\]{};:'\"`\\]|\blambda\b|\bimport\b")
+_GRAMMAR = ("VARIANT.METRIC OP NUMBER, VARIANT.METRIC OP NUMBER * VARIANT.METRIC, all.METRIC OP NUMBER "
+            "or VARIANT.equivalent (OP: >= <= > < == !=)")
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """One gate's outcome with the value(s) it was decided on."""
+
+    expr: str
+    passed: bool
+    measured: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """A parsed gate: left reference, operator, and a right side of factor x (reference or 1)."""
+
+    expr: str
+    variant: str
+    metric: str
+    op: str = ""
+    factor: float = 1.0
+    right_variant: str | None = None
+    right_metric: str | None = None
+
+    @property
+    def is_equivalence(self) -> bool:
+        """True for `VARIANT.equivalent`."""
+        return self.metric == EQUIVALENT and not self.op
+
+
+def known_metrics(quality_metrics: Iterable[str] = ()) -> set[str]:
+    """Every metric a gate may name: speed metrics, summary columns, quality metrics and their deltas."""
+    names = set(METRICS) | {f"phase_ms_{p}" for p in PHASE_NAMES} | {f"phase_pct_{p}" for p in PHASE_NAMES}
+    names |= {"speedup", "speedup_ci_low", "speedup_ci_high", "step_ms", "spread_pct", "samples_per_s_min",
+              "samples_per_s_max", "samples_per_s_p10", "samples_per_s_p90", "runs_failed", "runs_ok",
+              "time_to_target_s", "primary_at_equal_time", "equiv_max_abs_err", "equiv_max_rel_err"}
+    for q in quality_metrics:
+        names |= {q, f"{q}_delta"}
+    return names
+
+
+def parse(expr: str) -> Gate:
+    """Parse one gate; ValueError (with the grammar) for anything else, including code."""
+    if not isinstance(expr, str) or not expr.strip():
+        raise ValueError(f"gate {expr!r} is empty; write {_GRAMMAR}")
+    bad = _FORBIDDEN.search(expr)
+    if bad:
+        raise ValueError(f"gate {expr!r}: {bad.group(0)!r} is not allowed (gates are data, not code); "
+                         f"write {_GRAMMAR}")
+    if m := _EQUIV.match(expr):
+        return Gate(expr=expr.strip(), variant=m["v"], metric=EQUIVALENT)
+    m = _COMPARE.match(expr)
+    if not m:
+        raise ValueError(f"gate {expr!r} does not parse; write {_GRAMMAR}")
+    if m["sv"]:
+        right_variant, right_metric, factor = m["sv"], m["sm"], 1.0
+    else:
+        right_variant, right_metric, factor = m["rv"], m["rm"], float(m["num"])
+    if right_variant == ALL:
+        raise ValueError(f"gate {expr!r}: 'all' may appear only on the left; name a variant on the right")
+    if not math.isfinite(factor):
+        raise ValueError(f"gate {expr!r}: the number must be finite")
+    return Gate(expr=expr.strip(), variant=m["lv"], metric=m["lm"], op=m["op"], factor=factor,
+                right_variant=right_variant, right_metric=right_metric)
+
+
+def _check_name(kind: str, name: str, allowed: Iterable[str], expr: str) -> None:
+    allowed = sorted(set(allowed))
+    if name in allowed:
+        return
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+    raise ValueError(f"gate {expr!r}: unknown {kind} '{name}'; {hint}")
+
+
+def validate(gates: Sequence[str], variants: Iterable[str], known_metrics: set[str]) -> list[Gate]:
+    """Parse every gate and check its names, before anything runs; ValueError on the first bad one."""
+    variants = list(variants)
+    parsed = []
+    for expr in gates:
+        gate = parse(expr)
+        if gate.variant != ALL:  # all.METRIC: every variant; all.equivalent: every variant but the baseline
+            _check_name("variant", gate.variant, variants, expr)
+        if not gate.is_equivalence:
+            _check_name("metric", gate.metric, known_metrics, expr)
+        if gate.right_variant is not None:
+            _check_name("variant", gate.right_variant, variants, expr)
+            _check_name("metric", gate.right_metric, known_metrics, expr)
+        parsed.append(gate)
+    return parsed
+
+
+def _fmt(x: float) -> str:
+    if isinstance(x, bool):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def _value(summary: pd.DataFrame, variant: str, metric: str) -> float:
+    if variant not in summary.index or metric not in summary.columns:
+        return math.nan
+    value = summary.at[variant, metric]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _check_equivalence(gate: Gate, summary: pd.DataFrame, baseline: str) -> GateResult:
+    # `all.equivalent` covers the variants that were checked; one skipped by design (it changes a
+    # quality knob) is listed but not failed. A named variant must have passed.
+    variants = [v for v in summary.index if v != baseline] if gate.variant == ALL else [gate.variant]
+    measured, failed = [], []
+    for v in variants:
+        status = summary.at[v, "equiv_status"] if v in summary.index else "no records"
+        reason = summary.at[v, "equiv_reason"] if v in summary.index else ""
+        if status in ("pass", "fail"):
+            err, tol = _value(summary, v, "equiv_max_abs_err"), _value(summary, v, "equiv_tolerance")
+            measured.append(f"{v}: {status} (max abs err {_fmt(err)}, tol {_fmt(tol)})")
+        else:
+            measured.append(f"{v}: {status}" + (f" ({reason})" if reason else ""))
+        if status != "pass" and not (gate.variant == ALL and status == "skipped"):
+            failed.append(v)
+    message = "equivalent to the baseline" if not failed else f"not shown equivalent: {', '.join(failed)}"
+    return GateResult(gate.expr, not failed, "; ".join(measured), message)
+
+
+def evaluate(gate: Gate, summary: pd.DataFrame, baseline: str) -> GateResult:
+    """Decide one parsed gate against a summary; a missing measurement fails the gate."""
+    if gate.is_equivalence:
+        return _check_equivalence(gate, summary, baseline)
+    variants = list(summary.index) if gate.variant == ALL else [gate.variant]
+    right = 1.0 if gate.right_variant is None else _value(summary, gate.right_variant, gate.right_metric)
+    threshold = gate.factor * right
+    measured, failed = [], []
+    for v in variants:
+        value = _value(summary, v, gate.metric)
+        measured.append(f"{v}.{gate.metric} = {_fmt(value)}")
+        if math.isnan(value) or math.isnan(threshold) or not OPS[gate.op](value, threshold):
+            failed.append(v)
+    if gate.right_variant is not None:
+        measured.append(f"{gate.right_variant}.{gate.right_metric} = {_fmt(right)} (threshold {_fmt(threshold)})")
+    if not failed:
+        message = "ok"
+    elif math.isnan(threshold) or any(math.isnan(_value(summary, v, gate.metric)) for v in failed):
+        message = f"not measured for {', '.join(failed)} (failed run or metric unavailable on this machine)"
+    else:
+        message = f"{', '.join(failed)}: not {gate.op} {_fmt(threshold)}"
+    return GateResult(gate.expr, not failed, ", ".join(measured), message)
+
+
+def check(gates: Sequence[str], summary: pd.DataFrame, baseline: str, known_metrics: set[str]) -> list[GateResult]:
+    """Evaluate every gate against a `summarize` DataFrame (validated first: bad gates raise ValueError)."""
+    parsed = validate(gates, summary.index, known_metrics)
+    return [evaluate(g, summary, baseline) for g in parsed]

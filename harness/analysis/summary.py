@@ -1,0 +1,261 @@
+"""One row per variant from a sweep's records: speed medians and spreads, paired speedups with CIs,
+equivalence, quality and its deltas, time-to-target, and run status (failures counted, never dropped).
+
+The DataFrame is indexed by variant (baseline first). Column names are metric names with units, so
+gates (`scan.speedup >= 3`) and reports read them directly; `summary.attrs` carries the context
+(baseline, primary metric and its direction, quality metrics, target, equal-time budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.analysis import stats
+from harness.results import METRICS, PHASE_NAMES, Record
+
+QUALITY_RUN_METRICS = ("best_epoch", "epochs_run", "final_loss", "train_wall_s")
+"""Metrics that describe a quality (training) run, read from phase=quality records."""
+AA_SUFFIX = "_aa"
+_LOWER_IS_BETTER_HINTS = ("loss", "mae", "mse", "error", "perplexity", "ppl", "violation", "wer", "cer")
+
+
+@dataclass(frozen=True, slots=True)
+class QualityMeta:
+    """What the workload says about its quality metrics (or a best guess when it is not registered)."""
+
+    primary: str | None
+    higher_is_better: bool
+    metrics: tuple[str, ...]
+
+
+def quality_meta(records: Sequence[Record], primary_metric: str | None = None,
+                 higher_is_better: bool | None = None) -> QualityMeta:
+    """Primary metric, direction and metric names: from the registered workload, else from the records."""
+    seen: list[str] = []
+    for r in records:
+        for name in r.quality:
+            if name not in seen:
+                seen.append(name)
+    primary, hib, declared = None, None, ()
+    try:
+        from harness import registry
+
+        wl = registry.get(records[0].workload)
+        primary, hib, declared = wl.primary_metric, wl.higher_is_better, tuple(wl.quality_metrics)
+    except Exception:  # an unregistered (e.g. synthetic or removed) workload: infer from the records
+        pass
+    metrics = tuple(dict.fromkeys([*declared, *seen]))
+    primary = primary_metric or primary or (metrics[0] if metrics else None)
+    if higher_is_better is None:
+        higher_is_better = hib if hib is not None else not any(h in (primary or "") for h in _LOWER_IS_BETTER_HINTS)
+    return QualityMeta(primary, bool(higher_is_better), metrics)
+
+
+def variants_in_order(records: Iterable[Record], baseline: str) -> list[str]:
+    """Variant names, baseline first, then in order of first appearance."""
+    names = list(dict.fromkeys(r.variant for r in records))
+    if baseline not in names:
+        raise ValueError(f"baseline '{baseline}' has no records; variants present: {', '.join(names) or 'none'}")
+    return [baseline, *(n for n in names if n != baseline)]
+
+
+def _per_repeat(records: Iterable[Record], metric: str) -> dict[int, float]:
+    out = {}
+    for r in records:
+        value = r.metrics.get(metric)
+        if value is not None and np.isfinite(value):
+            out[r.repeat] = float(value)
+    return out
+
+
+def _status_text(records: Sequence[Record]) -> tuple[int, int, str, tuple[str, ...]]:
+    ok = sum(r.status == "ok" for r in records)
+    failed = [r for r in records if r.status != "ok"]
+    counts: dict[str, int] = {}
+    for r in failed:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    text = f"{ok}/{len(records)} ok" + "".join(f", {n} {s}" for s, n in counts.items())
+    errors = tuple(f"{r.phase}#{r.repeat} {r.status}: {(r.error.strip().splitlines() or [''])[-1][:160]}"
+                   for r in failed)
+    return ok, len(failed), text, errors
+
+
+def curve_value_at(curve: Sequence[dict[str, float]], metric: str, wall_s: float) -> float:
+    """The metric at the last evaluation done within `wall_s` seconds of training (NaN if none)."""
+    value = float("nan")
+    for point in curve:
+        if point.get("wall_s", np.inf) <= wall_s + 1e-9 and point.get(metric) is not None:
+            value = float(point[metric])
+    return value
+
+
+def time_to_target(curve: Sequence[dict[str, float]], metric: str, target: float, higher_is_better: bool) -> float:
+    """Training seconds until the metric first reaches the target (MLPerf-style); NaN if never."""
+    for point in curve:
+        value = point.get(metric)
+        if value is None:
+            continue
+        if (value >= target) if higher_is_better else (value <= target):
+            return float(point.get("wall_s", np.nan))
+    return float("nan")
+
+
+def best_epoch(curve: Sequence[dict[str, float]], metric: str, higher_is_better: bool) -> float:
+    """Epoch of the best evaluation of the metric (NaN without a curve)."""
+    points = [p for p in curve if p.get(metric) is not None]
+    if not points:
+        return float("nan")
+    pick = max if higher_is_better else min
+    return float(pick(points, key=lambda p: p[metric]).get("epoch", np.nan))
+
+
+def _speed_columns(row: dict[str, Any], ok: Sequence[Record]) -> None:
+    for m in METRICS:
+        if m not in QUALITY_RUN_METRICS:
+            row[m] = stats.median([r.metrics.get(m) for r in ok])
+    runs = [r.metrics.get("samples_per_s") for r in ok]
+    row["samples_per_s_min"], row["samples_per_s_max"] = stats.min_max(runs)
+    row["spread_pct"] = stats.spread_pct(runs)
+    steps = [s for r in ok for s in r.step_ms]
+    row["step_ms"] = row["step_ms_median"]
+    if steps:  # pooled per-step percentiles, across every measured step of every repeat
+        row["step_ms_p10"], row["step_ms_p90"] = stats.percentile(steps, 10), stats.percentile(steps, 90)
+    per_step = row["samples_per_step"]
+    if np.isfinite(per_step) and np.isfinite(row["step_ms_p90"]):
+        row["samples_per_s_p10"] = per_step * 1000.0 / row["step_ms_p90"]
+        row["samples_per_s_p90"] = per_step * 1000.0 / row["step_ms_p10"]
+    else:
+        row["samples_per_s_p10"] = row["samples_per_s_p90"] = np.nan
+    for p in PHASE_NAMES:
+        row[f"phase_ms_{p}"] = stats.median([r.phase_ms.get(p) for r in ok])
+    total = np.nansum([row[f"phase_ms_{p}"] for p in PHASE_NAMES])
+    for p in PHASE_NAMES:
+        row[f"phase_pct_{p}"] = row[f"phase_ms_{p}"] / total * 100.0 if total > 0 else np.nan
+
+
+def _equivalence_columns(row: dict[str, Any], recs: Sequence[Record], is_baseline: bool) -> None:
+    """equivalent: True/False, None when not decided; equiv_status: pass|fail|skipped|error|not checked|baseline."""
+    row.update(equivalent=None, equiv_status="baseline" if is_baseline else "not checked", equiv_max_abs_err=np.nan,
+               equiv_max_rel_err=np.nan, equiv_tolerance=np.nan, equiv_dtype="", equiv_compared="", equiv_reason="")
+    if not recs:
+        return
+    rec = recs[-1]
+    if rec.status != "ok":
+        row["equiv_status"] = "error"
+        row["equiv_reason"] = f"check {rec.status}: {(rec.error.strip().splitlines() or [''])[-1][:120]}"
+        return
+    eq = rec.equivalence
+    row["equivalent"] = None if eq.get("passed") is None else bool(eq["passed"])
+    row["equiv_status"] = {None: "skipped", True: "pass", False: "fail"}[row["equivalent"]]
+    for key in ("max_abs_err", "max_rel_err", "tolerance"):
+        value = eq.get(key)
+        row[f"equiv_{key}"] = np.nan if value is None else float(value)
+    compared = eq.get("compared", "")
+    row["equiv_compared"] = ", ".join(map(str, compared)) if isinstance(compared, (list, tuple)) else str(compared)
+    row["equiv_dtype"] = str(eq.get("dtype") or "")
+    row["equiv_reason"] = str(eq.get("reason") or "")
+
+
+def _quality_columns(row: dict[str, Any], ok: Sequence[Record], meta: QualityMeta, target: float | None) -> None:
+    for m in meta.metrics:
+        row[m] = stats.median([r.quality.get(m) for r in ok])
+    for m in QUALITY_RUN_METRICS:
+        row[m] = stats.median([r.metrics.get(m) for r in ok])
+    curve = list(ok[0].curve) if ok else []
+    row["curve"] = curve
+    if meta.primary and not np.isfinite(row["best_epoch"]):
+        row["best_epoch"] = best_epoch(curve, meta.primary, meta.higher_is_better)
+    if not np.isfinite(row["train_wall_s"]) and curve:
+        row["train_wall_s"] = float(curve[-1].get("wall_s", np.nan))
+    row["time_to_target_s"] = (time_to_target(curve, meta.primary, target, meta.higher_is_better)
+                               if target is not None and meta.primary else np.nan)
+
+
+def summarize(records: list[Record], baseline: str, *, target: float | None = None,
+              primary_metric: str | None = None, higher_is_better: bool | None = None) -> pd.DataFrame:
+    """One row per variant (index), baseline first; see the module docstring for the columns."""
+    if not records:
+        raise ValueError("no records to summarize; run `trainbench sweep` first")
+    names = variants_in_order(records, baseline)
+    meta = quality_meta(records, primary_metric, higher_is_better)
+    by_variant = {v: [r for r in records if r.variant == v] for v in names}
+    base_config = next((dict(r.config) for r in by_variant[baseline]), {})
+    base_speed = [r for r in by_variant[baseline] if r.phase == "speed" and r.status == "ok"]
+    base_runs = _per_repeat(base_speed, "samples_per_s")
+    rows = []
+    for v in names:
+        recs = by_variant[v]
+        speed = [r for r in recs if r.phase == "speed"]
+        ok_speed = [r for r in speed if r.status == "ok"]
+        runs_ok, runs_failed, status, errors = _status_text(recs)
+        config = dict(recs[0].config)
+        row: dict[str, Any] = {
+            "variant": v, "workload": recs[0].workload, "preset": recs[0].preset, "status": status,
+            "runs_ok": runs_ok, "runs_failed": runs_failed, "errors": errors, "repeats": len(speed),
+            "config": config, "env": dict(recs[0].env),
+            "changed": {k: (base_config.get(k), config.get(k)) for k in config if config.get(k) != base_config.get(k)},
+        }
+        _speed_columns(row, ok_speed)
+        if v == baseline:
+            est = None
+            row.update(speedup=1.0, speedup_ci_low=np.nan, speedup_ci_high=np.nan, speedup_pairs=len(base_runs))
+        else:
+            est = stats.paired_ratio(_per_repeat(ok_speed, "samples_per_s"), base_runs)
+            row.update(speedup=est.ratio, speedup_ci_low=est.ci_low, speedup_ci_high=est.ci_high,
+                       speedup_pairs=est.n)
+        advice = stats.instability_advice(
+            ci=est, spread_pcts=[row["spread_pct"], stats.spread_pct(list(base_runs.values()))],
+            repeats=max(len(speed), 1), bench_steps=config.get("bench_steps")) if ok_speed else ""
+        row["unstable"], row["advice"] = bool(advice), advice
+        _equivalence_columns(row, [r for r in recs if r.phase == "equivalence"], v == baseline)
+        _quality_columns(row, [r for r in recs if r.phase == "quality" and r.status == "ok"], meta, target)
+        rows.append(row)
+
+    df = pd.DataFrame(rows).set_index("variant")
+    for m in meta.metrics:
+        df[f"{m}_delta"] = df[m] - df.at[baseline, m]
+    curves = {v: c for v, c in df["curve"].items() if c}
+    equal_time_s = min((c[-1].get("wall_s", np.inf) for c in curves.values()), default=np.nan)
+    df["primary_at_equal_time"] = [curve_value_at(df.at[v, "curve"], meta.primary, equal_time_s)
+                                   if v in curves and meta.primary else np.nan for v in df.index]
+    df.attrs.update(baseline=baseline, primary_metric=meta.primary, higher_is_better=meta.higher_is_better,
+                    quality_metrics=list(meta.metrics), target=target,
+                    equal_time_s=float(equal_time_s) if np.isfinite(equal_time_s) else None)
+    return df
+
+
+def noise_floor(records: list[Record], baseline: str, *, aa_variant: str | None = None) -> dict[str, Any]:
+    """Smallest speedup resolvable with the current repeats, from baseline-vs-baseline (A/A) runs.
+
+    With an A/A variant (`sweep --aa`: the baseline again as ``<baseline>_aa``), the paired ratio of its
+    samples/s over the baseline's has a bootstrap CI; its half-width is the noise floor. Without one,
+    the floor is estimated from the baseline's own repeats (ratio of two independent resamples).
+    """
+    aa_variant = aa_variant or f"{baseline}{AA_SUFFIX}"
+    ok = [r for r in records if r.phase == "speed" and r.status == "ok"]
+    base = _per_repeat([r for r in ok if r.variant == baseline], "samples_per_s")
+    aa = _per_repeat([r for r in ok if r.variant == aa_variant], "samples_per_s")
+    if aa:
+        est = stats.paired_ratio(aa, base)
+        method = f"paired A/A ratio {aa_variant} / {baseline}"
+    else:
+        values = list(base.values())
+        est = stats.unpaired_ratio(values, values)
+        method = f"resampled {baseline} repeats (no '{aa_variant}' variant; run `trainbench sweep --aa`)"
+    if est.n < 2 or not np.isfinite(est.ci_low):
+        raise ValueError(f"noise floor needs >= 2 successful repeats of '{baseline}'"
+                         f"{' and ' + repr(aa_variant) if aa else ''}; got {est.n}; use repeats >= 3")
+    # Half the CI's width, widened when the A/A interval itself sits off 1.0 (a drift between slots).
+    half = max((est.ci_high - est.ci_low) / 2.0, est.ci_high - 1.0, 1.0 - est.ci_low)
+    return {
+        "method": method, "repeats": est.n, "aa_ratio": est.ratio, "ci_low": est.ci_low, "ci_high": est.ci_high,
+        "half_width": half, "min_resolvable_speedup": 1.0 + half,
+        "baseline_spread_pct": stats.spread_pct(list(base.values())),
+        "message": (f"with {est.n} repeats this machine resolves speedups beyond x{1 + half:.3f} "
+                    f"(A/A ratio {est.ratio:.3f}, 95% CI [{est.ci_low:.3f}, {est.ci_high:.3f}])"),
+    }

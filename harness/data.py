@@ -1,0 +1,80 @@
+"""The training DataLoader: seeded order, workers/pinning/prefetch knobs, and length bucketing.
+
+Every variant of an experiment draws the same sample order from the same seed: the shuffle uses its
+own `torch.Generator`, so batch size, worker count or pinning never change which samples are seen.
+(Bucketing does change the order; it is a `quality` knob.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from harness.config import RunConfig
+from harness.workload import Workload
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar-length samples: sort within pools of 50 batches, shuffle batches."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, pool_batches: int = 50) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.pool = batch_size * pool_batches
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        batches: list[list[int]] = []
+        for start in range(0, len(order), self.pool):
+            pool = sorted(order[start:start + self.pool], key=lambda i: self.lengths[i])
+            batches += [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        batches = [b for b in batches if len(b) == self.batch_size]  # drop_last, as the plain loader
+        for i in torch.randperm(len(batches), generator=g).tolist():
+            yield batches[i]
+
+    def __len__(self) -> int:
+        return len(self.lengths) // self.batch_size
+
+
+def effective_workers(cfg: RunConfig) -> int:
+    """Worker count actually used: capped at the machine's cores (a warning says so)."""
+    return min(cfg.num_workers, os.cpu_count() or 1)
+
+
+def make_loader(dataset: Dataset, cfg: RunConfig, workload: Workload, device: torch.device) -> DataLoader:
+    """The training loader for a config."""
+    workers = effective_workers(cfg)
+    collate = workload.collate(cfg)
+    common = dict(num_workers=workers, collate_fn=collate, pin_memory=cfg.pin_memory and device.type == "cuda")
+    if workers > 0:
+        common.update(persistent_workers=cfg.persistent_workers, prefetch_factor=cfg.prefetch_factor)
+    if len(dataset) < cfg.batch_size:  # type: ignore[arg-type]
+        raise ValueError(f"knob 'batch_size': bad value {cfg.batch_size}: the train split has only "
+                         f"{len(dataset)} samples; use batch_size <= {len(dataset)}")  # type: ignore[arg-type]
+    if cfg.bucket_by_length:
+        lengths = workload.sample_lengths(dataset, cfg)
+        if lengths is None:
+            raise ValueError(f"knob 'bucket_by_length': workload '{workload.name}' has no per-sample lengths; "
+                             "set bucket_by_length=false")
+        return DataLoader(dataset, batch_sampler=BucketBatchSampler(lengths, cfg.batch_size, cfg.seed), **common)
+    g = torch.Generator().manual_seed(cfg.seed)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=True, **common)
+
+
+def batches_forever(loader: DataLoader) -> Iterator[tuple[int, object]]:
+    """(epoch, batch) pairs, starting a new epoch whenever the loader is exhausted."""
+    epoch = 0
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield epoch, batch
+        assert not empty, "the train loader produced no batch"
+        epoch += 1

@@ -1,0 +1,107 @@
+"""Does a speed knob still compute the same function?
+
+Both configs build their model independently from the same seed (so a variant that changes the
+initialisation is caught, not hidden by copying weights), take the same first effective batch of
+training samples in file order, and run one optimizer step's forward + loss + backward through the
+trainer's own `forward_backward`. Compared: the step loss, every parameter gradient by name, and
+the model outputs when both use the same micro-batch size. The error of a tensor is
+max|a - b| / max|reference| (scale-free), and the check passes when the largest error is within the
+dtype's tolerance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness.config import RunConfig, resolve_device
+from harness.trainer import autocast, forward_backward, seed_everything
+
+# Tolerance on the scale-free error, by the dtype the variant computes in.
+TOLERANCE = {"float32": 1e-5, "float64": 1e-10, "bf16": 1e-2, "fp16": 1e-2, "compiled": 1e-4}
+
+
+def tolerance_for(cfg: RunConfig, dtype: torch.dtype) -> tuple[float, str]:
+    """(tolerance, label) for a config."""
+    if cfg.amp != "off":
+        return TOLERANCE[cfg.amp], cfg.amp
+    if cfg.compile or cfg.tf32:
+        return TOLERANCE["compiled"], "float32 (compiled/tf32)"
+    label = "float64" if dtype == torch.float64 else "float32"
+    return TOLERANCE[label], label
+
+
+def _step(cfg: RunConfig, device: torch.device, samples: list[Any], dtype: torch.dtype):
+    wl = cfg.get_workload()
+    seed_everything(cfg.seed)
+    model = wl.build_model(cfg).to(device=device, dtype=dtype)
+    model.train()
+    handle = torch.compile(model) if cfg.compile else model
+    collate = wl.collate(cfg) or torch.utils.data.default_collate
+    host = [collate(samples[i:i + cfg.batch_size]) for i in range(0, len(samples), cfg.batch_size)]
+    if dtype != torch.float32:
+        host = [_cast(b, dtype) for b in host]
+    counts = [wl.batch_counts(b, cfg) for b in host]
+    batches = [wl.to_device(b, device) for b in host]
+    seed_everything(cfg.seed)  # same dropout stream for both (models meant to compare use dropout 0)
+    loss = forward_backward(wl, cfg, handle, batches, counts, device)
+    with torch.no_grad(), autocast(cfg, device):
+        first_out = wl.compare_outputs(wl.forward(handle, batches[0], cfg), batches[0])
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach().float(), grads, [t.detach().float() for t in first_out]
+
+
+def _cast(batch: Any, dtype: torch.dtype) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(dtype) if batch.is_floating_point() else batch
+    if isinstance(batch, dict):
+        return {k: _cast(v, dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_cast(v, dtype) for v in batch)
+    return batch
+
+
+def _err(a: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    if a.shape != ref.shape:
+        return float("inf"), float("inf")
+    diff = float((a - ref).abs().max()) if a.numel() else 0.0
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    return diff, diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def check_equivalence(base: RunConfig, variant: RunConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Compare one optimizer step of `variant` with `base` from the same seed and samples."""
+    if base.batch_size * base.grad_accum != variant.batch_size * variant.grad_accum:
+        return {"passed": False, "reason": "effective batch differs (batch_size x grad_accum); "
+                "equivalence is defined only at equal effective batch", "compared": []}
+    device = resolve_device(base)
+    wl = base.get_workload()
+    seed_everything(base.seed)
+    train_ds, _ = wl.build_datasets(base)
+    n = base.batch_size * base.grad_accum
+    if len(train_ds) < n:
+        raise ValueError(f"equivalence needs {n} training samples, the split has {len(train_ds)}")
+    samples = [train_ds[i] for i in range(n)]
+    loss_a, grads_a, out_a = _step(base, device, samples, dtype)
+    loss_b, grads_b, out_b = _step(variant, device, samples, dtype)
+    tol, label = tolerance_for(variant, dtype)
+    errors: dict[str, tuple[float, float]] = {"loss": _err(loss_b, loss_a)}
+    missing = sorted(set(grads_a) ^ set(grads_b))
+    for name in sorted(set(grads_a) & set(grads_b)):
+        errors[f"grad:{name}"] = _err(grads_b[name], grads_a[name])
+    compared = ["loss", f"{len(grads_a)} parameter gradients"]
+    if base.batch_size == variant.batch_size:  # outputs line up only for the same micro-batches
+        if len(out_a) != len(out_b):
+            errors["outputs"] = (float("inf"), float("inf"))
+        for i, (a, b) in enumerate(zip(out_a, out_b, strict=False)):
+            errors[f"output:{i}"] = _err(b, a)  # a shape mismatch is an infinite error, never skipped
+        compared.append("outputs")
+    worst = max(errors, key=lambda k: errors[k][1])
+    max_abs = max(e[0] for e in errors.values())
+    max_rel = errors[worst][1]
+    passed = not missing and max_rel <= tol
+    reason = (f"parameters differ: {missing[:3]}" if missing else
+              f"worst: {worst} (scale-free error {max_rel:.2e} vs tolerance {tol:.0e})")
+    return {"passed": bool(passed), "max_abs_err": max_abs, "max_rel_err": max_rel, "tolerance": tol,
+            "dtype": label, "compared": compared, "reason": reason}
