@@ -45,7 +45,8 @@ class Experiment:
     configs: Mapping[str, RunConfig]
     """Variant name -> config, baseline first, in file order."""
     overrides: Mapping[str, Mapping[str, Any]]
-    """Variant name -> the knobs it sets on top of the baseline (empty for the baseline)."""
+    """Variant name -> the knobs it sets on top of the baseline (empty for the baseline); the
+    baseline section's own knobs are kept under the key ``__baseline__``."""
     repeats: int = 3
     timeout_s: float = 600.0
     quality_epochs: int = 0
@@ -74,7 +75,7 @@ class Experiment:
     def with_overrides(self, overrides: Mapping[str, Any]) -> Experiment:
         """The same experiment with knobs forced on every variant (command-line `key=value`)."""
         return build(self.name, self.workload, self.baseline_overrides | dict(overrides),
-                     {v: o for v, o in self.overrides.items() if v != self.baseline_name},
+                     {v: o for v, o in self.overrides.items() if v not in (self.baseline_name, "__baseline__")},
                      description=self.description, baseline_name=self.baseline_name, repeats=self.repeats,
                      timeout_s=self.timeout_s, quality_epochs=self.quality_epochs,
                      quality_target=self.quality_target, equivalence=self.equivalence, gates=self.gates,
@@ -87,8 +88,12 @@ class Experiment:
 
 
 def build(name: str, workload: str, baseline: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]],
-          *, baseline_name: str = "baseline", forced: Mapping[str, Any] | None = None, **kw: Any) -> Experiment:
-    """Resolve every variant; ValueError for a variant that changes nothing or clashes in name."""
+          *, baseline_name: str = "baseline", forced: Mapping[str, Any] | None = None, allow_same: bool = False,
+          **kw: Any) -> Experiment:
+    """Resolve every variant; ValueError for a variant that changes nothing or clashes in name.
+
+    `allow_same` admits a variant identical to the baseline: the A/A noise-floor measurement.
+    """
     forced = dict(forced or {})
     base_cfg = resolve(workload, baseline, forced)
     configs: dict[str, RunConfig] = {baseline_name: base_cfg}
@@ -101,7 +106,7 @@ def build(name: str, workload: str, baseline: Mapping[str, Any], variants: Mappi
             raise ValueError(f"variant '{vname}' overrides nothing; give it at least one knob, e.g. "
                              f"[variants.{vname}] amp = \"bf16\"")
         cfg = resolve(workload, baseline, vover, forced)
-        if not base_cfg.diff(cfg):
+        if not base_cfg.diff(cfg) and not allow_same:
             raise ValueError(f"variant '{vname}' overrides nothing: every knob it sets equals the baseline's "
                              f"({', '.join(f'{k}={v}' for k, v in vover.items())}); change a value or drop it")
         configs[vname] = cfg

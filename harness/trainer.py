@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import random
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +191,22 @@ class Trainer:
             module.train()
             out.update({prefix + k: float(v) for k, v in metrics.items()})
         return out
+
+    def stepper(self) -> Callable[[], list[BatchCounts]]:
+        """A callable running one optimizer step and returning its batch counts, for external timers
+        (pytest-benchmark): the device is drained before it returns, so a host clock around it is valid."""
+        stream = batches_forever(self.loader)
+        clock = PhaseClock(self.device, enabled=False)
+        self.model.train()
+
+        def step() -> list[BatchCounts]:
+            clock.start_step()
+            _, counts = self._train_step(stream, clock)
+            clock.end_step(keep=False)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # sync: the caller reads a host clock after this
+            return counts
+        return step
 
     def run(self) -> TrainResult:
         """Train for the config's budget and return the measurements."""

@@ -42,13 +42,14 @@ def quality_meta(records: Sequence[Record], primary_metric: str | None = None,
             if name not in seen:
                 seen.append(name)
     primary, hib, declared = None, None, ()
-    try:
-        from harness import registry
+    if primary_metric is None or higher_is_better is None:
+        try:
+            from harness import registry
 
-        wl = registry.get(records[0].workload)
-        primary, hib, declared = wl.primary_metric, wl.higher_is_better, tuple(wl.quality_metrics)
-    except Exception:  # an unregistered (e.g. synthetic or removed) workload: infer from the records
-        pass
+            wl = registry.get(records[0].workload)
+            primary, hib, declared = wl.primary_metric, wl.higher_is_better, tuple(wl.quality_metrics)
+        except Exception:  # an unregistered (e.g. synthetic or removed) workload: infer from the records
+            pass
     metrics = tuple(dict.fromkeys([*declared, *seen]))
     primary = primary_metric or primary or (metrics[0] if metrics else None)
     if higher_is_better is None:

@@ -1,0 +1,110 @@
+"""`trainbench compare OLD NEW`: per variant and metric, the change between two result directories with
+its significance, and `--fail-on 'samples_per_s:-10%'` thresholds for CI.
+
+Runs of two sweeps cannot be paired, so each ratio new/old is a ratio of medians of per-run values with
+an (unpaired) bootstrap CI; a change is significant when that CI excludes 1.0. A threshold is crossed
+when the point estimate of the change passes it (significant or not: CI gates should not wait for noise
+to settle before flagging a large drop; the table says which changes are within noise).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from harness.analysis import stats
+from harness.results import Record, load_records, machine_id
+
+COMPARED = ("samples_per_s", "tokens_per_s", "it_per_s", "step_ms_median", "forward_calls_per_step",
+            "flops_per_step", "peak_rss_gib", "cuda_peak_allocated_gib", "energy_j_per_sample")
+_FAIL_ON = re.compile(r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*:\s*(?P<pct>[-+]\d+(?:\.\d*)?)\s*%\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """`metric:+N%` fails when the metric rises by N% or more; `metric:-N%` when it falls by N% or more."""
+
+    metric: str
+    pct: float
+
+    def crossed(self, change_pct: float) -> bool:
+        """True when a relative change (in %) passes this threshold."""
+        if not math.isfinite(change_pct):
+            return False
+        return change_pct <= self.pct if self.pct < 0 else change_pct >= self.pct
+
+
+def parse_fail_on(specs: Sequence[str], metrics: Sequence[str]) -> list[Threshold]:
+    """Parse `metric:-10%` specs; ValueError naming the spec and the allowed metrics."""
+    out = []
+    for spec in specs:
+        m = _FAIL_ON.match(spec)
+        if not m:
+            raise ValueError(f"--fail-on {spec!r}: write METRIC:-N% (fail on a drop) or METRIC:+N% (a rise), "
+                             "e.g. samples_per_s:-10%")
+        if m["metric"] not in metrics:
+            raise ValueError(f"--fail-on {spec!r}: unknown metric '{m['metric']}'; allowed: {', '.join(metrics)}")
+        out.append(Threshold(m["metric"], float(m["pct"])))
+    return out
+
+
+def _values(records: Sequence[Record], variant: str, metric: str, quality: bool) -> list[float]:
+    phase = "quality" if quality else "speed"
+    out = []
+    for r in records:
+        if r.variant == variant and r.phase == phase and r.status == "ok":
+            value = (r.quality if quality else r.metrics).get(metric)
+            if value is not None and math.isfinite(value):
+                out.append(float(value))
+    return out
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:.4g}"
+
+
+def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
+            fail_on: list[str]) -> tuple[str, bool]:
+    """Markdown table of per-variant, per-metric changes (new vs old) and whether a --fail-on was crossed."""
+    old, new = load_records(old_dir), load_records(new_dir)
+    quality_names = sorted({m for r in [*old, *new] for m in r.quality})
+    metrics = [*COMPARED, *quality_names]
+    thresholds = parse_fail_on(fail_on, metrics)
+    variants = [v for v in dict.fromkeys(r.variant for r in new) if any(r.variant == v for r in old)]
+    lines = [f"# Compare `{old_dir}` -> `{new_dir}`", ""]
+    machines = ({machine_id(r.env) for r in old}, {machine_id(r.env) for r in new})
+    if machines[0] != machines[1]:
+        lines += [f"> **Different machines** ({', '.join(sorted(machines[0]))} vs {', '.join(sorted(machines[1]))}):"
+                  " speed changes mix code and hardware.", ""]
+    only = sorted({r.variant for r in [*old, *new]} - set(variants))
+    if only:
+        lines += [f"Variants in only one directory (not compared): {', '.join(only)}", ""]
+    lines += ["| variant | metric | old (median) | new (median) | change | 95% CI of new/old | significant | gate |",
+              "|---|---|---:|---:|---:|---|---|---|"]
+    failed = False
+    for v in variants:
+        for metric in metrics:
+            q = metric in quality_names
+            a, b = _values(old, v, metric, q), _values(new, v, metric, q)
+            if not a or not b:
+                continue
+            est = stats.unpaired_ratio(b, a)
+            change = (est.ratio - 1.0) * 100.0
+            ci = f"[{est.ci_low:.3f}, {est.ci_high:.3f}]" if math.isfinite(est.ci_low) else "n/a (1 run)"
+            sig = "n/a" if not math.isfinite(est.ci_low) else ("yes" if est.significant else "no (within noise)")
+            gate = ""
+            for t in thresholds:
+                if t.metric == metric:
+                    hit = t.crossed(change)
+                    failed |= hit
+                    gate = f"❌ crossed {t.pct:+g}%" if hit else f"✅ within {t.pct:+g}%"
+            lines.append(f"| {v} | {metric} | {_fmt(stats.median(a))} | {_fmt(stats.median(b))} | "
+                         f"{change:+.1f}% | {ci} | {sig} | {gate} |")
+    if not variants:
+        lines.append("| (no variant in both directories) | | | | | | | |")
+    lines += ["", f"**Result: {'FAILED' if failed else 'passed'}**"
+              + (f" (--fail-on {', '.join(fail_on)})" if fail_on else "")]
+    return "\n".join(lines) + "\n", failed

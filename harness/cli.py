@@ -1,0 +1,354 @@
+"""`trainbench run | sweep | report | compare | list | doctor | profile`.
+
+User mistakes (bad knob, bad value, missing file, malformed TOML) print one ``error: ...`` line and
+exit 2 before anything is written; failed runs or failed gates exit 1; success exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness import registry
+from harness.config import knob_table, parse_overrides, resolve, resolve_device, runtime_warnings
+from harness.experiment import Experiment, build, load_experiment
+from harness.results import Record, load_records
+from harness.runner import Job, load_saved_experiment, run_experiment
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def experiments_dir() -> Path:
+    """bench/experiments of the current directory, else of the source tree."""
+    local = Path("bench/experiments")
+    return local if local.is_dir() else REPO_ROOT / "bench" / "experiments"
+
+
+def _split_args(items: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    positional = [i for i in items if "=" not in i]
+    return positional, parse_overrides([i for i in items if "=" in i])
+
+
+def _progress(i: int, n: int, job: Job, rec: Record | None) -> None:
+    label = f"[{i:>3}/{n}] {job.experiment} {job.phase:<11} {job.variant:<24} #{job.repeat}"
+    if rec is None:
+        print(f"{label} ...", end="", file=sys.stderr, flush=True)
+        return
+    detail = ""
+    if rec.status == "ok" and rec.phase != "equivalence":
+        sps = rec.metrics.get("samples_per_s")
+        detail = f" {sps:,.1f} samples/s" if sps else ""
+    elif rec.phase == "equivalence" and rec.status == "ok":
+        passed = rec.equivalence.get("passed")
+        detail = " equivalent" if passed else (" NOT equivalent" if passed is False else " skipped")
+    else:
+        detail = f" {rec.error.splitlines()[0][:100] if rec.error else ''}"
+    print(f" {rec.status}{detail} ({rec.wall_s:.1f} s)", file=sys.stderr, flush=True)
+
+
+def _failed(records: Sequence[Record]) -> list[Record]:
+    return [r for r in records if r.status != "ok"]
+
+
+def _validate_gates(exp: Experiment) -> None:
+    if exp.gates:
+        from harness.analysis.gates import validate
+
+        validate(exp.gates, exp.variants, None)
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def plain_summary(records: Sequence[Record], baseline: str) -> str:
+    """The plain markdown table printed after `run` and `sweep`: one row per variant."""
+    variants = list(dict.fromkeys(r.variant for r in records))
+    head = ("| variant | runs ok | samples/s (median, min-max) | step ms | tokens/s | fwd calls/step "
+            "| peak RSS GiB | speedup | equivalent | quality |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    base_sps = _median([r.metrics["samples_per_s"] for r in records if r.variant == baseline and
+                        r.phase == "speed" and r.status == "ok" and r.metrics.get("samples_per_s")])
+    for v in variants:
+        speed = [r for r in records if r.variant == v and r.phase == "speed"]
+        ok = [r for r in speed if r.status == "ok"]
+        sps = [r.metrics["samples_per_s"] for r in ok if r.metrics.get("samples_per_s")]
+
+        def med(name: str, runs: list[Record] = ok) -> float | None:
+            return _median([r.metrics[name] for r in runs if r.metrics.get(name) is not None])
+
+        fails = sorted({r.status for r in speed if r.status != "ok"})
+        sps_text = f"{_median(sps):,.1f} ({min(sps):,.1f}-{max(sps):,.1f})" if sps else "-"
+        speedup = f"{_median(sps) / base_sps:.2f}x" if sps and base_sps else "-"
+        eq = [r for r in records if r.variant == v and r.phase == "equivalence"]
+        eq_text = "-" if not eq else {True: "yes", False: "NO", None: "n/a"}[eq[0].equivalence.get("passed")] \
+            if eq[0].status == "ok" else eq[0].status
+        qual = [r for r in records if r.variant == v and r.phase == "quality" and r.status == "ok"]
+        q_text = ", ".join(f"{k}={val:.4g}" for k, val in list(qual[0].quality.items())[:3]) if qual else "-"
+        fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
+        lines.append(f"| {v} | {len(ok)}/{len(speed)}{' ' + ','.join(fails) if fails else ''} | {sps_text} "
+                     f"| {fmt(med('step_ms_median'), '.1f')} | {fmt(med('tokens_per_s'), ',.0f')} "
+                     f"| {fmt(med('forward_calls_per_step'), '.2f')} | {fmt(med('peak_rss_gib'), '.2f')} "
+                     f"| {speedup} | {eq_text} | {q_text} |")
+    failed = [r for r in records if r.status != "ok"]
+    for r in failed:
+        lines.append(f"\n{r.variant} {r.phase} #{r.repeat}: {r.status}: {r.error.splitlines()[0] if r.error else ''}")
+    return "\n".join(lines)
+
+
+def _report(results_dir: Path, report_dir: Path | None, exp: Experiment | None, check: bool) -> int:
+    """Print the summary, write the report, evaluate gates; returns 1 if a gate failed under --check."""
+    records = load_records(results_dir)
+    exp = exp or load_saved_experiment(results_dir)
+    baseline = exp.baseline_name if exp else records[0].variant
+    print(plain_summary(records, baseline))
+    if report_dir is None and not (exp and exp.gates):
+        return 0
+    from harness.analysis import summarize
+    from harness.analysis.gates import check as check_gates
+    from harness.report import write_report
+
+    if report_dir is not None:
+        print(f"report: {write_report(results_dir, report_dir, exp)}")
+    if exp and exp.gates:
+        summary = summarize(records, baseline)
+        results = check_gates(exp.gates, summary, baseline, known_metrics=set(summary.columns))
+        print("\ngates:")
+        for g in results:
+            print(f"  {'PASS' if g.passed else 'FAIL'}  {g.expr}   (measured: {g.measured})")
+        if check and not all(g.passed for g in results):
+            return 1
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Workloads, presets (with parameter counts), knobs and bundled experiments."""
+    from harness.config import resolve as _resolve
+
+    workloads = registry.builtin()
+    names = [args.workload] if args.workload else sorted(workloads)
+    shown_generic = False
+    for name in names:
+        wl = registry.get(name)
+        print(f"## {wl.name}: {wl.description}\n")
+        print("| preset | parameters | for | description |\n|---|---|---|---|")
+        for pname, preset in wl.presets.items():
+            try:
+                params = f"{wl.parameter_count(_resolve(name, {'preset': pname})):,}"
+            except ValueError as exc:
+                params = f"n/a ({exc})"
+            default = " (default)" if pname == wl.default_preset else ""
+            print(f"| {pname}{default} | {params} | {preset.device_hint} | {preset.doc} |")
+        rows = [r for r in knob_table(wl) if args.all_knobs or not shown_generic or
+                r["knob"] in {k.name for k in wl.knobs}]
+        shown_generic = True
+        print("\n| knob | type | allowed | default | kind | what it does |\n|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['knob']} | {r['type']} | {r['allowed']} | {r['default']} | {r['kind']} | {r['doc']} |")
+        print()
+    print("kinds: exact = same function; approx = same within dtype tolerance; quality = changes training; "
+          "budget = how long it runs")
+    exps = sorted(experiments_dir().glob("*.toml"))
+    if exps:
+        print("\nexperiments: " + ", ".join(str(p) for p in exps))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Profile one config: `repeats` fresh processes, summary table."""
+    positional, overrides = _split_args(args.items)
+    if len(positional) != 1:
+        raise ValueError("run takes one workload then key=value knobs, e.g. `trainbench run lm preset=tiny`")
+    workload = positional[0]
+    exp = build("run", workload, overrides, {}, baseline_name=workload, repeats=args.repeats,
+                timeout_s=args.timeout, quality_epochs=0, equivalence=False)
+    cfg = exp.configs[workload]
+    for w in runtime_warnings(cfg, resolve_device(cfg)):
+        print(f"warning: {w}", file=sys.stderr)
+    out = Path(args.out or f"runs/{workload}-{time.strftime('%Y%m%d-%H%M%S')}")
+    records = run_experiment(exp, out, resume=args.resume, progress=_progress)
+    _report(out, None, exp, check=False)
+    print(f"records: {out / 'records.jsonl'}")
+    return 1 if _failed(records) else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run experiment files (default: every bundled one) and write their reports."""
+    positional, overrides = _split_args(args.items)
+    files = [Path(p) for p in positional] or sorted(experiments_dir().glob("*.toml"))
+    if not files:
+        raise ValueError(f"no experiment files given and none in {experiments_dir()}")
+    if args.quick:
+        overrides = {"preset": "tiny", **overrides}
+    # Validate every experiment before running any, so a typo in the third file costs nothing.
+    exps = []
+    for f in files:
+        exp = load_experiment(f, overrides)
+        if args.repeats:
+            exp = _with(exp, repeats=args.repeats)
+        if args.quick:
+            exp = _with(exp, repeats=min(exp.repeats, 2), quality_epochs=min(exp.quality_epochs, 1))
+        if args.aa:
+            exp = build(exp.name + "-aa", exp.workload, exp.baseline_overrides | overrides,
+                        {"baseline_aa": {"seed": exp.configs[exp.baseline_name].seed}},
+                        baseline_name=exp.baseline_name, repeats=exp.repeats, timeout_s=exp.timeout_s,
+                        equivalence=False, allow_same=True)
+        _validate_gates(exp)
+        exps.append(exp)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    status = 0
+    for exp in exps:
+        out = Path(args.out) / exp.name if args.out and len(exps) > 1 else \
+            Path(args.out or f"runs/{exp.name}-{stamp}")
+        print(f"\n# {exp.name}: {len(exp.variants)} variants x {exp.repeats} repeats -> {out}", file=sys.stderr)
+        records = run_experiment(exp, out, resume=args.resume, progress=_progress)
+        report_dir = Path(args.reports) / exp.name
+        status = max(status, _report(out, report_dir, exp, check=args.check), 1 if _failed(records) else 0)
+    if not positional or args.index:
+        from harness.report import write_index
+
+        print(f"index: {write_index(Path(args.reports))}")
+    return status
+
+
+def _with(exp: Experiment, **changes: object) -> Experiment:
+    # Repeats and budgets do not touch the resolved configs, so no re-resolution is needed.
+    return dataclasses.replace(exp, **changes)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Re-render the report of a results directory."""
+    results = Path(args.results)
+    load_records(results)  # ValueError (exit 2) when there is nothing to report
+    exp = load_saved_experiment(results)
+    out = Path(args.out) if args.out else Path("reports") / (exp.name if exp else results.name)
+    return _report(results, out, exp, check=args.check)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Per variant and metric change between two result directories."""
+    from harness.analysis.compare import compare
+
+    text, failed = compare(Path(args.old), Path(args.new), args.fail_on or [])
+    print(text)
+    return 1 if failed else 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What this machine can measure."""
+    import platform
+
+    import psutil
+    import torch
+
+    from harness.probes.sampler import ResourceSampler
+    from harness.results import collect_env
+
+    env = collect_env()
+    print("| fact | value |\n|---|---|")
+    for key in ("python", "os", "cpu_model", "cpu_cores", "torch", "cuda", "cudnn", "gpu_name", "gpu_driver",
+                "git_commit", "git_dirty"):
+        print(f"| {key} | {env.get(key)} |")
+    print(f"| memory | {psutil.virtual_memory().total / 1024**3:.1f} GiB |")
+    print(f"| machine | {platform.machine()} |")
+    cuda = torch.cuda.is_available()
+    sampler = ResourceSampler(0 if cuda else None)
+    bf16_cpu = torch.backends.mkldnn.is_available()
+    print("\nwill be measured here:")
+    print(f"  step timing: {'CUDA events' if cuda else 'host clock (perf_counter)'}")
+    print("  phase breakdown, forward calls, FLOPs (torch.utils.flop_counter), peak RSS incl. workers, CPU util")
+    print(f"  CUDA memory peaks: {'yes' if cuda else 'no (no CUDA device)'}")
+    print(f"  NVML GPU util / memory / power / energy: {sampler.nvml_status}")
+    print(f"  amp=bf16: {'yes' if cuda or bf16_cpu else 'no'}; amp=fp16: "
+          f"{'yes, with GradScaler' if cuda else 'runs on CPU but is usually slower (warned)'}")
+    print(f"  DataLoader workers: up to {os.cpu_count()} (more are capped with a warning)")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """A few steps under torch.profiler: traces, top operators, advisor findings."""
+    from harness.profiler import profile
+
+    positional, overrides = _split_args(args.items)
+    if len(positional) != 1:
+        raise ValueError("profile takes one workload then key=value knobs, e.g. `trainbench profile lm preset=tiny`")
+    cfg = resolve(positional[0], overrides)
+    out = Path(args.out or f"runs/profile-{positional[0]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(profile(cfg, out, steps=args.steps))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    p = argparse.ArgumentParser(prog="trainbench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="workloads, presets, knobs, experiments")
+    s.add_argument("workload", nargs="?")
+    s.add_argument("--all-knobs", action="store_true", help="repeat the generic knobs under every workload")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("run", help="profile one config (WORKLOAD key=value ...)")
+    s.add_argument("items", nargs="+", metavar="WORKLOAD|key=value")
+    s.add_argument("--repeats", type=int, default=1)
+    s.add_argument("--out")
+    s.add_argument("--timeout", type=float, default=900.0, help="seconds per run before it is killed")
+    s.add_argument("--resume", action="store_true")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("sweep", help="run experiment TOML files (default: all in bench/experiments)")
+    s.add_argument("items", nargs="*", metavar="FILE.toml|key=value")
+    s.add_argument("--out", help="results directory (default runs/<experiment>-<time>)")
+    s.add_argument("--reports", default="reports", help="where reports go (default reports/)")
+    s.add_argument("--resume", action="store_true", help="continue a killed sweep in --out")
+    s.add_argument("--check", action="store_true", help="exit 1 when a gate fails")
+    s.add_argument("--quick", action="store_true", help="tiny presets, 2 repeats, 1 quality epoch")
+    s.add_argument("--aa", action="store_true", help="A/A: the baseline against itself (noise floor)")
+    s.add_argument("--repeats", type=int, help="override every experiment's repeats")
+    s.add_argument("--index", action="store_true", help="also rewrite reports/README.md")
+    s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("report", help="write the report of a results directory")
+    s.add_argument("results")
+    s.add_argument("--out")
+    s.add_argument("--check", action="store_true")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("compare", help="compare two results directories")
+    s.add_argument("old")
+    s.add_argument("new")
+    s.add_argument("--fail-on", action="append", metavar="METRIC:-10%")
+    s.set_defaults(fn=cmd_compare)
+
+    s = sub.add_parser("doctor", help="what this machine can measure")
+    s.set_defaults(fn=cmd_doctor)
+
+    s = sub.add_parser("profile", help="torch.profiler traces and top operators for one config")
+    s.add_argument("items", nargs="+", metavar="WORKLOAD|key=value")
+    s.add_argument("--steps", type=int, default=5)
+    s.add_argument("--out")
+    s.set_defaults(fn=cmd_profile)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `trainbench` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are in records.jsonl; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""The experiment report: README.md plus PNGs in one directory, readable on GitHub.
+
+Sections follow the source notes' tables, with measurements in place of estimates: header (what, where,
+when, repeats), key changes (seed 003), speed, noise floor, equivalence, quality (seed 000) and
+time-to-target, phase breakdown (seed 004), gates checklist (seed 003), advisor findings, the cost
+table (seed 004), plots, failed runs. `write_index` links every report with its headline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.analysis import advisor, cost, gates
+from harness.analysis.summary import noise_floor, summarize
+from harness.knobs import GENERIC_BY_NAME
+from harness.results import PHASE_NAMES, Record, load_records
+
+REPORT_FILE = "README.md"
+META_FILE = "report.json"
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A number with `digits` significant digits (thousands separated); '–' for missing."""
+    if x is None or isinstance(x, str):
+        return x or "–"
+    if isinstance(x, bool):
+        return str(x).lower()
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if not math.isfinite(x):
+        return "–"
+    if abs(x) >= 10 ** digits:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def fmt_delta(x: Any) -> str:
+    """A signed change ('±0' for none, '–' for missing)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    if not math.isfinite(x):
+        return "–"
+    return "±0" if x == 0 else f"{x:+.3g}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> list[str]:
+    """Markdown table lines; `align` is one char per column: l (default) or r."""
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    spec = [("---:" if (align[i:i + 1] == "r") else "---") for i in range(len(headers))]
+    return ["| " + " | ".join(headers) + " |", "| " + " | ".join(spec) + " |",
+            *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows), ""]
+
+
+def _ci(row: pd.Series) -> str:
+    lo, hi = row.get("speedup_ci_low"), row.get("speedup_ci_high")
+    if lo is None or not math.isfinite(float(lo)):
+        return f"x{fmt(row['speedup'])}"
+    return f"x{fmt(row['speedup'])} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def _equiv_mark(row: pd.Series) -> str:
+    status = row.get("equiv_status", "")
+    return {"pass": "✅ equivalent", "fail": "❌ differs", "skipped": "skipped (quality knob)",
+            "error": "⚠️ check failed", "baseline": "(baseline)"}.get(status, "not checked")
+
+
+def _knob_kind(name: str, workload_name: str) -> str:
+    if name in GENERIC_BY_NAME:
+        return GENERIC_BY_NAME[name].kind
+    try:
+        from harness import registry
+
+        return next(k.kind for k in registry.get(workload_name).knobs if k.name == name)
+    except (ValueError, StopIteration):
+        return "?"
+
+
+def _header(s: pd.DataFrame, records: Sequence[Record], exp: Any, results_dir: Path) -> list[str]:
+    env = records[0].env
+    base = s.attrs["baseline"]
+    name = exp.name if exp is not None else records[0].experiment
+    times = sorted(r.env.get("time", "") for r in records if r.env.get("time"))
+    device = env.get("gpu_name") or "no GPU"
+    n_quality = sum(r.phase == "quality" for r in records)
+    n_equiv = sum(r.phase == "equivalence" for r in records)
+    commit = (env.get("git_commit") or "unknown")[:10] + (" (dirty)" if env.get("git_dirty") else "")
+    lines = [f"# {name}", ""]
+    if exp is not None and exp.description:
+        lines += [f"> {exp.description}", ""]
+    lines += table(["", ""], [
+        ["what", f"workload `{s.at[base, 'workload']}`, preset `{s.at[base, 'preset']}`, baseline `{base}`, "
+                 f"{len(s) - 1} variant(s)"],
+        ["where", f"{device}; CPU {env.get('cpu_model', '?')} ({env.get('cpu_cores', '?')} cores); "
+                  f"{env.get('os', '?')}"],
+        ["software", f"torch {env.get('torch', '?')}, CUDA {env.get('cuda') or '–'}, "
+                     f"Python {env.get('python', '?')}"],
+        ["code", f"commit `{commit}`"],
+        ["when", f"{times[0]} – {times[-1]}" if times else "unknown"],
+        ["repeats", f"{int(s['repeats'].max())} speed repeats per variant, interleaved; {n_quality} quality "
+                    f"run(s); {n_equiv} equivalence check(s)"],
+        ["records", f"`{results_dir}` ({len(records)} records, {sum(r.status != 'ok' for r in records)} failed)"],
+    ])
+    return lines
+
+
+def headline(s: pd.DataFrame) -> str:
+    """One line: the fastest variant with its CI, and any quality cost it carries."""
+    base = s.attrs["baseline"]
+    others = s.drop(index=base)
+    others = others[[math.isfinite(float(x)) for x in others["speedup"]]]
+    if others.empty:
+        return f"`{base}`: {fmt(s.at[base, 'samples_per_s'])} samples/s (no variant measured against it)"
+    best = others["speedup"].astype(float).idxmax()
+    row = s.loc[best]
+    text = f"`{best}` runs at {_ci(row)} the samples/s of `{base}`"
+    primary = s.attrs.get("primary_metric")
+    if primary and f"{primary}_delta" in s.columns and math.isfinite(float(row[f"{primary}_delta"])):
+        text += f", {primary} {fmt_delta(row[f'{primary}_delta'])}"
+    if row["unstable"]:
+        text += " (unstable: see the speed table)"
+    return text
+
+
+def _key_changes(s: pd.DataFrame) -> list[str]:
+    rows = []
+    primary = s.attrs.get("primary_metric")
+    for v, row in s.iterrows():
+        changed = row["changed"]
+        impact = f"samples/s {_ci(row)}" if math.isfinite(float(row["speedup"])) else "no successful run"
+        if primary and math.isfinite(float(row.get(f"{primary}_delta", math.nan))):
+            impact += f"; {primary} {fmt_delta(row[f'{primary}_delta'])}"
+        impact += f"; {_equiv_mark(row)}"
+        if len(changed) > 1:
+            impact += " (all knobs together)"
+        for knob, (old, new) in changed.items():
+            rows.append([f"`{v}`", f"**{knob}** ({_knob_kind(knob, row['workload'])})", fmt(old), fmt(new), impact])
+    if not rows:
+        return ["No variant changes a knob.", ""]
+    return table(["Variant", "Knob (kind)", "Baseline", "Variant", "Measured impact (95% CI)"], rows)
+
+
+def _speed(s: pd.DataFrame) -> list[str]:
+    rows = []
+    for v, r in s.iterrows():
+        mem = r["cuda_peak_allocated_gib"] if math.isfinite(float(r["cuda_peak_allocated_gib"])) else r["peak_rss_gib"]
+        rows.append([
+            f"`{v}`", f"{fmt(r['samples_per_s'])} ({fmt(r['samples_per_s_min'])}–{fmt(r['samples_per_s_max'])})",
+            fmt(r["tokens_per_s"]), fmt(r["padded_tokens_per_s"]), fmt(r["it_per_s"]),
+            f"{fmt(r['step_ms'])} ({fmt(r['step_ms_p10'])}–{fmt(r['step_ms_p90'])})",
+            "baseline" if v == s.attrs["baseline"] else _ci(r), fmt(mem), fmt(r["gpu_util_pct"]),
+            fmt(r["energy_j_per_sample"]), fmt(r["forward_calls_per_step"]), _equiv_mark(r),
+            ("⚠️ " if r["unstable"] else "") + r["status"]])
+    lines = table(["Variant", "samples/s (min–max)", "tokens/s", "padded tokens/s", "it/s", "step ms (p10–p90)",
+                   "speedup [95% CI]", "peak mem GiB", "GPU util %", "J/sample", "fwd calls/step", "equivalence",
+                   "runs (all phases)"], rows, "lrrrrrlrrrrll")
+    lines += ["samples/s: median of per-run medians (min–max across repeats); step ms: median, p10–p90 over every "
+              "measured step; speedup: geometric mean of paired samples/s ratios (repeat i vs repeat i of the "
+              "baseline) with a seeded bootstrap 95% CI; peak mem: CUDA allocated, else process RSS.", ""]
+    for v, r in s.iterrows():
+        if r["unstable"]:
+            lines.append(f"- ⚠️ `{v}` is unstable: {r['advice']}")
+    return lines + [""] if s["unstable"].any() else lines
+
+
+def _noise(records: Sequence[Record], base: str) -> list[str]:
+    try:
+        nf = noise_floor(list(records), base)
+    except ValueError as exc:
+        return [f"Not available: {exc}", ""]
+    return [f"{nf['message']} — method: {nf['method']}; baseline run-to-run spread "
+            f"{fmt(nf['baseline_spread_pct'])}%. Speedups inside x{fmt(1 / nf['min_resolvable_speedup'])}–"
+            f"x{fmt(nf['min_resolvable_speedup'])} are within noise here.", ""]
+
+
+def _equivalence(s: pd.DataFrame) -> list[str]:
+    rows = []
+    for v, r in s.iterrows():
+        if v == s.attrs["baseline"]:
+            continue
+        decided = r["equiv_status"] in ("pass", "fail")
+        rows.append([f"`{v}`", r["equiv_compared"] or "–", (r["equiv_dtype"] or "–") if decided else "–",
+                     fmt(r["equiv_tolerance"]) if decided else "–", fmt(r["equiv_max_abs_err"]),
+                     fmt(r["equiv_max_rel_err"]), _equiv_mark(r), r["equiv_reason"] or "–"])
+    if all(s["equiv_status"].isin(["not checked", "baseline"])):
+        return ["No equivalence checks in this sweep (`equivalence = true` in the experiment runs them).", ""]
+    return ["One optimizer step of each variant against the baseline from the same initial weights and batch; "
+            "tolerance by dtype (float32 ~1e-5, bf16/fp16 ~1e-2).", "",
+            *table(["Variant", "compared", "dtype", "tolerance", "max abs err", "max rel err", "result", "note"],
+                   rows, "lllrrrll")]
+
+
+def _quality(s: pd.DataFrame) -> list[str]:
+    metrics, primary = s.attrs.get("quality_metrics", []), s.attrs.get("primary_metric")
+    has = s[[bool(s.at[v, "curve"]) or (bool(primary) and math.isfinite(float(s.at[v, primary])))
+             for v in s.index]]
+    if not metrics or has.empty:
+        return ["No quality runs in this sweep (set `quality_epochs` in the experiment).", ""]
+    target, equal_s = s.attrs.get("target"), s.attrs.get("equal_time_s")
+    headers = ["Variant", "epochs", "best epoch", *metrics, f"Δ {primary}", "train s",
+               (f"time to {primary} {'≥' if s.attrs.get('higher_is_better', True) else '≤'} {fmt(target)} (s)"
+                if target is not None else "time to target (s)"),
+               f"{primary} at {fmt(equal_s)} s"]
+    rows = [[f"`{v}`", fmt(r["epochs_run"]), fmt(r["best_epoch"]), *(fmt(r[m], 4) for m in metrics),
+             fmt_delta(r[f"{primary}_delta"]),
+             fmt(r["train_wall_s"]), fmt(r["time_to_target_s"]) if target is not None else "no target set",
+             fmt(r["primary_at_equal_time"], 4)] for v, r in has.iterrows()]
+    return ["Final metrics after equal epochs, the change of the primary metric vs the baseline, time-to-target "
+            "(training seconds to first reach the target, evals excluded), and the primary metric at equal "
+            "wall-clock time (the shortest run's training time).", "", *table(headers, rows, "lrr" + "r" * len(metrics)
+                                                                             + "rrrr")]
+
+
+def _phases(s: pd.DataFrame) -> list[str]:
+    rows = [[f"`{v}`", *(fmt(r[f"phase_pct_{p}"]) for p in PHASE_NAMES), fmt(r["step_ms"])]
+            for v, r in s.iterrows() if math.isfinite(float(r["phase_pct_forward"]))]
+    if not rows:
+        return ["No phase timings recorded.", ""]
+    return table(["Variant", *(f"{p} %" for p in PHASE_NAMES), "step ms"], rows, "l" + "r" * 7)
+
+
+def _gates(s: pd.DataFrame, exp: Any) -> list[str]:
+    if exp is None or not exp.gates:
+        return ["No gates defined (add `gates = [...]` to the experiment file)." if exp is not None else
+                "No experiment file given, so no gates were checked.", ""]
+    known = gates.known_metrics(s.attrs.get("quality_metrics", []))
+    results = gates.check(exp.gates, s, s.attrs["baseline"], known)
+    passed = sum(r.passed for r in results)
+    lines = [f"{passed}/{len(results)} passed.", ""]
+    for r in results:
+        lines.append(f"- {'✅' if r.passed else '❌'} `{r.expr}` — {r.measured}"
+                     + ("" if r.passed else f" — **{r.message}**"))
+    return lines + [""]
+
+
+def _advice(s: pd.DataFrame) -> list[str]:
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for v, findings in advisor.advise_summary(s).items():
+        for f in findings:
+            grouped.setdefault((f.rule, f.message), []).append(f"`{v}`: {f.evidence}")
+    if not grouped:
+        return ["No rule fired: no input, launch, padding, duplicate-forward, AMP, batch-size, quality or memory "
+                "problem detected.", ""]
+    return [*(f"- **{rule}**: {msg}. Evidence: {'; '.join(evidence)}." for (rule, msg), evidence in grouped.items()),
+            ""]
+
+
+def _costs(s: pd.DataFrame, exp: Any) -> list[str]:
+    tables = cost.cost_tables(s, dict(exp.configs) if exp is not None else None)
+    lines = []
+    for title, df in tables:
+        lines += [f"### {title}", "", *table(list(df.columns), df.to_numpy().tolist(), "lrrr")]
+    return lines
+
+
+def _failures(records: Sequence[Record]) -> list[str]:
+    failed = [r for r in records if r.status != "ok"]
+    if not failed:
+        return ["None: every run finished.", ""]
+    return table(["Variant", "phase", "repeat", "status", "error (last line)"],
+                 [[f"`{r.variant}`", r.phase, r.repeat, r.status,
+                   f"`{(r.error.strip().splitlines() or [''])[-1][:200]}`"] for r in failed])
+
+
+def _baseline_name(records: Sequence[Record], exp: Any) -> str:
+    if exp is not None:
+        return exp.baseline_name
+    names = list(dict.fromkeys(r.variant for r in records))
+    return "baseline" if "baseline" in names else names[0]  # the runner writes the baseline first
+
+
+def _load_experiment(results_dir: Path) -> Any:
+    path = results_dir / "experiment.toml"
+    if not path.is_file():
+        return None
+    from harness.experiment import load_experiment
+
+    try:
+        return load_experiment(path)
+    except ValueError:
+        return None  # the workload or a knob is gone: report the records without the experiment
+
+
+def write_report(results_dir: Path, out_dir: Path, experiment: Any = None) -> Path:
+    """Write out_dir/README.md and its PNGs from a results directory; returns the README path."""
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    records = load_records(results_dir)
+    exp = experiment if experiment is not None else _load_experiment(results_dir)
+    s = summarize(records, _baseline_name(records, exp), target=getattr(exp, "quality_target", None))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from harness.report import plots
+
+    figures = plots.write_all(s, records, out_dir)
+    base = s.attrs["baseline"]
+    lines = _header(s, records, exp, results_dir)
+    lines += [f"**Headline:** {headline(s)}.", ""]
+    sections = [("Key changes", _key_changes(s)), ("Speed", _speed(s)), ("Noise floor", _noise(records, base)),
+                ("Equivalence", _equivalence(s)), ("Quality", _quality(s)), ("Phase breakdown", _phases(s)),
+                ("Gates", _gates(s, exp)), ("Advisor", _advice(s)), ("Predicted vs measured cost", _costs(s, exp))]
+    for title, body in sections:
+        if body:
+            lines += [f"## {title}", "", *body]
+    if figures:
+        lines += ["## Plots", ""]
+        captions = {"throughput": "Throughput and speedup", "phases": "Phase breakdown",
+                    "quality": "Quality vs wall-clock time and epochs", "timeline": "Utilisation and memory",
+                    "scaling": "Scaling"}
+        lines += [f"![{captions[k]}]({p.name})\n" for k, p in figures.items()]
+    lines += ["## Failed runs", "", *_failures(records)]
+    source = getattr(exp, "source", "")
+    lines += ["## Reproduce", "", "```", f"trainbench sweep {source}" if source else
+              f"trainbench report {results_dir}", "```", ""]
+    readme = out_dir / REPORT_FILE
+    readme.write_text("\n".join(lines))
+    (out_dir / META_FILE).write_text(json.dumps({"experiment": exp.name if exp is not None else records[0].experiment,
+                                                 "headline": headline(s), "when": records[-1].env.get("time", ""),
+                                                 "device": records[0].env.get("gpu_name") or
+                                                 records[0].env.get("cpu_model", "")}, indent=1))
+    return readme
+
+
+def write_index(reports_dir: Path) -> Path:
+    """reports_dir/README.md linking every report below it with its headline."""
+    reports_dir = Path(reports_dir)
+    rows = []
+    for readme in sorted(reports_dir.glob(f"*/{REPORT_FILE}")):
+        meta_path = readme.parent / META_FILE
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        name = meta.get("experiment", readme.parent.name)
+        rows.append([f"[{name}]({readme.parent.name}/{REPORT_FILE})", meta.get("headline", "–"),
+                     meta.get("device", "–"), meta.get("when", "–")])
+    lines = ["# trainbench reports", "", "Generated by `trainbench sweep`; each report links its plots and raw "
+             "numbers.", ""]
+    lines += table(["Experiment", "Headline", "Device", "When"], rows) if rows else ["No reports yet.", ""]
+    index = reports_dir / REPORT_FILE
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    index.write_text("\n".join(lines))
+    return index

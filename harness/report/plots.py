@@ -1,0 +1,221 @@
+"""Report figures (matplotlib, Agg, no pyplot state): throughput and speedup with whiskers, phase
+breakdown, quality against wall-clock time and epochs, utilisation/memory timelines, scaling curves.
+
+Each function writes one PNG and returns its path, or None when the data for it is absent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from harness.knobs import GENERIC_BY_NAME
+from harness.results import PHASE_NAMES, Record
+
+DPI = 110
+PHASE_COLORS = {"data": "#d62728", "forward": "#1f77b4", "loss": "#9467bd", "backward": "#ff7f0e",
+                "optimizer": "#2ca02c", "other": "#7f7f7f"}
+
+
+def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _finite(x: object) -> bool:
+    try:
+        return math.isfinite(float(x))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def throughput(summary: pd.DataFrame, path: Path) -> Path | None:
+    """Samples/s per variant (whiskers: min-max across repeats) beside speedup (whiskers: 95% CI)."""
+    rows = summary[[_finite(v) for v in summary["samples_per_s"]]]
+    if rows.empty:
+        return None
+    names = list(rows.index)[::-1]  # baseline on top
+    y = np.arange(len(names))
+    fig, (ax1, ax2) = _figure(10, 1.2 + 0.45 * len(names), ncols=2)
+    med = rows.loc[names, "samples_per_s"].to_numpy(float)
+    lo = med - rows.loc[names, "samples_per_s_min"].to_numpy(float)
+    hi = rows.loc[names, "samples_per_s_max"].to_numpy(float) - med
+    ax1.barh(y, med, xerr=[lo, hi], color="#1f77b4", capsize=4, error_kw={"elinewidth": 1.2})
+    ax1.set_yticks(y, names)
+    ax1.set_xlabel("throughput (samples/s), median of repeats")
+    ax1.set_title("Throughput (whiskers: min-max across repeats)", fontsize=10)
+    sp = rows.loc[names, "speedup"].to_numpy(float)
+    cl = rows.loc[names, "speedup_ci_low"].to_numpy(float)
+    ch = rows.loc[names, "speedup_ci_high"].to_numpy(float)
+    err = np.vstack([np.where(np.isfinite(cl), sp - cl, 0), np.where(np.isfinite(ch), ch - sp, 0)])
+    colors = ["#2ca02c" if s > 1 else "#d62728" if s < 1 else "#7f7f7f" for s in sp]
+    ax2.barh(y, sp, xerr=err, color=colors, capsize=4, error_kw={"elinewidth": 1.2})
+    ax2.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax2.set_yticks(y, [""] * len(names))
+    ax2.set_xlabel(f"speedup vs {summary.attrs.get('baseline', 'baseline')} (x, paired samples/s ratio)")
+    ax2.set_title("Speedup (whiskers: bootstrap 95% CI)", fontsize=10)
+    top = float(np.nanmax(np.where(np.isfinite(ch), ch, sp)))
+    for yi, s in zip(y, sp, strict=True):
+        ax2.text(s, yi + 0.3, f" x{s:.2f}", va="center", fontsize=8)
+    ax2.set_xlim(0, top * 1.18)
+    for ax in (ax1, ax2):
+        ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def phases(summary: pd.DataFrame, path: Path) -> Path | None:
+    """Stacked time per optimizer step by phase (ms), with each phase's share labelled."""
+    cols = [f"phase_ms_{p}" for p in PHASE_NAMES]
+    rows = summary[[any(_finite(summary.at[v, c]) for c in cols) for v in summary.index]]
+    if rows.empty:
+        return None
+    names = list(rows.index)[::-1]
+    y = np.arange(len(names))
+    fig, (ax,) = _figure(10, 1.6 + 0.45 * len(names))
+    left = np.zeros(len(names))
+    totals = np.nansum(rows.loc[names, cols].to_numpy(float), axis=1)
+    widest = float(totals.max()) or 1.0
+    for p in PHASE_NAMES:
+        ms = np.nan_to_num(rows.loc[names, f"phase_ms_{p}"].to_numpy(float))
+        ax.barh(y, ms, left=left, color=PHASE_COLORS[p], label=p)
+        for yi, (l0, w, tot) in enumerate(zip(left, ms, totals, strict=True)):
+            if tot > 0 and w / widest >= 0.05:  # only where the label fits inside the segment
+                ax.text(l0 + w / 2, yi, f"{w / tot:.0%}", ha="center", va="center", fontsize=8, color="white")
+        left += ms
+    ax.set_yticks(y, names)
+    ax.set_xlabel("time per optimizer step (ms), median of repeats")
+    ax.set_title("Where a step goes (labels: share of the step)", fontsize=10)
+    fig.legend(*ax.get_legend_handles_labels(), ncols=len(PHASE_NAMES), loc="outside lower center", fontsize=8,
+               frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def quality_curves(summary: pd.DataFrame, path: Path) -> Path | None:
+    """The primary metric against training wall-clock seconds and against epochs, one line per variant."""
+    metric = summary.attrs.get("primary_metric")
+    curves = {v: c for v, c in summary["curve"].items() if c} if "curve" in summary.columns else {}
+    if not metric or not curves:
+        return None
+    fig, (ax1, ax2) = _figure(10, 4, ncols=2)
+    for v, curve in curves.items():
+        pts = [p for p in curve if p.get(metric) is not None]
+        ax1.plot([p["wall_s"] for p in pts], [p[metric] for p in pts], marker="o", markersize=3, label=v)
+        ax2.plot([p["epoch"] for p in pts], [p[metric] for p in pts], marker="o", markersize=3, label=v)
+    target, equal_s = summary.attrs.get("target"), summary.attrs.get("equal_time_s")
+    for ax in (ax1, ax2):
+        if target is not None:
+            ax.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:g}")
+        ax.set_ylabel(f"{metric} ({'higher' if summary.attrs.get('higher_is_better', True) else 'lower'} is better)")
+        ax.grid(alpha=0.3)
+    if equal_s:
+        ax1.axvline(equal_s, color="grey", linestyle="--", linewidth=1, label=f"equal time {equal_s:.3g} s")
+    ax1.set_xlabel("training wall-clock time (s, evals excluded)")
+    ax2.set_xlabel("epoch")
+    ax1.set_title("Quality at equal wall-clock time", fontsize=10)
+    ax2.set_title("Quality at equal epochs", fontsize=10)
+    ax1.legend(fontsize=8)
+    return _save(fig, path)
+
+
+_SERIES = (("gpu_util_pct", "gpu_mem_used_gib", "GPU utilisation", "GPU memory used"),
+           ("cpu_util_pct", "rss_gib", "CPU utilisation", "process RSS (workers included)"))
+
+
+def timeline(records: Sequence[Record], path: Path) -> Path | None:
+    """Sampled utilisation (%) and memory (GiB) over one speed run per variant (GPU series preferred)."""
+    runs = {}
+    for r in records:
+        if r.phase == "speed" and r.status == "ok" and r.timeline.get("t_s") and r.variant not in runs:
+            runs[r.variant] = r.timeline
+    for util_key, mem_key, util_label, mem_label in _SERIES:
+        if any(t.get(util_key) or t.get(mem_key) for t in runs.values()):
+            break
+    else:
+        return None
+    fig, (ax1, ax2) = _figure(10, 3.6, ncols=2)
+    for v, t in runs.items():
+        ts = np.asarray(t["t_s"], float)
+        for ax, key in ((ax1, util_key), (ax2, mem_key)):
+            series = t.get(key)
+            if series and len(series) == len(ts):
+                ax.plot(ts, series, label=v, linewidth=1.2)
+    ax1.set_ylabel(f"{util_label} (%)")
+    ax1.set_ylim(0, 105)
+    ax2.set_ylabel(f"{mem_label} (GiB)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("time since run start (s)")
+        ax.grid(alpha=0.3)
+    ax1.set_title(f"{util_label}, first repeat of each variant", fontsize=10)
+    ax2.set_title(f"{mem_label}, first repeat of each variant", fontsize=10)
+    ax1.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def scaling_knob(summary: pd.DataFrame) -> str | None:
+    """The one numeric knob every variant changes (and nothing else), with >= 3 distinct values."""
+    knobs = {k for changed in summary["changed"] for k in changed}
+    if len(knobs) != 1:
+        return None
+    knob = knobs.pop()
+    values = [cfg.get(knob) for cfg in summary["config"]]
+    numeric = GENERIC_BY_NAME[knob].type in (int, float) if knob in GENERIC_BY_NAME else \
+        all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
+    return knob if numeric and len(set(values)) >= 3 else None
+
+
+def scaling(summary: pd.DataFrame, path: Path) -> Path | None:
+    """Throughput against the swept knob (samples/s, and tokens/s when tokens are counted)."""
+    knob = scaling_knob(summary)
+    if knob is None:
+        return None
+    rows = summary[[_finite(v) for v in summary["samples_per_s"]]]
+    rows = rows.assign(_x=[cfg[knob] for cfg in rows["config"]]).sort_values("_x")
+    with_tokens = bool(np.nansum(rows["tokens_per_s"].to_numpy(float)) > 0)
+    fig, axes = _figure(10 if with_tokens else 6, 4, ncols=2 if with_tokens else 1)
+    x = rows["_x"].to_numpy(float)
+    panels = [("samples_per_s", "samples/s")] + ([("tokens_per_s", "real tokens/s")] if with_tokens else [])
+    for ax, (col, label) in zip(axes, panels, strict=True):
+        y = rows[col].to_numpy(float)
+        if col == "samples_per_s":
+            err = [y - rows["samples_per_s_min"].to_numpy(float), rows["samples_per_s_max"].to_numpy(float) - y]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label="measured (min-max)")
+            if knob == "batch_size":  # perfect batching: samples/s proportional to the batch
+                ax.plot(x, y[0] * x / x[0], linestyle=":", color="grey", label="linear in batch_size")
+        else:
+            ax.plot(x, y, marker="o", label="measured")
+        if x.max() / max(x.min(), 1e-12) >= 8:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.set_xlabel(knob)
+        ax.set_ylabel(f"throughput ({label})")
+        ax.set_title(f"{label} vs {knob}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def write_all(summary: pd.DataFrame, records: Sequence[Record], out_dir: Path) -> dict[str, Path]:
+    """Every figure the data supports, as {name: path}."""
+    made = {
+        "throughput": throughput(summary, out_dir / "throughput.png"),
+        "phases": phases(summary, out_dir / "phases.png"),
+        "quality": quality_curves(summary, out_dir / "quality.png"),
+        "timeline": timeline(records, out_dir / "timeline.png"),
+        "scaling": scaling(summary, out_dir / "scaling.png"),
+    }
+    return {k: v for k, v in made.items() if v is not None}

@@ -1,0 +1,202 @@
+"""Runs an experiment: every (variant, phase, repeat) in a fresh process, interleaved, with a timeout.
+
+Order: equivalence checks first (one short step each), then speed repeats interleaved
+A B C A B C so that drift (thermal, background load) hits every variant alike, then one quality
+run per variant. Each job's record is appended to `records.jsonl` as soon as it ends, so a killed
+sweep keeps what finished and `resume=True` runs only what is missing.
+
+The launch step is a `Launcher`: the default starts ``python -m harness.worker``; a distributed
+launcher (torchrun for a future ``ddp=N`` knob) only has to build a different command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.experiment import Experiment, knob_kinds
+from harness.results import RECORDS_FILE, Record, append, collect_env, iter_records
+
+EXPERIMENT_FILE = "experiment.json"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Job:
+    """One unit of work for a child process."""
+
+    experiment: str
+    variant: str
+    phase: str
+    repeat: int
+    config: dict[str, Any]
+    base_config: dict[str, Any] | None = None
+    timeout_s: float = 600.0
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.variant, self.phase, self.repeat)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What came back from a child."""
+
+    result: dict[str, Any] | None
+    returncode: int | None
+    stderr_tail: str
+    timed_out: bool
+    wall_s: float
+
+
+class Launcher:
+    """Starts a job's child process and waits for it, killing the whole process group on timeout."""
+
+    def command(self, job_file: Path, result_file: Path) -> list[str]:
+        """The command line of the child (override for torchrun and the like)."""
+        return [sys.executable, "-m", "harness.worker", str(job_file), str(result_file)]
+
+    def launch(self, job: Job, workdir: Path) -> Outcome:
+        """Run `job` in a fresh process."""
+        job_file, result_file, err_file = workdir / "job.json", workdir / "result.json", workdir / "stderr.txt"
+        job_file.write_text(json.dumps(asdict(job)))
+        result_file.unlink(missing_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
+        start = time.perf_counter()
+        timed_out = False
+        with open(err_file, "wb") as err:
+            proc = subprocess.Popen(self.command(job_file, result_file), stdout=subprocess.DEVNULL, stderr=err,
+                                    start_new_session=True, env=env)
+            try:
+                proc.wait(timeout=job.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                os.killpg(proc.pid, signal.SIGKILL)  # the worker and its DataLoader workers
+                proc.wait()
+        wall = time.perf_counter() - start
+        result = json.loads(result_file.read_text()) if result_file.exists() else None
+        tail = err_file.read_text(errors="replace")[-3000:]
+        return Outcome(result, proc.returncode, tail, timed_out, wall)
+
+
+def plan(exp: Experiment) -> tuple[list[Job], list[Record]]:
+    """(jobs to launch, records known without launching: equivalence skipped for quality knobs)."""
+    base = exp.configs[exp.baseline_name]
+    jobs: list[Job] = []
+    skipped: list[Record] = []
+    if exp.equivalence:
+        for v in exp.variants[1:]:
+            kinds = knob_kinds(exp, v)
+            cfg = exp.configs[v]
+            if kinds <= {"exact", "approx"}:
+                jobs.append(Job(experiment=exp.name, variant=v, phase="equivalence", repeat=0,
+                                config=cfg.to_dict(), base_config=base.to_dict(), timeout_s=exp.timeout_s))
+            else:
+                changed = ", ".join(f"{k}={b}->{w}" for k, (b, w) in exp.changed_knobs(v).items())
+                skipped.append(_record(exp, Job(experiment=exp.name, variant=v, phase="equivalence", repeat=0,
+                                                config=cfg.to_dict()), "ok", equivalence={
+                    "passed": None, "reason": f"not checked: changes training ({changed}); compare quality instead",
+                    "compared": []}))
+    for r in range(exp.repeats):
+        for v in exp.variants:
+            jobs.append(Job(experiment=exp.name, variant=v, phase="speed", repeat=r,
+                            config=exp.configs[v].replace(epochs=0).to_dict(), timeout_s=exp.timeout_s))
+    if exp.quality_epochs > 0:
+        for v in exp.variants:
+            jobs.append(Job(experiment=exp.name, variant=v, phase="quality", repeat=0,
+                            config=exp.configs[v].replace(epochs=exp.quality_epochs).to_dict(),
+                            timeout_s=exp.timeout_s))
+    return jobs, skipped
+
+
+def _record(exp: Experiment, job: Job, status: str, **fields: Any) -> Record:
+    cfg = job.config
+    return Record(experiment=exp.name, variant=job.variant, phase=job.phase, repeat=job.repeat,
+                  workload=cfg["workload"], preset=cfg["preset"], seed=cfg["seed"], config=cfg, status=status,
+                  **fields)
+
+
+def record_from(exp: Experiment, job: Job, outcome: Outcome) -> Record:
+    """Turn a child's outcome (or its absence) into a record."""
+    res = outcome.result
+    if outcome.timed_out:
+        return _record(exp, job, "timeout", error=f"exceeded timeout_s={job.timeout_s:g} and was killed; "
+                       f"raise timeout_s or lower the budget\n{outcome.stderr_tail[-1500:]}",
+                       env=collect_env(), wall_s=outcome.wall_s)
+    if res is None:
+        return _record(exp, job, "crash", error=f"child exited with code {outcome.returncode} and no result "
+                       f"(killed by the OS? out of memory?)\n{outcome.stderr_tail}", env=collect_env(),
+                       wall_s=outcome.wall_s)
+    return _record(exp, job, res["status"], error=res.get("error", ""), env=res.get("env", {}),
+                   warnings=tuple(res.get("warnings", ())), metrics=res.get("metrics", {}),
+                   phase_ms=res.get("phase_ms", {}), step_ms=tuple(res.get("step_ms", ())),
+                   quality=res.get("quality", {}), curve=tuple(res.get("curve", ())),
+                   equivalence=res.get("equivalence", {}), timeline=res.get("timeline", {}),
+                   wall_s=outcome.wall_s)
+
+
+def save_experiment(exp: Experiment, out_dir: Path) -> None:
+    """Keep what was run beside the records, so `trainbench report DIR` needs no TOML."""
+    data = {"name": exp.name, "workload": exp.workload, "description": exp.description,
+            "baseline_name": exp.baseline_name, "repeats": exp.repeats, "timeout_s": exp.timeout_s,
+            "quality_epochs": exp.quality_epochs, "quality_target": exp.quality_target,
+            "equivalence": exp.equivalence, "gates": list(exp.gates), "source": exp.source,
+            "overrides": {k: dict(v) for k, v in exp.overrides.items()},
+            "configs": {k: c.to_dict() for k, c in exp.configs.items()}}
+    (out_dir / EXPERIMENT_FILE).write_text(json.dumps(data, indent=2, default=str))
+
+
+def load_saved_experiment(out_dir: Path) -> Experiment | None:
+    """The experiment a results directory was produced by (None if it has no experiment.json)."""
+    from harness.experiment import build
+
+    path = Path(out_dir) / EXPERIMENT_FILE
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    overrides = d["overrides"]
+    variants = {k: v for k, v in overrides.items() if k not in (d["baseline_name"], "__baseline__")}
+    return build(d["name"], d["workload"], overrides.get("__baseline__", {}), variants,
+                 baseline_name=d["baseline_name"], description=d["description"], repeats=d["repeats"],
+                 timeout_s=d["timeout_s"], quality_epochs=d["quality_epochs"], quality_target=d["quality_target"],
+                 equivalence=d["equivalence"], gates=tuple(d["gates"]), source=d["source"])
+
+
+def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: bool = False,
+                   launcher: Launcher | None = None,
+                   progress: Callable[[int, int, Job, Record | None], None] | None = None) -> list[Record]:
+    """Run every job not already recorded; returns the records of this call (skipped included)."""
+    out = Path(out_dir)
+    existing = {r.key for r in iter_records(out)}
+    if existing and not resume:
+        raise ValueError(f"'{out}' already holds records ({RECORDS_FILE}); pass --resume to finish it or "
+                         "choose another --out")
+    launcher = launcher or Launcher()
+    jobs, skipped = plan(exp)
+    out.mkdir(parents=True, exist_ok=True)
+    save_experiment(exp, out)
+    done: list[Record] = []
+    for rec in skipped:
+        if rec.key not in existing:
+            append(out, rec)
+            done.append(rec)
+    todo = [j for j in jobs if j.key not in existing]
+    with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
+        for i, job in enumerate(todo, 1):
+            if progress:
+                progress(i, len(todo), job, None)
+            rec = record_from(exp, job, launcher.launch(job, Path(tmp)))
+            append(out, rec)
+            done.append(rec)
+            if progress:
+                progress(i, len(todo), job, rec)
+    return done

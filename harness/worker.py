@@ -1,0 +1,66 @@
+"""Child-process entry point: run one job, write its result as JSON. Never raises to the parent.
+
+``python -m harness.worker JOB.json RESULT.json``. Whatever happens inside (a crash, an OOM, a NaN
+loss) becomes a status plus the error text in RESULT.json; only a hard death (segfault, SIGKILL on
+timeout) leaves no result, and the runner records that from the outside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Execute a job description; returns the result fields of a `Record`."""
+    import torch
+
+    from harness.config import resolve
+    from harness.results import collect_env
+    from harness.trainer import NonFiniteLoss, train
+
+    out: dict[str, Any] = {"status": "ok", "error": "", "env": {}, "warnings": []}
+    try:
+        out["env"] = collect_env()
+        config = job["config"]
+        cfg = resolve(config["workload"], config)
+        if job["phase"] == "equivalence":
+            from harness.equivalence import check_equivalence
+
+            base = resolve(job["base_config"]["workload"], job["base_config"])
+            out["equivalence"] = check_equivalence(base, cfg)
+        else:
+            result = train(cfg)
+            out.update(metrics=result.metrics, phase_ms=result.phase_ms, step_ms=result.step_ms,
+                       quality=result.quality, curve=result.curve, warnings=result.warnings,
+                       timeline=result.timeline)
+            out["env"].update({f"note_{k}": v for k, v in result.notes.items()})
+    except NonFiniteLoss as exc:
+        out.update(status="nan", error=str(exc))
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        out.update(status="oom", error=f"{type(exc).__name__}: {exc}"[-4000:])
+    except Exception as exc:  # any failure of the run is data for the record, not a lost sweep
+        out.update(status="crash", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-4000:]}")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """Read the job, run it, write the result atomically."""
+    job_path, result_path = Path(argv[1]), Path(argv[2])
+    job = json.loads(job_path.read_text())
+    start = time.perf_counter()
+    result = run_job(job)
+    result["wall_s"] = time.perf_counter() - start
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, allow_nan=True, default=str))
+    os.replace(tmp, result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

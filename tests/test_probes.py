@@ -1,0 +1,116 @@
+"""The instrument against known loads: a sleep, an allocation, a known FLOP count, no GPU."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from harness.config import resolve
+from harness.experiment import build
+from harness.probes.counters import ForwardCounter, count_flops
+from harness.probes.sampler import ResourceSampler
+from harness.probes.timers import PhaseClock
+from harness.results import load_records
+from harness.runner import run_experiment
+from harness.trainer import Trainer
+from tests import toy
+from tests.conftest import TOY
+
+
+def test_phase_clock_measures_a_known_sleep_within_1_percent() -> None:
+    toy.TRUE_SLEEPS_S.clear()
+    cfg = resolve(TOY, {"sleep_ms": 40, "bench_warmup_steps": 1, "bench_steps": 8})
+    result = Trainer(cfg).run()
+    truth_ms = [s * 1e3 for s in toy.TRUE_SLEEPS_S[1:]]  # the first call belongs to the warmup step
+    assert len(truth_ms) == 8
+    forward_ms = result.phase_ms["forward"]
+    assert abs(forward_ms - statistics.fmean(truth_ms)) / statistics.fmean(truth_ms) < 0.01
+    # The whole step contains the sleep and little else.
+    assert result.metrics["step_ms_median"] >= min(truth_ms)
+    assert abs(sum(result.phase_ms.values()) - result.metrics["step_ms_mean"]) < 1e-6 * 1e3
+
+
+def test_step_times_add_up_to_the_window() -> None:
+    cfg = resolve(TOY, {"sleep_ms": 10, "bench_warmup_steps": 1, "bench_steps": 10})
+    result = Trainer(cfg).run()
+    window_ms = result.metrics["train_wall_s"] * 1e3
+    assert abs(sum(result.step_ms) - window_ms) / window_ms < 0.05
+    assert result.metrics["steps_per_s"] == 10 / result.metrics["train_wall_s"]
+
+
+def test_phase_clock_charges_segments_to_phases() -> None:
+    clock = PhaseClock(torch.device("cpu"))
+    clock.start_step()
+    time.sleep(0.02)
+    clock.mark("data")
+    time.sleep(0.01)
+    clock.mark("forward")
+    clock.end_step()
+    clock.start_step()
+    clock.end_step(keep=False)  # a warmup step is not kept
+    step_ms, phases = clock.resolve()
+    assert len(step_ms) == 1
+    assert 19 < phases["data"][0] < 30 and 9 < phases["forward"][0] < 20
+    assert abs(step_ms[0] - sum(p[0] for p in phases.values())) < 1e-6
+
+
+def test_peak_rss_sees_a_known_allocation_within_5_percent(tmp_path) -> None:
+    mib = 512
+    exp = build("rss", TOY, {"bench_warmup_steps": 1, "bench_steps": 2}, {"alloc": {"alloc_mib": mib}},
+                repeats=1, equivalence=False, timeout_s=300)
+    run_experiment(exp, tmp_path)
+    peaks = {r.variant: r.metrics["peak_rss_gib"] for r in load_records(tmp_path)}
+    grown_mib = (peaks["alloc"] - peaks["baseline"]) * 1024
+    assert abs(grown_mib - mib) / mib < 0.05, grown_mib
+
+
+def test_forward_counter_counts_root_calls_only() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    counter = ForwardCounter(model)
+    model(torch.randn(2, 4))
+    model(torch.randn(2, 4))
+    assert counter.calls == 2
+    counter.remove()
+    model(torch.randn(2, 4))
+    assert counter.calls == 2
+
+
+def test_flop_counter_matches_a_known_matmul() -> None:
+    batch, d_in, d_out = 32, 64, 16
+    layer = torch.nn.Linear(d_in, d_out)
+    x = torch.randn(batch, d_in, requires_grad=True)
+
+    def step() -> None:
+        layer(x).sum().backward()
+
+    _, flops = count_flops(step)
+    # forward 2*B*in*out; backward: grad wrt input and wrt weight, 2*B*in*out each
+    assert flops == 3 * 2 * batch * d_in * d_out
+
+
+def test_sampler_degrades_without_gpu_and_tracks_rss() -> None:
+    sampler = ResourceSampler(None, interval_s=0.01)
+    sampler.start()
+    held = bytearray(64 * 1024**2)
+    held[::4096] = b"x" * len(held[::4096])
+    time.sleep(0.1)
+    sampler.stop()
+    assert sampler.nvml_status.startswith("not available")
+    assert sampler.series["gpu_util_pct"] == [] and sampler.energy_j is None
+    assert len(sampler.series["rss_gib"]) >= 3
+    assert sampler.peak_rss_gib > 0.05
+    del held
+
+
+def test_records_carry_env_and_warnings(tmp_path) -> None:
+    exp = build("env", TOY, {"pin_memory": True, "bench_warmup_steps": 1, "bench_steps": 2}, {},
+                repeats=1, equivalence=False)
+    run_experiment(exp, tmp_path)
+    (rec,) = load_records(tmp_path)
+    assert rec.status == "ok"
+    for key in ("torch", "python", "cpu_model", "cpu_cores", "git_commit", "git_dirty", "time", "hostname"):
+        assert key in rec.env
+    assert any("pin_memory" in w for w in rec.warnings)
+    assert rec.env["note_nvml"].startswith("not available")

@@ -1,0 +1,76 @@
+"""Isolated runs: failures become records, the sweep goes on, --resume redoes nothing finished."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from harness.experiment import build
+from harness.results import RECORDS_FILE, iter_records, load_records
+from harness.runner import plan, run_experiment
+from tests.conftest import TOY
+
+BASE = {"bench_warmup_steps": 1, "bench_steps": 4}
+
+
+def test_crash_nan_and_timeout_become_records_while_others_finish(tmp_path) -> None:
+    exp = build("failures", TOY, BASE, {"raises": {"fail": "raise"}, "nan": {"fail": "nan"},
+                                        "hangs": {"fail": "hang"}, "fine": {"dim": 4}},
+                repeats=1, equivalence=False, timeout_s=25)
+    run_experiment(exp, tmp_path)
+    by_variant = {r.variant: r for r in load_records(tmp_path)}
+    assert by_variant["baseline"].status == "ok" and by_variant["fine"].status == "ok"
+    assert by_variant["raises"].status == "crash"
+    assert "RuntimeError: planted failure in forward" in by_variant["raises"].error
+    assert by_variant["nan"].status == "nan" and "training loss is nan" in by_variant["nan"].error
+    assert by_variant["hangs"].status == "timeout" and "exceeded timeout_s=25" in by_variant["hangs"].error
+    assert by_variant["fine"].metrics["samples_per_s"] > 0
+
+
+def test_repeats_are_interleaved() -> None:
+    exp = build("order", TOY, BASE, {"b": {"dim": 4}, "c": {"dim": 2}}, repeats=2, equivalence=False)
+    jobs, _ = plan(exp)
+    assert [(j.variant, j.repeat) for j in jobs] == [
+        ("baseline", 0), ("b", 0), ("c", 0), ("baseline", 1), ("b", 1), ("c", 1)]
+
+
+def test_existing_results_need_resume(tmp_path) -> None:
+    exp = build("again", TOY, BASE, {}, repeats=1, equivalence=False)
+    run_experiment(exp, tmp_path)
+    try:
+        run_experiment(exp, tmp_path)
+    except ValueError as exc:
+        assert "pass --resume" in str(exc)
+    else:
+        raise AssertionError("a second run into the same directory must be refused")
+
+
+def _toml(tmp_path) -> str:
+    path = tmp_path / "resume.toml"
+    path.write_text(f'workload = "{TOY}"\nrepeats = 3\nequivalence = false\n'
+                    '[baseline]\nbench_warmup_steps = 1\nbench_steps = 2\n[variants.slow]\nsleep_ms = 5.0\n')
+    return str(path)
+
+
+def test_resume_after_kill_reruns_nothing_finished(tmp_path) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", _toml(tmp_path), "--out", str(out),
+           "--reports", str(tmp_path / "reports")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(iter_records(out))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = [r.key for r in iter_records(out)]
+    assert 2 <= len(before) < 6, before
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    keys = [r.key for r in iter_records(out)]
+    assert Counter(keys).most_common(1)[0][1] == 1, "a finished run was run again"
+    assert len(keys) == 6 and keys[: len(before)] == before
+    assert (out / RECORDS_FILE).read_text().endswith("\n")
