@@ -58,9 +58,9 @@ def _failed(records: Sequence[Record]) -> list[Record]:
 
 def _validate_gates(exp: Experiment) -> None:
     if exp.gates:
-        from harness.analysis.gates import validate
+        from harness.analysis.gates import known_metrics_for, validate
 
-        validate(exp.gates, exp.variants, None)
+        validate(exp.gates, exp.variants, known_metrics_for(exp))
 
 
 def _median(values: list[float]) -> float | None:
@@ -106,7 +106,8 @@ def _report(results_dir: Path, report_dir: Path | None, exp: Experiment | None, 
     """Print the summary, write the report, evaluate gates; returns 1 if a gate failed under --check."""
     records = load_records(results_dir)
     exp = exp or load_saved_experiment(results_dir)
-    baseline = exp.baseline_name if exp else records[0].variant
+    baseline = exp.baseline_name if exp else next((r.variant for r in records if r.phase == "speed"),
+                                                  records[0].variant)
     print(plain_summary(records, baseline))
     if report_dir is None and not (exp and exp.gates):
         return 0
@@ -117,7 +118,7 @@ def _report(results_dir: Path, report_dir: Path | None, exp: Experiment | None, 
     if report_dir is not None:
         print(f"report: {write_report(results_dir, report_dir, exp)}")
     if exp and exp.gates:
-        summary = summarize(records, baseline)
+        summary = summarize(records, baseline, target=exp.quality_target)
         results = check_gates(exp.gates, summary, baseline, known_metrics=set(summary.columns))
         print("\ngates:")
         for g in results:
@@ -150,7 +151,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         shown_generic = True
         print("\n| knob | type | allowed | default | kind | what it does |\n|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['knob']} | {r['type']} | {r['allowed']} | {r['default']} | {r['kind']} | {r['doc']} |")
+            allowed = r["allowed"].replace("|", "\\|") if r["knob"] != "preset" else "a preset above"
+            default = str(r["default"]).lower() if isinstance(r["default"], bool) else r["default"]
+            print(f"| {r['knob']} | {r['type']} | {allowed} | {default} | {r['kind']} | {r['doc']} |")
         print()
     print("kinds: exact = same function; approx = same within dtype tolerance; quality = changes training; "
           "budget = how long it runs")

@@ -54,6 +54,8 @@ class Knob:
             return " | ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
         if self.type is bool:
             return "true | false"
+        if self.type is str:
+            return "text"
         lo = "-inf" if self.min is None else _fmt(self.min)
         hi = "inf" if self.max is None else _fmt(self.max)
         return f"{self.type.__name__} in [{lo}, {hi}]"

@@ -205,6 +205,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _ram_total_gib() -> float | None:
+    try:
+        import psutil
+
+        return psutil.virtual_memory().total / 1024**3
+    except Exception:  # psutil missing or restricted: capacity unknown
+        return None
+
+
 def collect_env() -> dict[str, Any]:
     """Versions, hardware and code identity of this process's environment."""
     import torch
@@ -215,6 +224,7 @@ def collect_env() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
@@ -223,6 +233,9 @@ def collect_env() -> dict[str, Any]:
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "ram_total_gib": _ram_total_gib(),
+        "gpu_mem_total_gib": (torch.cuda.get_device_properties(0).total_memory / 1024**3
+                              if torch.cuda.is_available() else None),
     }
     if env["gpu_name"]:
         try:

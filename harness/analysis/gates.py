@@ -19,6 +19,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -75,9 +76,19 @@ def known_metrics(quality_metrics: Iterable[str] = ()) -> set[str]:
     names |= {"speedup", "speedup_ci_low", "speedup_ci_high", "step_ms", "spread_pct", "samples_per_s_min",
               "samples_per_s_max", "samples_per_s_p10", "samples_per_s_p90", "runs_failed", "runs_ok",
               "time_to_target_s", "primary_at_equal_time", "equiv_max_abs_err", "equiv_max_rel_err"}
-    for q in quality_metrics:
-        names |= {q, f"{q}_delta"}
+    for q in quality_metrics:  # EMA weights are evaluated too, under an ``ema_`` prefix
+        names |= {q, f"{q}_delta", f"ema_{q}", f"ema_{q}_delta"}
     return names
+
+
+def _generic_metrics() -> set[str]:
+    return known_metrics()  # module-level name, shadowed by `validate`'s parameter of the same name
+
+
+def known_metrics_for(experiment: Any) -> set[str]:
+    """`known_metrics` for an experiment's workload (its quality metrics and their deltas included)."""
+    workload = experiment.configs[experiment.baseline_name].get_workload()
+    return known_metrics(workload.quality_metrics)
 
 
 def parse(expr: str) -> Gate:
@@ -114,9 +125,15 @@ def _check_name(kind: str, name: str, allowed: Iterable[str], expr: str) -> None
     raise ValueError(f"gate {expr!r}: unknown {kind} '{name}'; {hint}")
 
 
-def validate(gates: Sequence[str], variants: Iterable[str], known_metrics: set[str]) -> list[Gate]:
-    """Parse every gate and check its names, before anything runs; ValueError on the first bad one."""
+def validate(gates: Sequence[str], variants: Iterable[str], known_metrics: set[str] | None) -> list[Gate]:
+    """Parse every gate and check its names, before anything runs; ValueError on the first bad one.
+
+    `known_metrics=None` checks against the workload-independent names only (no quality metrics):
+    pass `known_metrics_for(experiment)` to admit the workload's quality metrics and deltas.
+    """
     variants = list(variants)
+    if known_metrics is None:
+        known_metrics = _generic_metrics()
     parsed = []
     for expr in gates:
         gate = parse(expr)

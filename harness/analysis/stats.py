@@ -134,17 +134,20 @@ def _finite_positive(x: float | None) -> bool:
     return x is not None and np.isfinite(x) and x > 0
 
 
-def instability_advice(*, ci: RatioEstimate | None, spread_pcts: Sequence[float], repeats: int,
+def instability_advice(*, ci: RatioEstimate | None, spreads_pct: dict[str, float], repeats: int,
                        bench_steps: int | None) -> str:
-    """Empty when the result is stable; otherwise why it is not and what to do about it."""
+    """Empty when the result is stable; otherwise why it is not and what to do about it.
+
+    `spreads_pct` names each run-to-run spread that matters (this variant's, the baseline's).
+    """
     reasons = []
     if ci is not None and ci.n < 2:
         reasons.append(f"only {ci.n} paired repeat(s), no confidence interval")
     elif ci is not None and ci.straddles_one:
         reasons.append(f"the 95% CI [{ci.ci_low:.3f}, {ci.ci_high:.3f}] includes 1.0")
-    worst = max((s for s in spread_pcts if np.isfinite(s)), default=0.0)
-    if worst > UNSTABLE_SPREAD_PCT:
-        reasons.append(f"run-to-run spread {worst:.0f}% > {UNSTABLE_SPREAD_PCT:.0f}%")
+    for who, spread in spreads_pct.items():
+        if np.isfinite(spread) and spread > UNSTABLE_SPREAD_PCT:
+            reasons.append(f"{who} run-to-run spread {spread:.0f}% > {UNSTABLE_SPREAD_PCT:.0f}%")
     if not reasons:
         return ""
     todo = [f"more repeats (repeats={max(5, 2 * repeats)})"]

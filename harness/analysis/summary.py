@@ -209,9 +209,10 @@ def summarize(records: list[Record], baseline: str, *, target: float | None = No
             est = stats.paired_ratio(_per_repeat(ok_speed, "samples_per_s"), base_runs)
             row.update(speedup=est.ratio, speedup_ci_low=est.ci_low, speedup_ci_high=est.ci_high,
                        speedup_pairs=est.n)
-        advice = stats.instability_advice(
-            ci=est, spread_pcts=[row["spread_pct"], stats.spread_pct(list(base_runs.values()))],
-            repeats=max(len(speed), 1), bench_steps=config.get("bench_steps")) if ok_speed else ""
+        spreads = {"its": row["spread_pct"]} if v == baseline else \
+            {"its": row["spread_pct"], "the baseline's": stats.spread_pct(list(base_runs.values()))}
+        advice = stats.instability_advice(ci=est, spreads_pct=spreads, repeats=max(len(speed), 1),
+                                          bench_steps=config.get("bench_steps")) if ok_speed else ""
         row["unstable"], row["advice"] = bool(advice), advice
         _equivalence_columns(row, [r for r in recs if r.phase == "equivalence"], v == baseline)
         _quality_columns(row, [r for r in recs if r.phase == "quality" and r.status == "ok"], meta, target)

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -20,6 +20,9 @@ from harness.analysis import advisor, cost, gates
 from harness.analysis.summary import noise_floor, summarize
 from harness.knobs import GENERIC_BY_NAME
 from harness.results import PHASE_NAMES, Record, load_records
+
+if TYPE_CHECKING:
+    from harness.experiment import Experiment
 
 REPORT_FILE = "README.md"
 META_FILE = "report.json"
@@ -40,6 +43,15 @@ def fmt(x: Any, digits: int = 3) -> str:
     if abs(x) >= 10 ** digits:
         return f"{x:,.0f}"
     return f"{x:.{digits}g}"
+
+
+def fmt_pct(x: Any) -> str:
+    """A percentage with one decimal ('–' for missing)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{x:.1f}" if math.isfinite(x) else "–"
 
 
 def fmt_delta(x: Any) -> str:
@@ -86,8 +98,14 @@ def _knob_kind(name: str, workload_name: str) -> str:
         return "?"
 
 
+def _env(records: Sequence[Record]) -> dict[str, Any]:
+    """The environment of the first speed run that recorded one (planned-only records have none)."""
+    with_env = [r for r in records if r.env]
+    return dict(next((r.env for r in with_env if r.phase == "speed"), with_env[0].env if with_env else {}))
+
+
 def _header(s: pd.DataFrame, records: Sequence[Record], exp: Any, results_dir: Path) -> list[str]:
-    env = records[0].env
+    env = _env(records)
     base = s.attrs["baseline"]
     name = exp.name if exp is not None else records[0].experiment
     times = sorted(r.env.get("time", "") for r in records if r.env.get("time"))
@@ -222,7 +240,7 @@ def _quality(s: pd.DataFrame) -> list[str]:
 
 
 def _phases(s: pd.DataFrame) -> list[str]:
-    rows = [[f"`{v}`", *(fmt(r[f"phase_pct_{p}"]) for p in PHASE_NAMES), fmt(r["step_ms"])]
+    rows = [[f"`{v}`", *(fmt_pct(r[f"phase_pct_{p}"]) for p in PHASE_NAMES), fmt(r["step_ms"])]
             for v, r in s.iterrows() if math.isfinite(float(r["phase_pct_forward"]))]
     if not rows:
         return ["No phase timings recorded.", ""]
@@ -275,32 +293,32 @@ def _failures(records: Sequence[Record]) -> list[str]:
 def _baseline_name(records: Sequence[Record], exp: Any) -> str:
     if exp is not None:
         return exp.baseline_name
-    names = list(dict.fromkeys(r.variant for r in records))
-    return "baseline" if "baseline" in names else names[0]  # the runner writes the baseline first
+    speed = [r.variant for r in records if r.phase == "speed"] or [r.variant for r in records]
+    names = list(dict.fromkeys(speed))
+    return "baseline" if "baseline" in names else names[0]  # the runner interleaves speed runs baseline first
 
 
 def _load_experiment(results_dir: Path) -> Any:
-    path = results_dir / "experiment.toml"
-    if not path.is_file():
-        return None
-    from harness.experiment import load_experiment
-
+    """The experiment the runner saved beside the records, if it can still be built here."""
     try:
-        return load_experiment(path)
-    except ValueError:
-        return None  # the workload or a knob is gone: report the records without the experiment
+        from harness.runner import load_saved_experiment
+
+        return load_saved_experiment(results_dir)
+    except (ImportError, ValueError, KeyError, TypeError):
+        return None  # no saved experiment, or its workload/knobs are gone: report the records alone
 
 
-def write_report(results_dir: Path, out_dir: Path, experiment: Any = None) -> Path:
+def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | None = None, *,
+                 plots: bool = True) -> Path:
     """Write out_dir/README.md and its PNGs from a results directory; returns the README path."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     records = load_records(results_dir)
     exp = experiment if experiment is not None else _load_experiment(results_dir)
     s = summarize(records, _baseline_name(records, exp), target=getattr(exp, "quality_target", None))
     out_dir.mkdir(parents=True, exist_ok=True)
-    from harness.report import plots
+    from harness.report import plots as figures_module
 
-    figures = plots.write_all(s, records, out_dir)
+    figures = figures_module.write_all(s, records, out_dir) if plots else {}
     base = s.attrs["baseline"]
     lines = _header(s, records, exp, results_dir)
     lines += [f"**Headline:** {headline(s)}.", ""]
@@ -323,9 +341,9 @@ def write_report(results_dir: Path, out_dir: Path, experiment: Any = None) -> Pa
     readme = out_dir / REPORT_FILE
     readme.write_text("\n".join(lines))
     (out_dir / META_FILE).write_text(json.dumps({"experiment": exp.name if exp is not None else records[0].experiment,
-                                                 "headline": headline(s), "when": records[-1].env.get("time", ""),
-                                                 "device": records[0].env.get("gpu_name") or
-                                                 records[0].env.get("cpu_model", "")}, indent=1))
+                                                 "headline": headline(s), "when": _env(records).get("time", ""),
+                                                 "device": _env(records).get("gpu_name") or
+                                                 _env(records).get("cpu_model", "")}, indent=1))
     return readme
 
 

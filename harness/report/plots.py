@@ -62,15 +62,16 @@ def throughput(summary: pd.DataFrame, path: Path) -> Path | None:
     cl = rows.loc[names, "speedup_ci_low"].to_numpy(float)
     ch = rows.loc[names, "speedup_ci_high"].to_numpy(float)
     err = np.vstack([np.where(np.isfinite(cl), sp - cl, 0), np.where(np.isfinite(ch), ch - sp, 0)])
-    colors = ["#2ca02c" if s > 1 else "#d62728" if s < 1 else "#7f7f7f" for s in sp]
+    # green / red only where the CI excludes 1.0; grey: no resolvable difference (or no CI)
+    colors = ["#2ca02c" if lo_ > 1 else "#d62728" if hi_ < 1 else "#7f7f7f" for lo_, hi_ in zip(cl, ch, strict=True)]
     ax2.barh(y, sp, xerr=err, color=colors, capsize=4, error_kw={"elinewidth": 1.2})
     ax2.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax2.set_yticks(y, [""] * len(names))
     ax2.set_xlabel(f"speedup vs {summary.attrs.get('baseline', 'baseline')} (x, paired samples/s ratio)")
-    ax2.set_title("Speedup (whiskers: bootstrap 95% CI)", fontsize=10)
+    ax2.set_title("Speedup (whiskers: bootstrap 95% CI; grey: CI includes 1)", fontsize=10)
     top = float(np.nanmax(np.where(np.isfinite(ch), ch, sp)))
-    for yi, s in zip(y, sp, strict=True):
-        ax2.text(s, yi + 0.3, f" x{s:.2f}", va="center", fontsize=8)
+    for yi, s, hi_end in zip(y, sp, ch, strict=True):  # label past the whisker so they never overlap
+        ax2.text(hi_end if np.isfinite(hi_end) else s, yi, f" x{s:.2f}", va="center", fontsize=8)
     ax2.set_xlim(0, top * 1.18)
     for ax in (ax1, ax2):
         ax.grid(axis="x", alpha=0.3)
@@ -142,11 +143,10 @@ def timeline(records: Sequence[Record], path: Path) -> Path | None:
     for r in records:
         if r.phase == "speed" and r.status == "ok" and r.timeline.get("t_s") and r.variant not in runs:
             runs[r.variant] = r.timeline
-    for util_key, mem_key, util_label, mem_label in _SERIES:
-        if any(t.get(util_key) or t.get(mem_key) for t in runs.values()):
-            break
-    else:
+    present = [s for s in _SERIES if any(t.get(s[0]) or t.get(s[1]) for t in runs.values())]
+    if not present:
         return None
+    util_key, mem_key, util_label, mem_label = present[0]  # GPU series when sampled, else CPU / RSS
     fig, (ax1, ax2) = _figure(10, 3.6, ncols=2)
     for v, t in runs.items():
         ts = np.asarray(t["t_s"], float)
@@ -155,14 +155,16 @@ def timeline(records: Sequence[Record], path: Path) -> Path | None:
             if series and len(series) == len(ts):
                 ax.plot(ts, series, label=v, linewidth=1.2)
     ax1.set_ylabel(f"{util_label} (%)")
-    ax1.set_ylim(0, 105)
+    top = max((max(t.get(util_key) or [0]) for t in runs.values()), default=100)
+    ax1.set_ylim(0, max(105.0, top * 1.05))  # a process's CPU % can exceed 100 on several cores
     ax2.set_ylabel(f"{mem_label} (GiB)")
     for ax in (ax1, ax2):
         ax.set_xlabel("time since run start (s)")
         ax.grid(alpha=0.3)
     ax1.set_title(f"{util_label}, first repeat of each variant", fontsize=10)
     ax2.set_title(f"{mem_label}, first repeat of each variant", fontsize=10)
-    ax1.legend(fontsize=8)
+    fig.legend(*ax1.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(runs), 5), fontsize=8,
+               frameon=False)
     return _save(fig, path)
 
 

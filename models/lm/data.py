@@ -8,9 +8,9 @@ Lengths follow the figures seed 004 quotes: mean about 88 tokens, max 659, and 4
 sequences (57%) longer than 128. Those three cannot come from a smooth distribution (57% above 128
 with a mean of 88 forces the long ones to sit just above 128 and the rest to be short), so lengths
 are a two-part mixture: short lines of 4-40 tokens and paragraphs of 129 + a geometric excess,
-plus one 659-token outlier. The seed's chunk count (7,440 -> 9,619 after chunking at 128) is also
-inconsistent with its own 4,263 long sequences (each long one yields at least 2 chunks: >= 11,703);
-`chunk_stats` reports what chunking really produces.
+plus one 659-token outlier. The seed's chunk count (7,440 -> 9,619 after chunking at 128, "4,263
+were split") is also inconsistent: every split sequence adds at least one chunk, so 4,263 splits
+give at least 11,703; `chunk_stats` reports what chunking really produces.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def split_sequences(corpus: dict[str, torch.Tensor]) -> list[torch.Tensor]:
 
 
 def chunk(sequences: list[torch.Tensor], max_length: int) -> list[torch.Tensor]:
-    """Split every sequence into pieces of at most `max_length` tokens (659 -> 5 x 128 + 35).
+    """Split every sequence into pieces of at most `max_length` tokens: 659 -> 5 x 128 + 19.
+
+    (Seed 004 says 5 x 128 + 35, which adds up to 675.)
 
     A final piece of a single token has no next-token target and is dropped.
     """

@@ -51,7 +51,8 @@ class LMWorkload(Workload):
     )
     presets = {
         "tiny": Preset(values=dict(vocab_size=128, d_model=32, n_layers=1, n_heads=2, n_sequences=160,
-                                   length_scale=0.08, batch_size=8, bench_warmup_steps=2, bench_steps=5),
+                                   length_scale=0.08, max_length=32, batch_size=8, bench_warmup_steps=2,
+                                   bench_steps=5),
                        doc="tests: milliseconds per step"),
         "cpu": Preset(values=dict(vocab_size=2000, d_model=128, n_layers=2, n_heads=4, n_sequences=1200,
                                   max_length=128, batch_size=16, lr=2e-3, bench_warmup_steps=3, bench_steps=15),

@@ -1,0 +1,47 @@
+"""`compare OLD NEW`: per-variant changes with significance, and --fail-on thresholds."""
+
+import pytest
+
+from harness.analysis.compare import Threshold, compare, parse_fail_on
+from tests.fixtures.synthetic import speed_record, write
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    noise = (0.0, 0.02, -0.02)
+    old = [speed_record(v, r, speedup=s, noise=noise[r]) for r in range(3) for v, s in (("a", 1.0), ("b", 2.0))]
+    new = [speed_record(v, r, speedup=s, noise=noise[(r + 1) % 3]) for r in range(3)
+           for v, s in (("a", 0.8), ("b", 2.02), ("c", 1.0))]
+    return write(tmp_path / "old", old), write(tmp_path / "new", new)
+
+
+def test_table_and_significance(dirs):
+    text, failed = compare(*dirs, fail_on=[])
+    assert not failed
+    a_row = next(line for line in text.splitlines() if line.startswith("| a | samples_per_s |"))
+    b_row = next(line for line in text.splitlines() if line.startswith("| b | samples_per_s |"))
+    assert "-20.0%" in a_row and "| yes |" in a_row          # a 20% drop, outside the noise
+    assert "+1.0%" in b_row and "no (within noise)" in b_row  # 1% inside +-2% run-to-run noise
+    assert "only one directory (not compared): c" in text
+
+
+def test_fail_on_crossed_and_not(dirs):
+    text, failed = compare(*dirs, fail_on=["samples_per_s:-10%"])
+    assert failed and "❌ crossed -10%" in text and "FAILED" in text
+    _, failed = compare(*dirs, fail_on=["samples_per_s:-25%"])
+    assert not failed
+    _, failed = compare(*dirs, fail_on=["step_ms_median:+10%"])  # a's steps got 25% longer
+    assert failed
+
+
+def test_threshold_semantics():
+    assert Threshold("x", -10).crossed(-10.0) and Threshold("x", -10).crossed(-30.0)
+    assert not Threshold("x", -10).crossed(-9.9) and not Threshold("x", -10).crossed(50.0)
+    assert Threshold("x", 5).crossed(5.0) and not Threshold("x", 5).crossed(-20.0)
+
+
+@pytest.mark.parametrize("spec,message", [("samples_per_s-10%", "write METRIC"), ("samples_per_s:10", "write"),
+                                          ("speed:-10%", "unknown metric 'speed'")])
+def test_bad_fail_on_specs(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_fail_on([spec], ["samples_per_s"])
