@@ -12,15 +12,18 @@ fixture gates on what does not drift:
 
 - ratios measured side by side: both trainers are built and warmed up, then their optimizer steps
   alternate A B, B A, A B, ... (so drift and bursts of load hit both); the speedup is the geometric
-  mean of the per-pair ratios with a bootstrap CI (`harness.analysis.stats`). The gate fails only when
-  the whole 95% interval is below the required speedup (see `ratio_verdict` for why);
+  mean of the per-pair ratios with a bootstrap CI (`harness.analysis.stats`), on this process's CPU
+  time when everything runs here on a CPU, else on wall time (`pick_clock`). The gate fails only when
+  the whole 95% interval is below the required speedup (`ratio_verdict`);
 - counters: forward calls per micro-step, FLOPs per step against a plain one-forward-one-backward
   reference on the same batches, parameter count; `expect` compares them exactly;
 - the function computed: the one-step equivalence check and the training loss after N steps at a
   fixed seed, for knobs that must not change what is computed.
 
-Timing is refused under pytest-xdist, as pytest-benchmark does. The module imports nothing heavy at
-load time: the plugin is active in every pytest session of an environment with trainbench installed.
+Everything runs with one torch thread unless `--trainbench-threads` says otherwise (two threads on
+two shared cores made A/A ratios swing 0.6-1.7x). Timing is refused under pytest-xdist, as
+pytest-benchmark does. The module imports nothing heavy at load time: the plugin is active in every
+pytest session of an environment with trainbench installed.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -45,10 +48,6 @@ DEFAULT_PAIRS = 30
 DEFAULT_WARMUP_PAIRS = 3
 XDIST_REFUSAL = ("trainbench refuses to time under pytest-xdist: parallel workers share the cores, so step "
                  "times and ratios would measure the other workers; run the benchmarks with -n 0 (or -p no:xdist)")
-
-
-class GateFailure(AssertionError):
-    """A gate did not hold; the message says what was measured and what it points to."""
 
 
 # --- pytest hooks -------------------------------------------------------------------------------------
@@ -134,6 +133,8 @@ class _Side:
 class StepCounters:
     """What one optimizer step does, independent of the machine's speed."""
 
+    label: str
+    """The config, e.g. ``lm preset=tiny duplicate_forward=True`` (knobs that differ from the preset)."""
     forward_calls_per_step: float
     """Root-module forward calls per micro-step (1 for a correct loop, as in the trainer's metric)."""
     flops_per_step: int
@@ -143,6 +144,7 @@ class StepCounters:
     param_count: int
     samples_per_step: int
     real_tokens_per_step: int
+    padded_tokens_per_step: int
 
 
 def _plain_forward_backward_flops(side: _Side, host_batches: list[Any]) -> int:
@@ -165,10 +167,14 @@ def _plain_forward_backward_flops(side: _Side, host_batches: list[Any]) -> int:
 
 
 def count_step(side: _Side) -> StepCounters:
-    """Run one step under the FLOP and forward counters, then the plain reference on the same batches."""
+    """Run one step under the FLOP and forward counters, then the plain reference on the same batches.
+
+    A first, uncounted step comes before: work done once (a lazily built index, a cache) is not per-step work.
+    """
     from harness.probes.counters import ForwardCounter, count_flops
 
     tr = side.trainer
+    side.step()
     counter = ForwardCounter(tr.handle)
     side.tap.keep, side.tap.taken = True, []
     try:
@@ -178,17 +184,27 @@ def count_step(side: _Side) -> StepCounters:
         side.tap.keep = False
     host_batches, side.tap.taken = side.tap.taken, []
     return StepCounters(
+        label=config_label(tr.cfg),
         forward_calls_per_step=counter.calls / tr.cfg.grad_accum,
         flops_per_step=flops,
         reference_flops_per_step=_plain_forward_backward_flops(side, host_batches),
         param_count=sum(p.numel() for p in tr.model.parameters()),
         samples_per_step=sum(c.samples for c in counts),
         real_tokens_per_step=sum(c.real_tokens for c in counts),
+        padded_tokens_per_step=sum(c.padded_tokens for c in counts),
     )
 
 
+def config_label(cfg: RunConfig) -> str:
+    """``workload preset=P knob=value ...`` with the knobs that differ from the preset's values."""
+    from harness.config import resolve
+
+    changed = resolve(cfg.workload, {"preset": cfg.preset}).diff(cfg)
+    return " ".join([cfg.workload, f"preset={cfg.preset}", *(f"{k}={v}" for k, (_, v) in changed.items())])
+
+
 def measure_counters(cfg: RunConfig) -> StepCounters:
-    """Counters of one optimizer step of a fresh trainer for `cfg` (its first step, fixed by the seed)."""
+    """Counters of the second optimizer step of a fresh trainer for `cfg` (its batches fixed by the seed)."""
     from harness.trainer import Trainer
 
     return count_step(_Side(Trainer(cfg)))
@@ -198,7 +214,7 @@ def measure_counters(cfg: RunConfig) -> StepCounters:
 class StepBench:
     """What `train_bench(...)` measured: counters, throughput over the timed rounds, memory, the config."""
 
-    workload: str
+    label: str
     config: dict[str, Any]
     forward_calls_per_step: float
     flops_per_step: int
@@ -206,6 +222,7 @@ class StepBench:
     param_count: int
     samples_per_step: int
     real_tokens_per_step: int
+    padded_tokens_per_step: int
     timed_steps: int
     step_ms_median: float | None
     samples_per_s: float | None
@@ -250,7 +267,7 @@ class Speedup:
     variant_ms: dict[str, list[float]]
 
     def median_ms(self, side: str, what: str = "") -> float:
-        """Median milliseconds of `side` ("baseline" | "variant") on the estimate's clock (``what="data"``: data wait)."""
+        """Median ms of `side` ("baseline" | "variant") on the estimate's clock; ``what="data"``: the data wait."""
         ms = self.baseline_ms if side == "baseline" else self.variant_ms
         return statistics.median(ms[f"{what}_{self.clock}" if what else self.clock])
 
@@ -365,7 +382,8 @@ _CAUSES = {
                               "(e.g. logits from one forward, the loss from another)",
     "flops_per_step": "the step does {value:,} FLOPs instead of {expected:,}: extra forward/backward work "
                       "(a duplicate forward, recomputation) or a changed model",
-    "reference_flops_per_step": "one forward + backward costs {value:,} FLOPs instead of {expected:,}: the model changed",
+    "reference_flops_per_step": "one forward + backward costs {value:,} FLOPs instead of {expected:,}: "
+                                "the model changed",
     "param_count": "the model has {value:,} parameters instead of {expected:,}: its size or structure changed",
 }
 
@@ -375,7 +393,8 @@ def counter_verdict(name: str, measured: Any, expected: Mapping[str, float]) -> 
     failures = []
     for key, want in expected.items():
         if not hasattr(measured, key):
-            raise ValueError(f"counter '{key}' does not exist; allowed: {', '.join(StepCounters.__slots__)}")
+            allowed = ", ".join(f.name for f in fields(measured) if f.name not in ("label", "config"))
+            raise ValueError(f"counter '{key}' does not exist; allowed: {allowed}")
         value = getattr(measured, key)
         if value is None or not math.isclose(value, want, rel_tol=1e-9, abs_tol=0.0):
             hint = _CAUSES.get(key, "{value} != {expected}").format(value=value, expected=want)
@@ -400,10 +419,14 @@ def equivalence_verdict(base: RunConfig, variant: RunConfig) -> tuple[bool, str]
 
 
 def loss_after_steps(cfg: RunConfig, steps: int) -> float:
-    """Mean training loss over the first `steps` optimizer steps at the config's seed."""
+    """Mean training loss over the first `steps` optimizer steps (2-10) at the config's seed."""
     from harness.trainer import Trainer
 
-    return float(Trainer(cfg.replace(epochs=0, bench_warmup_steps=0, bench_steps=steps)).run().metrics["final_loss"])
+    if not 2 <= steps <= 10:
+        raise ValueError(f"steps: bad value {steps}; use 2-10 (the trainer's final_loss averages the last 10 steps)")
+    # A speed run of 1 warmup + (steps - 1) measured steps; final_loss averages all of them.
+    run_cfg = cfg.replace(epochs=0, bench_warmup_steps=1, bench_steps=steps - 1)
+    return float(Trainer(run_cfg).run().metrics["final_loss"])
 
 
 def loss_verdict(base: RunConfig, variant: RunConfig, steps: int, rel_tol: float) -> tuple[bool, str]:
@@ -411,7 +434,8 @@ def loss_verdict(base: RunConfig, variant: RunConfig, steps: int, rel_tol: float
     a, b = loss_after_steps(base, steps), loss_after_steps(variant, steps)
     rel = abs(a - b) / max(abs(a), 1e-12)
     label = _label(base, base.diff(variant))
-    measured = f"mean loss over {steps} steps {a:.6g} vs {b:.6g} (relative difference {rel:.1e}, tolerance {rel_tol:.0e})"
+    measured = (f"mean loss over {steps} steps {a:.6g} vs {b:.6g} "
+                f"(relative difference {rel:.1e}, tolerance {rel_tol:.0e})")
     if rel <= rel_tol:
         return True, f"loss gate {label}: {measured}"
     return False, (f"loss gate failed: {label}: {measured}: training at the same seed diverged, so the variant "
@@ -448,48 +472,46 @@ class TrainBench:
             self.benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
         return run
 
-    def _threads(self) -> _ThreadSetting:
-        return _ThreadSetting(self.threads)
-
     def __call__(self, workload: str, **knobs: Any) -> StepBench:
-        """Benchmark one config's optimizer step (rounds: bench_steps; warmup: bench_warmup_steps)."""
-        from harness.probes.counters import cuda_peaks_gib, peak_rss_self_gib
-        from harness.probes.counters import ForwardCounter
+        """Benchmark one config's optimizer step with pytest-benchmark (bench_steps rounds after
+        bench_warmup_steps warmup steps) and return its figures, also stored in `benchmark.extra_info`."""
+        from harness.probes.counters import ForwardCounter, cuda_peaks_gib, peak_rss_self_gib
         from harness.trainer import Trainer
 
         self._refuse_if_unreliable()
         cfg = self._resolve(workload, knobs)
-        with self._threads() as threads:
-            side = _Side(Trainer(cfg))
-            counters = count_step(side)  # the first step: FLOPs and the plain reference
-            if side.trainer.device.type == "cuda":
-                import torch
-                torch.cuda.reset_peak_memory_stats(side.trainer.device)
-            forward = ForwardCounter(side.trainer.handle)
-            warmup = max(cfg.bench_warmup_steps - 1, 0)  # the counted step was the first warmup step
-            done = {"n": 0}
+        side = _Side(Trainer(cfg))
+        counters = count_step(side)  # two warmup steps, the second counted against the plain reference
+        if side.trainer.device.type == "cuda":
+            import torch
 
-            def step() -> None:
-                done["n"] += 1
-                if done["n"] == warmup + 1:
-                    forward.calls = 0  # count the timed rounds only
-                side.timed_step(record=done["n"] > warmup)
+            torch.cuda.reset_peak_memory_stats(side.trainer.device)
+        warmup = max(cfg.bench_warmup_steps - 2, 0)  # count_step ran two steps
+        forward = ForwardCounter(side.trainer.handle)
+        calls = {"n": 0}
 
-            disabled = self.benchmark is None or self.benchmark.disabled
+        def step() -> None:
+            calls["n"] += 1
+            if calls["n"] == warmup + 1:
+                forward.calls = 0  # count the timed rounds only
+            side.timed_step(record=calls["n"] > warmup)
+
+        try:
             self._run_rounds()(step, cfg.bench_steps, warmup)
+        finally:
             forward.remove()
-        timed = len(side.ms["wall"])
-        step_ms, samples_per_s, tokens_per_s = _throughput(side) if not disabled else (None, None, None)
+        timed = 0 if self.benchmark is None or self.benchmark.disabled else len(side.ms["wall"])
+        step_ms, samples_per_s, tokens_per_s = _throughput(side) if timed else (None, None, None)
         result = StepBench(
-            workload=cfg.workload, config=cfg.to_dict(),
+            label=counters.label, config=cfg.to_dict(),
             forward_calls_per_step=forward.calls / (timed * cfg.grad_accum) if timed else
             counters.forward_calls_per_step,
             flops_per_step=counters.flops_per_step, reference_flops_per_step=counters.reference_flops_per_step,
             param_count=counters.param_count, samples_per_step=counters.samples_per_step,
-            real_tokens_per_step=counters.real_tokens_per_step, timed_steps=timed if not disabled else 0,
-            step_ms_median=step_ms, samples_per_s=samples_per_s, tokens_per_s=tokens_per_s,
-            peak_rss_gib=peak_rss_self_gib(), cuda_peak_allocated_gib=cuda_peaks_gib(side.trainer.device)[0],
-            torch_threads=threads)
+            real_tokens_per_step=counters.real_tokens_per_step,
+            padded_tokens_per_step=counters.padded_tokens_per_step, timed_steps=timed, step_ms_median=step_ms,
+            samples_per_s=samples_per_s, tokens_per_s=tokens_per_s, peak_rss_gib=peak_rss_self_gib(),
+            cuda_peak_allocated_gib=cuda_peaks_gib(side.trainer.device)[0], torch_threads=_torch_threads())
         if self.benchmark is not None:
             self.benchmark.extra_info.update(result.extra_info())
         return result
@@ -500,7 +522,7 @@ class TrainBench:
 
     def expect(self, measured: StepCounters | StepBench, *, name: str = "", **expected: float) -> None:
         """Counter gate: every named counter equals its expected value exactly, or the test fails."""
-        passed, message = counter_verdict(name or _describe(measured), measured, expected)
+        passed, message = counter_verdict(name or measured.label, measured, expected)
         if not passed:
             pytest.fail(message, pytrace=False)
 
@@ -517,13 +539,12 @@ class TrainBench:
         self._refuse_if_unreliable()
         base_cfg = self._resolve(workload, common, baseline)
         variant_cfg = self._resolve(workload, common, variant)
-        with self._threads():
-            trainers = Trainer(base_cfg), Trainer(variant_cfg)
-            if self.benchmark is not None and self.benchmark.disabled:
-                measure_speedup(*trainers, pairs=2, warmup_pairs=0)  # both configs run: a smoke test
-                pytest.skip("ratio gate not decided: benchmarks are disabled (--benchmark-disable)")
-            result = measure_speedup(*trainers, pairs=pairs, warmup_pairs=warmup_pairs, clock=clock,
-                                     run_rounds=self._run_rounds())
+        trainers = Trainer(base_cfg), Trainer(variant_cfg)
+        if self.benchmark is not None and self.benchmark.disabled:
+            measure_speedup(*trainers, pairs=2, warmup_pairs=0)  # both configs still run: a smoke test
+            pytest.skip("ratio gate not decided: benchmarks are disabled (--benchmark-disable)")
+        result = measure_speedup(*trainers, pairs=pairs, warmup_pairs=warmup_pairs, clock=clock,
+                                 run_rounds=self._run_rounds())
         if self.benchmark is not None:
             self.benchmark.extra_info.update({**result.extra_info(), "min_speedup": min_speedup})
         passed, message = ratio_verdict(result, min_speedup)
@@ -554,12 +575,10 @@ class TrainBench:
             self.benchmark.skipped = True
 
 
-def _describe(measured: StepCounters | StepBench) -> str:
-    if isinstance(measured, StepBench):
-        knobs = {k: v for k, v in measured.config.items() if k in ("preset", "forward", "duplicate_forward",
-                                                                   "batch_size", "grad_accum", "grad_checkpointing")}
-        return f"{measured.workload} ({', '.join(f'{k}={v}' for k, v in knobs.items())})"
-    return "step counters"
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 class _ThreadSetting:
@@ -587,5 +606,6 @@ class _ThreadSetting:
 def train_bench(benchmark: Any, request: pytest.FixtureRequest) -> Iterator[TrainBench]:
     """Benchmark trainbench configs with pytest-benchmark and gate on ratios, counters and equivalence."""
     bench = TrainBench(benchmark, request.config)
-    yield bench
+    with _ThreadSetting(bench.threads):  # for the whole test: counting and equivalence runs too
+        yield bench
     bench._finish()

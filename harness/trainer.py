@@ -29,7 +29,7 @@ from harness.optim import make_ema, make_optimizer, make_scheduler
 from harness.probes.counters import ForwardCounter, count_flops, cuda_peaks_gib, peak_rss_self_gib
 from harness.probes.sampler import ResourceSampler
 from harness.probes.timers import PhaseClock, WindowTimer
-from harness.workload import BatchCounts, Workload
+from harness.workload import BatchCounts, Workload, upcast
 
 
 class NonFiniteLoss(RuntimeError):
@@ -88,7 +88,7 @@ def forward_backward(wl: Workload, cfg: RunConfig, handle: nn.Module, micro_batc
                 outputs = wl.forward(handle, batch, cfg)
             mark("forward")
         with autocast(cfg, device):
-            loss = wl.loss(outputs, batch, cfg).total.float() / total_elements
+            loss = upcast(wl.loss(outputs, batch, cfg).total) / total_elements
         mark("loss")
         (scaler.scale(loss) if scaler is not None else loss).backward()
         mark("backward")
@@ -116,6 +116,8 @@ class Trainer:
         self.wl = cfg.get_workload()
         self.device = resolve_device(cfg)
         self.result = TrainResult(warnings=runtime_warnings(cfg, self.device))
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         self.train_ds, self.eval_ds = self.wl.build_datasets(cfg)
         seed_everything(cfg.seed)  # model init must not depend on how much RNG data generation used

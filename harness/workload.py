@@ -98,6 +98,7 @@ class Workload(ABC):
 
     def validate(self, cfg: RunConfig) -> None:
         """Raise ValueError for combinations of knobs this workload cannot run."""
+        return None
 
     # --- the step -------------------------------------------------------------------------------
 
@@ -204,3 +205,8 @@ def cached(kind: str, params: Mapping[str, Any], build: Callable[[], Any]) -> An
     torch.save(data, tmp)
     os.replace(tmp, path)
     return data
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors to float32 for a loss; float32/float64 unchanged (float64 checks stay exact)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

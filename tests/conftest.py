@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = "tests.toy:WORKLOAD"
@@ -15,6 +16,11 @@ TOY = "tests.toy:WORKLOAD"
 def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
     # Child processes import `tests.toy` and `models` from the working directory.
     monkeypatch.chdir(REPO)
+
+
+# One intra-op thread for in-process tests: two threads spinning against other processes on a
+# 2-core runner made tiny steps hundreds of times slower. Subprocess runs keep torch's default.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -57,11 +57,15 @@ def test_phase_clock_charges_segments_to_phases() -> None:
 
 
 def test_peak_rss_sees_a_known_allocation_within_5_percent(tmp_path) -> None:
-    mib = 512
-    exp = build("rss", TOY, {"bench_warmup_steps": 1, "bench_steps": 2}, {"alloc": {"alloc_mib": mib}},
-                repeats=1, equivalence=False, timeout_s=300)
+    mib = 1024
+    # One intra-op thread keeps allocator arenas alike across the two processes; the lower of two
+    # repeats per variant drops a run disturbed by a neighbour.
+    exp = build("rss", TOY, {"bench_warmup_steps": 1, "bench_steps": 2, "threads": 1},
+                {"alloc": {"alloc_mib": mib}}, repeats=2, equivalence=False, timeout_s=300)
     run_experiment(exp, tmp_path)
-    peaks = {r.variant: r.metrics["peak_rss_gib"] for r in load_records(tmp_path)}
+    peaks: dict[str, float] = {}
+    for r in load_records(tmp_path):
+        peaks[r.variant] = min(peaks.get(r.variant, float("inf")), r.metrics["peak_rss_gib"])
     grown_mib = (peaks["alloc"] - peaks["baseline"]) * 1024
     assert abs(grown_mib - mib) / mib < 0.05, grown_mib
 

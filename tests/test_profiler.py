@@ -11,17 +11,8 @@ from harness.profiler import CHROME_TRACE, TENSORBOARD_DIR, profile
 TOY = "tests.fixtures.toy_workload:WORKLOAD"
 
 
-@pytest.fixture
-def one_thread():
-    # On a shared 2-core box two intra-op threads spin against each other: tiny ops slow down 100x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path")
-def test_profile_cpu_writes_traces_and_reports(tmp_path, one_thread):
+def test_profile_cpu_writes_traces_and_reports(tmp_path):
     cfg = resolve(TOY, {"preset": "tiny", "duplicate_forward": True, "grad_accum": 2})
     text = profile(cfg, tmp_path, steps=2)
     trace = json.loads((tmp_path / CHROME_TRACE).read_text())

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.knobs import Knob
-from harness.workload import BatchCounts, LossResult, Preset, Workload, cached, eval_batches
+from harness.workload import BatchCounts, LossResult, Preset, Workload, cached, eval_batches, upcast
 from models.lm.data import (
     IGNORE,
     SEED_MAX_LEN,
@@ -107,10 +107,10 @@ class LMWorkload(Workload):
     def loss(self, outputs: Any, batch: dict, cfg: Any) -> LossResult:
         targets = batch["targets"]  # (B, T-1), IGNORE at padding
         if isinstance(outputs, list):  # per_sequence: one unpadded sequence at a time
-            total = sum(F.cross_entropy(out.float(), targets[i, : len(out)], reduction="sum")
+            total = sum(F.cross_entropy(upcast(out), targets[i, : len(out)], reduction="sum")
                         for i, out in enumerate(outputs))
         else:
-            total = F.cross_entropy(outputs.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
+            total = F.cross_entropy(upcast(outputs.flatten(0, 1)), targets.flatten(), ignore_index=IGNORE,
                                     reduction="sum")
         return LossResult(total=total, parts={"ce": total.detach()})
 
