@@ -21,7 +21,8 @@ fixture gates on what does not drift:
   fixed seed, for knobs that must not change what is computed.
 
 Everything runs with one torch thread unless `--trainbench-threads` says otherwise (two threads on
-two shared cores made A/A ratios swing 0.6-1.7x). Timing is refused under pytest-xdist, as
+two shared cores made A/A ratios swing 0.6-1.7x); a config's own `threads` knob, applied when its
+trainer is built, wins. Timing is refused under pytest-xdist, as
 pytest-benchmark does. The module imports nothing heavy at load time: the plugin is active in every
 pytest session of an environment with trainbench installed.
 """

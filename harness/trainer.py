@@ -229,6 +229,8 @@ class Trainer:
         primary = ("ema_" if self.ema else "") + self.wl.primary_metric
         sign = 1.0 if self.wl.higher_is_better else -1.0
         flops = None
+        # FLOPs are counted on the last warmup step: not timed, and past one-time first-step work.
+        flop_step = max(0, warmup - 1)
         for step in range(self.total_steps):
             if step == warmup:
                 counter.calls = 0
@@ -238,7 +240,7 @@ class Trainer:
                 window.start()
             measured = step >= warmup
             clock.start_step()
-            if step == 0:
+            if step == flop_step:
                 (loss, counts), flops = count_flops(lambda: self._train_step(stream, clock))
             else:
                 loss, counts = self._train_step(stream, clock)
@@ -249,11 +251,11 @@ class Trainer:
                 totals["samples"] += sum(c.samples for c in counts)
                 totals["real"] += sum(c.real_tokens for c in counts)
                 totals["padded"] += sum(c.padded_tokens for c in counts)
-            if step == 0:
-                first_samples = sum(c.samples for c in counts)
-                res.metrics["samples_per_step"] = first_samples
+            if step == flop_step:
+                step_samples = sum(c.samples for c in counts)
+                res.metrics["samples_per_step"] = step_samples
                 res.metrics["flops_per_step"] = flops
-                res.metrics["flops_per_sample"] = flops / max(first_samples, 1)
+                res.metrics["flops_per_sample"] = flops / max(step_samples, 1)
             if device.type == "cpu" or step % 25 == 0 or step == self.total_steps - 1:
                 self._check_finite(losses, step)
             end_of_epoch = self.quality_run and (step + 1) % self.steps_per_epoch == 0
