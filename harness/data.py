@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from harness.config import RunConfig
 from harness.workload import Workload
@@ -29,7 +29,6 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
         order = torch.randperm(len(self.lengths), generator=g).tolist()
         batches: list[list[int]] = []
         for start in range(0, len(order), self.pool):
@@ -38,6 +37,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         batches = [b for b in batches if len(b) == self.batch_size]  # drop_last, as the plain loader
         for i in torch.randperm(len(batches), generator=g).tolist():
             yield batches[i]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle differently (and reproducibly) each epoch."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.lengths) // self.batch_size
@@ -64,14 +67,24 @@ def make_loader(dataset: Dataset, cfg: RunConfig, workload: Workload, device: to
             raise ValueError(f"knob 'bucket_by_length': workload '{workload.name}' has no per-sample lengths; "
                              "set bucket_by_length=false")
         return DataLoader(dataset, batch_sampler=BucketBatchSampler(lengths, cfg.batch_size, cfg.seed), **common)
-    g = torch.Generator().manual_seed(cfg.seed)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=True, **common)
+    # The shuffle owns its generator: the DataLoader draws worker seeds from *its* generator each time
+    # an iterator starts (every epoch, or once with persistent workers), which must not move the order.
+    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed))
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                      generator=torch.Generator().manual_seed(cfg.seed + 1), **common)
 
 
 def batches_forever(loader: DataLoader) -> Iterator[tuple[int, object]]:
-    """(epoch, batch) pairs, starting a new epoch whenever the loader is exhausted."""
+    """(epoch, batch) pairs, starting a new epoch whenever the loader is exhausted.
+
+    A dataset (or batch sampler) with ``set_epoch(epoch)`` is told each epoch before it is read,
+    e.g. for a curriculum; it must make the change visible to persistent workers itself.
+    """
     epoch = 0
     while True:
+        for part in (loader.dataset, loader.batch_sampler):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
         empty = True
         for batch in loader:
             empty = False

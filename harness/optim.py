@@ -48,7 +48,16 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig,
 
 
 def make_ema(model: nn.Module, cfg: RunConfig) -> AveragedModel | None:
-    """An exponential moving average of the weights (and buffers), or None when ema=0."""
+    """An exponential moving average of the parameters, or None when ema=0 (see `update_ema`)."""
     if cfg.ema <= 0:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
+
+
+def update_ema(ema: AveragedModel, model: nn.Module) -> None:
+    """Average the parameters; copy buffers as they are (averaging integer buffers would truncate
+    them, and running statistics are already averages)."""
+    ema.update_parameters(model)
+    with torch.no_grad():
+        for mine, theirs in zip(ema.module.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)

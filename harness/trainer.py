@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.analysis.cost import mfu
 from harness.config import RunConfig, resolve_device, runtime_warnings
 from harness.data import batches_forever, effective_workers, make_loader
-from harness.optim import make_ema, make_optimizer, make_scheduler
+from harness.optim import make_ema, make_optimizer, make_scheduler, update_ema
 from harness.probes.counters import ForwardCounter, count_flops, cuda_peaks_gib, peak_rss_self_gib
 from harness.probes.sampler import ResourceSampler
 from harness.probes.timers import PhaseClock, WindowTimer
@@ -162,7 +163,7 @@ class Trainer:
         if self.sched is not None:
             self.sched.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            update_ema(self.ema, self.model)
 
     def _train_step(self, stream: Iterator[tuple[int, Any]], clock: PhaseClock) -> tuple[torch.Tensor, list]:
         non_blocking = self.cfg.pin_memory and self.device.type == "cuda"
@@ -270,10 +271,12 @@ class Trainer:
                 score = sign * metrics.get(primary, float("nan"))
                 if self.plateau is not None:
                     self.plateau.step(score)
-                if best is None or score > best[0]:
-                    best, stale = (score, epoch, metrics), 0
-                else:
-                    stale += 1
+                # A tie goes to the later epoch (more training, same primary metric); only a strict
+                # improvement resets the early-stopping patience.
+                improved = best is None or score > best[0]
+                if best is None or score >= best[0]:
+                    best = (score, epoch, metrics)
+                stale = 0 if improved else stale + 1
                 if measured:
                     window.start()
                 if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
@@ -307,6 +310,9 @@ class Trainer:
         m["forward_calls_per_step"] = counter.calls / (n * cfg.grad_accum) if n else None
         sps = m["samples_per_s"]
         m["achieved_tflops"] = m["flops_per_sample"] * sps / 1e12 if sps and m.get("flops_per_sample") else None
+        gpu_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        achieved = m["achieved_tflops"] * 1e12 if m["achieved_tflops"] else None
+        m["mfu"] = mfu(achieved, gpu_name, cfg.values)  # None on a CPU or a GPU without a cited peak
         m["peak_rss_gib"] = max(sampler.peak_rss_gib, peak_rss_self_gib())
         m["cuda_peak_allocated_gib"], m["cuda_peak_reserved_gib"] = cuda_peaks_gib(self.device)
         s = sampler.series

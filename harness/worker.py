@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             base = resolve(job["base_config"]["workload"], job["base_config"])
             out["equivalence"] = check_equivalence(base, cfg)
         else:
-            result = train(cfg)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = train(cfg)
+            # Warnings a workload raises (skipped data rows, an ignored knob) belong in the record.
+            raised = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))[:20]
             out.update(metrics=result.metrics, phase_ms=result.phase_ms, step_ms=result.step_ms,
-                       quality=result.quality, curve=result.curve, warnings=result.warnings,
+                       quality=result.quality, curve=result.curve, warnings=result.warnings + raised,
                        timeline=result.timeline)
             out["env"].update({f"note_{k}": v for k, v in result.notes.items()})
     except NonFiniteLoss as exc:

@@ -81,3 +81,29 @@ def test_clipping_bounds_the_update() -> None:
     trainer.run()
     # two SGD steps with momentum 0.9, each gradient clipped to norm 1e-3: |dw| <= 1e-3 * (1 + 1.9)
     assert float((trainer.model.linear.weight.detach() - before).norm()) <= 1e-3 * 2.9 + 1e-9
+
+
+def test_persistent_workers_keep_the_sample_order() -> None:
+    from harness.data import batches_forever
+
+    def order(persistent: bool) -> list[float]:
+        cfg = resolve(TOY, {"num_workers": 1, "persistent_workers": persistent, "n_samples": 64})
+        trainer = Trainer(cfg)
+        stream = batches_forever(trainer.loader)
+        return [float(next(stream)[1][1][0]) for _ in range(3 * len(trainer.loader))]  # three epochs
+
+    assert order(True) == order(False)
+
+
+def test_ema_keeps_integer_buffers_exact() -> None:
+    from harness.optim import make_ema, update_ema
+
+    model = torch.nn.Linear(2, 2)
+    model.register_buffer("index", torch.arange(81))
+    ema = make_ema(model, resolve(TOY, {"ema": 0.9}))
+    for _ in range(3):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        update_ema(ema, model)
+    assert torch.equal(ema.module.index, torch.arange(81))
+    assert not torch.allclose(ema.module.weight, model.weight)
