@@ -49,6 +49,20 @@ def builtin() -> dict[str, Workload]:
     return found
 
 
+def _package(name: str) -> Workload | None:
+    """Fast path: the workload `name` from `models/<name>/` without importing every other workload."""
+    if not name.isidentifier():
+        return None
+    try:
+        module = importlib.import_module(f"models.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name in (f"models.{name}", "models"):
+            return None
+        raise
+    wl = getattr(module, "WORKLOAD", None)
+    return _check(wl, f"models.{name}") if wl is not None and wl.name == name else None
+
+
 def get(name: str) -> Workload:
     """A workload by registered name or by ``module:object`` path; ValueError names the choices."""
     if ":" in name:
@@ -61,6 +75,9 @@ def get(name: str) -> Workload:
         if not hasattr(module, attr):
             raise ValueError(f"workload '{name}': module '{module_name}' has no attribute '{attr}'")
         return _check(getattr(module, attr), name)
+    fast = _package(name)
+    if fast is not None:
+        return fast
     workloads = builtin()
     if name not in workloads:
         raise ValueError(f"unknown workload '{name}'; available: {', '.join(sorted(workloads)) or 'none'} "

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.analysis.cost import mfu
 from harness.config import RunConfig, resolve_device, runtime_warnings
 from harness.data import batches_forever, effective_workers, make_loader
 from harness.optim import make_ema, make_optimizer, make_scheduler, update_ema
@@ -310,6 +309,8 @@ class Trainer:
         m["forward_calls_per_step"] = counter.calls / (n * cfg.grad_accum) if n else None
         sps = m["samples_per_s"]
         m["achieved_tflops"] = m["flops_per_sample"] * sps / 1e12 if sps and m.get("flops_per_sample") else None
+        from harness.analysis.cost import mfu  # here, not at the top: harness.analysis imports pandas
+
         gpu_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         achieved = m["achieved_tflops"] * 1e12 if m["achieved_tflops"] else None
         m["mfu"] = mfu(achieved, gpu_name, cfg.values)  # None on a CPU or a GPU without a cited peak

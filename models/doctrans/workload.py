@@ -16,8 +16,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import multiclass_accuracy
-from torchmetrics.functional.text import bleu_score
 
 from harness.knobs import Knob
 from harness.workload import BatchCounts, LossResult, Preset, Workload, eval_batches, move_to
@@ -221,6 +219,10 @@ class DocTransWorkload(Workload):
     def evaluate(self, model: nn.Module, dataset: torch.utils.data.Dataset, cfg: Any,
                  device: torch.device) -> dict[str, float]:
         """Corpus BLEU of greedy translations and teacher-forced token accuracy (pad excluded)."""
+        # imported here: torchmetrics pulls in scipy (~2 s), which speed runs never need
+        from torchmetrics.functional.classification import multiclass_accuracy
+        from torchmetrics.functional.text import bleu_score
+
         hypotheses: list[str] = []
         references: list[list[str]] = []
         logits_all, labels_all = [], []

@@ -15,8 +15,6 @@ not told to copy them), so "keeps every given" is a real test of the prediction.
 from __future__ import annotations
 
 import torch
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from models.sudoku.grid import N_DIGITS, is_valid_solution, keeps_givens, violations
 
@@ -27,6 +25,10 @@ class SudokuMetrics:
     """Running quality metrics: `update` per batch of final-step logits, `compute` at the end."""
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
+        # imported here: torchmetrics pulls in scipy (~2 s), which speed runs never need
+        from torchmetrics import MeanMetric
+        from torchmetrics.classification import MulticlassAccuracy
+
         self.cell_acc = MulticlassAccuracy(num_classes=N_DIGITS, average="micro").to(device)
         self.means = {name: MeanMetric().to(device) for name in METRIC_NAMES if name != "cell_acc"}
 
