@@ -19,6 +19,8 @@ from harness.config import parse_overrides, resolve
 from harness.data import batches_forever
 from harness.trainer import Trainer
 
+REPEATS = 7
+
 
 def bare_ms_per_step(cfg, steps: int, warmup: int) -> float:
     """The plain loop: ms per optimizer step over `steps` after `warmup`."""
@@ -50,11 +52,11 @@ def main(argv: list[str]) -> None:
     overrides = {"preset": "tiny", "bench_warmup_steps": 5, "bench_steps": 200, **parse_overrides(argv)}
     cfg = resolve(overrides.pop("workload", "lm"), overrides)
     bare, inst = [], []
-    for _ in range(7):
+    for _ in range(REPEATS):
         bare.append(bare_ms_per_step(cfg, cfg.bench_steps, cfg.bench_warmup_steps))
         inst.append(instrumented_ms_per_step(cfg))
     b, i = statistics.median(bare), statistics.median(inst)
-    print(f"config: {cfg.workload} preset={cfg.preset} steps={cfg.bench_steps} x 7 alternating runs")
+    print(f"config: {cfg.workload} preset={cfg.preset} steps={cfg.bench_steps} x {REPEATS} alternating runs")
     print(f"bare          {b:8.3f} ms/step  (runs: {', '.join(f'{x:.3f}' for x in bare)})")
     print(f"instrumented  {i:8.3f} ms/step  (runs: {', '.join(f'{x:.3f}' for x in inst)})")
     print(f"overhead      {100 * (i - b) / b:+.2f}% of a step")

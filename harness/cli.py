@@ -73,10 +73,11 @@ def plain_summary(records: Sequence[Record], baseline: str) -> str:
     head = ("| variant | runs ok | samples/s (median, min-max) | step ms | tokens/s | fwd calls/step "
             "| peak RSS GiB | speedup | equivalent | quality |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    timed = "speed" if any(r.phase == "speed" for r in records) else "quality"  # quality runs are timed too
     base_sps = _median([r.metrics["samples_per_s"] for r in records if r.variant == baseline and
-                        r.phase == "speed" and r.status == "ok" and r.metrics.get("samples_per_s")])
+                        r.phase == timed and r.status == "ok" and r.metrics.get("samples_per_s")])
     for v in variants:
-        speed = [r for r in records if r.variant == v and r.phase == "speed"]
+        speed = [r for r in records if r.variant == v and r.phase == timed]
         ok = [r for r in speed if r.status == "ok"]
         sps = [r.metrics["samples_per_s"] for r in ok if r.metrics.get("samples_per_s")]
 
@@ -169,8 +170,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(positional) != 1:
         raise ValueError("run takes one workload then key=value knobs, e.g. `trainbench run lm preset=tiny`")
     workload = positional[0]
-    exp = build("run", workload, overrides, {}, baseline_name=workload, repeats=args.repeats,
-                timeout_s=args.timeout, quality_epochs=0, equivalence=False)
+    epochs = resolve(workload, overrides).epochs
+    # A speed run by default; with epochs=N each repeat trains for quality (and is timed as it trains).
+    exp = build("run", workload, overrides, {}, baseline_name=workload, repeats=0 if epochs else args.repeats,
+                timeout_s=args.timeout, quality_epochs=epochs, equivalence=False)
+    if epochs and args.repeats > 1:
+        print("warning: --repeats applies to speed runs; a quality run trains once per config "
+              "(same seed, same result)", file=sys.stderr)
     cfg = exp.configs[workload]
     for w in runtime_warnings(cfg, resolve_device(cfg)):
         print(f"warning: {w}", file=sys.stderr)

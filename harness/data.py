@@ -8,7 +8,8 @@ own `torch.Generator`, so batch size, worker count or pinning never change which
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
@@ -74,7 +75,7 @@ def make_loader(dataset: Dataset, cfg: RunConfig, workload: Workload, device: to
                       generator=torch.Generator().manual_seed(cfg.seed + 1), **common)
 
 
-def batches_forever(loader: DataLoader) -> Iterator[tuple[int, object]]:
+def batches_forever(loader: Iterable[Any]) -> Iterator[tuple[int, object]]:
     """(epoch, batch) pairs, starting a new epoch whenever the loader is exhausted.
 
     A dataset (or batch sampler) with ``set_epoch(epoch)`` is told each epoch before it is read,
@@ -82,7 +83,7 @@ def batches_forever(loader: DataLoader) -> Iterator[tuple[int, object]]:
     """
     epoch = 0
     while True:
-        for part in (loader.dataset, loader.batch_sampler):
+        for part in (getattr(loader, "dataset", None), getattr(loader, "batch_sampler", None)):
             if hasattr(part, "set_epoch"):
                 part.set_epoch(epoch)
         empty = True

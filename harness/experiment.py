@@ -48,6 +48,7 @@ class Experiment:
     """Variant name -> the knobs it sets on top of the baseline (empty for the baseline); the
     baseline section's own knobs are kept under the key ``__baseline__``."""
     repeats: int = 3
+    """Speed runs per variant (0 only for a quality-only experiment, e.g. `trainbench run ... epochs=N`)."""
     timeout_s: float = 600.0
     quality_epochs: int = 0
     quality_target: float | None = None
@@ -56,7 +57,7 @@ class Experiment:
     source: str = ""
 
     def __post_init__(self) -> None:
-        if self.repeats < 1:
+        if self.repeats < 1 and not (self.repeats == 0 and self.quality_epochs > 0):
             raise ValueError(f"experiment '{self.name}': repeats={self.repeats}; use 1 or more")
         if self.timeout_s <= 0:
             raise ValueError(f"experiment '{self.name}': timeout_s={self.timeout_s}; use a positive number")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +44,17 @@ def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
 
 
 def peak_rss_self_gib() -> float:
-    """This process's peak resident set size since start (kernel high-water mark)."""
+    """This process's peak resident set size since it started (kernel high-water mark).
+
+    On Linux this reads VmHWM of the current address space: ru_maxrss is carried across execve, so
+    a worker started by a large parent (a pytest session, a notebook) would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / GIB  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is KiB on Linux, bytes on macOS.
     return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB

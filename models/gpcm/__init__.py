@@ -1,0 +1,7 @@
+"""Deep-GPCM workload: DKVMN + GPCM on synthetic_OC, forward = sequential | parallel | scan."""
+
+from models.gpcm.workload import GPCMWorkload
+
+WORKLOAD = GPCMWorkload()
+
+__all__ = ["WORKLOAD", "GPCMWorkload"]

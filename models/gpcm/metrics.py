@@ -1,0 +1,29 @@
+"""Ordinal quality metrics of Deep-GPCM (seed 000's table), computed with torchmetrics on valid positions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics.functional import accuracy, cohen_kappa, mean_absolute_error
+
+METRIC_NAMES = ("qwk", "categorical_accuracy", "ordinal_accuracy", "mae")
+"""Primary first: quadratic weighted kappa, exact-category accuracy, |pred - true| <= 1 rate, mean |pred - true|."""
+
+
+def ordinal_metrics(preds: torch.Tensor, targets: torch.Tensor, n_cats: int) -> dict[str, float]:
+    """The four metrics of argmax predictions against true categories, both 1-D int over valid positions."""
+    if preds.shape != targets.shape or preds.dim() != 1 or preds.numel() == 0:
+        raise ValueError(f"preds {tuple(preds.shape)} and targets {tuple(targets.shape)} must be equal, "
+                         "non-empty 1-D tensors of categories")
+    qwk = float(cohen_kappa(preds, targets, task="multiclass", num_classes=n_cats, weights="quadratic"))
+    # Kappa is 0/0 when both raters use one category only; no agreement beyond chance is 0.
+    qwk = 0.0 if math.isnan(qwk) else qwk
+    return {
+        "qwk": qwk,
+        "categorical_accuracy": float(accuracy(preds, targets, task="multiclass", num_classes=n_cats,
+                                               average="micro")),
+        # No library names this one: the share of predictions within one category of the truth.
+        "ordinal_accuracy": float(((preds - targets).abs() <= 1).double().mean()),
+        "mae": float(mean_absolute_error(preds.double(), targets.double())),
+    }
