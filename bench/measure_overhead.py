@@ -11,6 +11,7 @@ and the overhead in percent of a step.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -19,7 +20,7 @@ from harness.config import parse_overrides, resolve
 from harness.data import batches_forever
 from harness.trainer import Trainer
 
-REPEATS = 7
+REPEATS = int(os.environ.get("REPEATS", 7))
 
 
 def bare_ms_per_step(cfg, steps: int, warmup: int) -> float:

@@ -69,7 +69,7 @@ def _median(values: list[float]) -> float | None:
 
 def plain_summary(records: Sequence[Record], baseline: str) -> str:
     """The plain markdown table printed after `run` and `sweep`: one row per variant."""
-    variants = list(dict.fromkeys(r.variant for r in records))
+    variants = list(dict.fromkeys([baseline, *(r.variant for r in records)]))
     head = ("| variant | runs ok | samples/s (median, min-max) | step ms | tokens/s | fwd calls/step "
             "| peak RSS GiB | speedup | equivalent | quality |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]

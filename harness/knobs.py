@@ -122,9 +122,11 @@ def _k(name: str, type_: type, default: Any, kind: str, doc: str, **kw: Any) -> 
 GENERIC_KNOBS: tuple[Knob, ...] = (
     # what is run
     _k("preset", str, "", "quality", "workload size preset (see `trainbench list`); empty = workload default"),
-    _k("device", str, "auto", "approx", "where to train: auto picks cuda when present", choices=("auto", "cpu", "cuda")),
+    _k("device", str, "auto", "approx", "where to train: auto picks cuda when present",
+       choices=("auto", "cpu", "cuda")),
     _k("seed", int, 0, "quality", "seed for weights, data order and dropout", min=0),
-    _k("threads", int, 0, "exact", "torch intra-op CPU threads (0 = torch's default, one per core)", min=0, max=1024),
+    _k("threads", int, 0, "exact", "torch intra-op CPU threads (0 = torch's default, one per core)",
+       min=0, max=1024),
     # batch and data pipeline
     _k("batch_size", int, 32, "quality", "samples per micro-batch (effective batch = batch_size x grad_accum)", min=1),
     _k("grad_accum", int, 1, "quality", "micro-batches accumulated per optimizer step", min=1),

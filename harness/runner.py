@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -58,34 +59,117 @@ class Outcome:
 
 
 class Launcher:
-    """Starts a job's child process and waits for it, killing the whole process group on timeout."""
+    """Starts each job in a fresh ``python -m harness.worker`` process; kills its process group on timeout.
+
+    Subclasses change how a child starts (`start`) and is awaited (`wait`): `ForkServer` below, or
+    torchrun for a future ``ddp=N`` knob (override `command`).
+    """
+
+    def __init__(self) -> None:
+        self._procs: dict[int, subprocess.Popen] = {}
 
     def command(self, job_file: Path, result_file: Path) -> list[str]:
-        """The command line of the child (override for torchrun and the like)."""
+        """The command line of the child."""
         return [sys.executable, "-m", "harness.worker", str(job_file), str(result_file)]
 
+    def start(self, job_file: Path, result_file: Path, err_file: Path) -> int:
+        """Start the child in its own session; returns its pid (= its process group id)."""
+        with open(err_file, "wb") as err:
+            proc = subprocess.Popen(self.command(job_file, result_file), stdout=subprocess.DEVNULL, stderr=err,
+                                    start_new_session=True, env=_child_env())
+        self._procs[proc.pid] = proc
+        return proc.pid
+
+    def wait(self, pid: int, timeout: float | None) -> int:
+        """The child's exit code; subprocess.TimeoutExpired when it outlives `timeout`."""
+        code = self._procs[pid].wait(timeout=timeout)
+        del self._procs[pid]
+        return code
+
     def launch(self, job: Job, workdir: Path) -> Outcome:
-        """Run `job` in a fresh process."""
+        """Run `job` in a fresh process and collect what it left."""
         job_file, result_file, err_file = workdir / "job.json", workdir / "result.json", workdir / "stderr.txt"
         job_file.write_text(json.dumps(asdict(job)))
         result_file.unlink(missing_ok=True)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
         start = time.perf_counter()
         timed_out = False
-        with open(err_file, "wb") as err:
-            proc = subprocess.Popen(self.command(job_file, result_file), stdout=subprocess.DEVNULL, stderr=err,
-                                    start_new_session=True, env=env)
-            try:
-                proc.wait(timeout=job.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)  # the worker and its DataLoader workers
-                proc.wait()
+        pid = self.start(job_file, result_file, err_file)
+        try:
+            code: int | None = self.wait(pid, job.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(pid, signal.SIGKILL)  # the worker and its DataLoader workers
+            code = self.wait(pid, None)
         wall = time.perf_counter() - start
         result = json.loads(result_file.read_text()) if result_file.exists() else None
-        tail = err_file.read_text(errors="replace")[-3000:]
-        return Outcome(result, proc.returncode, tail, timed_out, wall)
+        tail = err_file.read_text(errors="replace")[-3000:] if err_file.exists() else ""
+        return Outcome(result, code, tail, timed_out, wall)
+
+    def close(self) -> None:
+        """Release resources (nothing for plain processes)."""
+
+
+class ForkServer(Launcher):
+    """Forks each job's fresh process from a server that imported torch and the workload once.
+
+    Saves the seconds of Python + torch start-up per run (see `harness.forkserver`); isolation is the
+    same: a new process per (variant, repeat), its own session, killed as a group on timeout.
+    """
+
+    def __init__(self, preload: list[str]) -> None:
+        super().__init__()
+        self.server = subprocess.Popen([sys.executable, "-m", "harness.forkserver", *preload],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       env=_child_env())
+        self._buf = b""
+        if self._line(120.0) != "ready":
+            raise RuntimeError("fork server did not start")
+
+    def _line(self, timeout: float | None) -> str:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self.server.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                raise subprocess.TimeoutExpired("fork server", timeout or 0)
+            data = os.read(fd, 4096)
+            if not data:
+                raise RuntimeError("fork server exited")
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    def start(self, job_file: Path, result_file: Path, err_file: Path) -> int:
+        self.server.stdin.write(f"{job_file}\t{result_file}\t{err_file}\n".encode())
+        self.server.stdin.flush()
+        kind, pid = self._line(60.0).split()
+        assert kind == "pid", kind
+        return int(pid)
+
+    def wait(self, pid: int, timeout: float | None) -> int:
+        kind, child, code = self._line(timeout).split()
+        assert kind == "exit" and int(child) == pid, (kind, child, pid)
+        return int(code)
+
+    def close(self) -> None:
+        self.server.stdin.close()
+        self.server.wait(timeout=30)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def default_launcher(exp: Experiment) -> Launcher:
+    """A fork server preloaded with the experiment's workload; plain processes if it cannot start."""
+    module = exp.workload.partition(":")[0] if ":" in exp.workload else f"models.{exp.workload}"
+    try:
+        return ForkServer([module])
+    except (OSError, RuntimeError, subprocess.TimeoutExpired):
+        return Launcher()
 
 
 def plan(exp: Experiment) -> tuple[list[Job], list[Record]]:
@@ -180,7 +264,6 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
     if existing and not resume:
         raise ValueError(f"'{out}' already holds records ({RECORDS_FILE}); pass --resume to finish it or "
                          "choose another --out")
-    launcher = launcher or Launcher()
     jobs, skipped = plan(exp)
     out.mkdir(parents=True, exist_ok=True)
     save_experiment(exp, out)
@@ -190,13 +273,19 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
             append(out, rec)
             done.append(rec)
     todo = [j for j in jobs if j.key not in existing]
-    with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
-        for i, job in enumerate(todo, 1):
-            if progress:
-                progress(i, len(todo), job, None)
-            rec = record_from(exp, job, launcher.launch(job, Path(tmp)))
-            append(out, rec)
-            done.append(rec)
-            if progress:
-                progress(i, len(todo), job, rec)
+    if not todo:
+        return done
+    launcher = launcher or default_launcher(exp)
+    try:
+        with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
+            for i, job in enumerate(todo, 1):
+                if progress:
+                    progress(i, len(todo), job, None)
+                rec = record_from(exp, job, launcher.launch(job, Path(tmp)))
+                append(out, rec)
+                done.append(rec)
+                if progress:
+                    progress(i, len(todo), job, rec)
+    finally:
+        launcher.close()
     return done

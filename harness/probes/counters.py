@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import resource
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics.functional import accuracy, cohen_kappa, mean_absolute_error
 
 METRIC_NAMES = ("qwk", "categorical_accuracy", "ordinal_accuracy", "mae")
 """Primary first: quadratic weighted kappa, exact-category accuracy, |pred - true| <= 1 rate, mean |pred - true|."""
@@ -13,6 +12,9 @@ METRIC_NAMES = ("qwk", "categorical_accuracy", "ordinal_accuracy", "mae")
 
 def ordinal_metrics(preds: torch.Tensor, targets: torch.Tensor, n_cats: int) -> dict[str, float]:
     """The four metrics of argmax predictions against true categories, both 1-D int over valid positions."""
+    # imported here: torchmetrics pulls in scipy (~2 s), which speed runs never need
+    from torchmetrics.functional import accuracy, cohen_kappa, mean_absolute_error
+
     if preds.shape != targets.shape or preds.dim() != 1 or preds.numel() == 0:
         raise ValueError(f"preds {tuple(preds.shape)} and targets {tuple(targets.shape)} must be equal, "
                          "non-empty 1-D tensors of categories")
