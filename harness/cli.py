@@ -202,7 +202,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.repeats:
             exp = _with(exp, repeats=args.repeats)
         if args.quick:
-            exp = _with(exp, repeats=min(exp.repeats, 2), quality_epochs=min(exp.quality_epochs, 1))
+            # a smoke run of every experiment: one repeat (no speedup intervals), one quality epoch
+            exp = _with(exp, repeats=1, quality_epochs=min(exp.quality_epochs, 1))
         if args.aa:
             exp = build(exp.name + "-aa", exp.workload, exp.baseline_overrides | overrides,
                         {"baseline_aa": {"seed": exp.configs[exp.baseline_name].seed}},
@@ -317,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reports", default="reports", help="where reports go (default reports/)")
     s.add_argument("--resume", action="store_true", help="continue a killed sweep in --out")
     s.add_argument("--check", action="store_true", help="exit 1 when a gate fails")
-    s.add_argument("--quick", action="store_true", help="tiny presets, 2 repeats, 1 quality epoch")
+    s.add_argument("--quick", action="store_true", help="smoke run: tiny presets, 1 repeat, 1 quality epoch")
     s.add_argument("--aa", action="store_true", help="A/A: the baseline against itself (noise floor)")
     s.add_argument("--repeats", type=int, help="override every experiment's repeats")
     s.add_argument("--index", action="store_true", help="also rewrite reports/README.md")
