@@ -206,7 +206,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             exp = _with(exp, repeats=1, quality_epochs=min(exp.quality_epochs, 1))
         if args.aa:
             exp = build(exp.name + "-aa", exp.workload, exp.baseline_overrides | overrides,
-                        {"baseline_aa": {"seed": exp.configs[exp.baseline_name].seed}},
+                        {f"{exp.baseline_name}_aa": {"seed": exp.configs[exp.baseline_name].seed}},
                         baseline_name=exp.baseline_name, repeats=exp.repeats, timeout_s=exp.timeout_s,
                         equivalence=False, allow_same=True)
         _validate_gates(exp)
