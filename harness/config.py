@@ -157,7 +157,7 @@ def runtime_warnings(cfg: RunConfig, device: torch.device) -> list[str]:
             warnings.append("tf32=true has no effect on a CPU run")
     if cfg.num_workers > cores:
         warnings.append(f"num_workers={cfg.num_workers} exceeds the {cores} CPU cores here; "
-                        "workers will compete with the training process")
+                        f"capped at {cores}")
     if cfg.num_workers == 0 and cfg.persistent_workers:
         warnings.append("persistent_workers=true is ignored with num_workers=0")
     if cfg.num_workers == 0 and cfg.prefetch_factor != GENERIC_BY_NAME["prefetch_factor"].default:

@@ -17,6 +17,7 @@ import torch
 
 from harness.config import RunConfig, resolve_device
 from harness.trainer import autocast, forward_backward, seed_everything
+from harness.workload import map_tensors
 
 # Tolerance on the scale-free error, by the dtype the variant computes in.
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10, "bf16": 1e-2, "fp16": 1e-2, "compiled": 1e-4}
@@ -41,7 +42,7 @@ def _step(cfg: RunConfig, device: torch.device, samples: list[Any], dtype: torch
     collate = wl.collate(cfg) or torch.utils.data.default_collate
     host = [collate(samples[i:i + cfg.batch_size]) for i in range(0, len(samples), cfg.batch_size)]
     if dtype != torch.float32:
-        host = [_cast(b, dtype) for b in host]
+        host = [map_tensors(b, lambda t: t.to(dtype) if t.is_floating_point() else t) for b in host]
     counts = [wl.batch_counts(b, cfg) for b in host]
     batches = [wl.to_device(b, device) for b in host]
     seed_everything(cfg.seed)  # same dropout stream for both (models meant to compare use dropout 0)
@@ -63,16 +64,6 @@ class _ConstantScale:
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         return loss * self.factor
-
-
-def _cast(batch: Any, dtype: torch.dtype) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(dtype) if batch.is_floating_point() else batch
-    if isinstance(batch, dict):
-        return {k: _cast(v, dtype) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_cast(v, dtype) for v in batch)
-    return batch
 
 
 def _err(a: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

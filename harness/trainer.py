@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from harness.config import RunConfig, resolve_device, runtime_warnings
-from harness.data import batches_forever, effective_workers, make_loader
+from harness.data import batches_forever, make_loader
 from harness.optim import make_ema, make_optimizer, make_scheduler, update_ema
 from harness.probes.counters import ForwardCounter, count_flops, cuda_peaks_gib, peak_rss_self_gib
 from harness.probes.sampler import ResourceSampler
@@ -66,10 +66,11 @@ def autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContext
 
 def forward_backward(wl: Workload, cfg: RunConfig, handle: nn.Module, micro_batches: Sequence[Any],
                      counts: Sequence[BatchCounts], device: torch.device, clock: PhaseClock | None = None,
-                     scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+                     scaler: Any = None) -> torch.Tensor:
     """Forward, loss and backward over one optimizer step's micro-batches; returns the step loss.
 
     Shared by the trainer and the equivalence check, so both run exactly the same computation.
+    `scaler` is anything with GradScaler's ``scale(loss)`` (the check uses a fixed power of two).
     """
     mark = clock.mark if clock is not None else (lambda phase: None)
     total_elements = sum(c.loss_elements for c in counts)
@@ -142,8 +143,6 @@ class Trainer:
         self.sched, self.plateau = make_scheduler(self.opt, cfg, self.total_steps)
         self.ema = make_ema(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
-        if effective_workers(cfg) < cfg.num_workers:
-            self.result.warnings.append(f"num_workers capped at {effective_workers(cfg)} (the machine's cores)")
 
     # ---------------------------------------------------------------------------------------------
 

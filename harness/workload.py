@@ -147,16 +147,21 @@ class Workload(ABC):
         return sum(p.numel() for p in model.parameters())
 
 
-def move_to(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """Recursively move tensors in dicts / lists / tuples / dataclass-free containers."""
+def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply `fn` to every tensor in a nested batch (dicts, lists, tuples, namedtuples)."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
+        return fn(batch)
     if isinstance(batch, dict):
-        return {k: move_to(v, device, non_blocking) for k, v in batch.items()}
+        return {k: map_tensors(v, fn) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        moved = [move_to(v, device, non_blocking) for v in batch]
-        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
+        mapped = [map_tensors(v, fn) for v in batch]
+        return type(batch)(*mapped) if hasattr(batch, "_fields") else type(batch)(mapped)
     return batch
+
+
+def move_to(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move every tensor in a nested batch to the device."""
+    return map_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))
 
 
 def flatten_tensors(obj: Any) -> Iterator[torch.Tensor]:
