@@ -106,12 +106,26 @@ def phases(summary: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _flat(curves: dict, metric: str) -> bool:
+    values = {p.get(metric) for c in curves.values() for p in c if isinstance(p.get(metric), (int, float))}
+    return len(values) <= 1
+
+
 def quality_curves(summary: pd.DataFrame, path: Path) -> Path | None:
     """The primary metric against training wall-clock seconds and against epochs, one line per variant."""
     metric = summary.attrs.get("primary_metric")
     curves = {v: c for v, c in summary["curve"].items() if c} if "curve" in summary.columns else {}
     if not metric or not curves:
         return None
+    primary, direction = metric, "higher" if summary.attrs.get("higher_is_better", True) else "lower"
+    if _flat(curves, metric):
+        # A flat primary (e.g. 0 for every variant on a short budget) says nothing: plot the first
+        # quality metric that does vary, and say so on the axis.
+        skip = {"epoch", "step", "wall_s", metric}
+        varying = [k for k in next(iter(curves.values()))[0] if k not in skip and not k.startswith("ema_")
+                   and not _flat(curves, k)]
+        if varying:
+            metric = varying[0]
     fig, (ax1, ax2) = _figure(10, 4, ncols=2)
     for v, curve in curves.items():
         pts = [p for p in curve if p.get(metric) is not None]
@@ -121,7 +135,8 @@ def quality_curves(summary: pd.DataFrame, path: Path) -> Path | None:
     for ax in (ax1, ax2):
         if target is not None:
             ax.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:g}")
-        ax.set_ylabel(f"{metric} ({'higher' if summary.attrs.get('higher_is_better', True) else 'lower'} is better)")
+        ax.set_ylabel(f"{metric} ({direction} is better)" if metric == primary else
+                      f"{metric} (primary {primary} is flat)")
         ax.grid(alpha=0.3)
     if equal_s:
         ax1.axvline(equal_s, color="grey", linestyle="--", linewidth=1, label=f"equal time {equal_s:.3g} s")
