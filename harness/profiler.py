@@ -4,7 +4,7 @@ Writes a Chrome trace (chrome://tracing, Perfetto) and a TensorBoard-compatible 
 text report: the top operators by self time, kernel launches per step (CUDA) and the advisor's findings
 for the config. Without a GPU it profiles CPU activity only and says so.
 
-The step is the trainer's own (`Trainer.stepper()`: the same loader, bucketing, accumulation, AMP,
+The steps are measured by the engine (`harness.engine.Meter`: the same loader, bucketing, accumulation, AMP,
 compile, duplicate-forward switch and optimizer as a measured run); a first step is the profiler's
 warm-up, so one-time costs stay out of the trace.
 """
@@ -12,8 +12,6 @@ warm-up, so one-time costs stay out of the trace.
 from __future__ import annotations
 
 import shutil
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,6 @@ from torch.profiler import ProfilerActivity, schedule, tensorboard_trace_handler
 
 from harness.analysis.advisor import advise
 from harness.config import RunConfig
-from harness.probes.counters import ForwardCounter
 from harness.results import collect_env
 
 TOP_OPERATORS = 15
@@ -30,8 +27,6 @@ CHROME_TRACE = "trace.json"
 TENSORBOARD_DIR = "tensorboard"
 _LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx",
                   "cudaLaunchCooperativeKernel", "cudaGraphLaunch")
-_DATA_EVENT = "enumerate(DataLoader)"
-"""torch's DataLoader wraps each `__next__` in a profiler range with this prefix: the data wait."""
 
 
 def _self_us(evt: Any, device: bool) -> float:
@@ -57,6 +52,7 @@ def _operator_table(prof: Any, on_cuda: bool, steps: int) -> list[str]:
 
 def profile(cfg: RunConfig, out_dir: Path, steps: int = 5) -> str:
     """Profile `steps` optimizer steps of a config; write traces into out_dir; return the text report."""
+    from harness.engine import Meter
     from harness.trainer import Trainer
 
     if steps < 1:
@@ -65,51 +61,40 @@ def profile(cfg: RunConfig, out_dir: Path, steps: int = 5) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg)
     on_cuda = trainer.device.type == "cuda"
-    step = trainer.stepper()
-    counter = ForwardCounter(trainer.handle)
-    step_ms: list[float] = []
-    real = padded = micro = 0
+    meter = Meter(trainer)  # the engine measures; the profiler only records what ran
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     tb_dir = out_dir / TENSORBOARD_DIR
     with torch.profiler.profile(activities=activities, record_shapes=True,
                                 schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
                                 on_trace_ready=tensorboard_trace_handler(str(tb_dir))) as prof:
         for i in range(steps + 1):  # step 0 is the profiler's warm-up: allocator, lazy init, first calls
-            start = time.perf_counter()
-            counts = step()  # drains the GPU before returning, so the host clock is valid
-            if i == 0:
-                counter.calls = 0
-                if on_cuda:
-                    torch.cuda.reset_peak_memory_stats()
-            else:
-                step_ms.append((time.perf_counter() - start) * 1000)
-                real += sum(c.real_tokens for c in counts)
-                padded += sum(c.padded_tokens for c in counts)
-                micro += len(counts)
+            if i == 1:
+                meter.open()
+            meter.step(measured=i > 0)
             prof.step()
-    counter.remove()
+    result = meter.finish()
     # Kineto saves a trace once; the TensorBoard file is itself a Chrome trace, so copy it for Perfetto.
     tb_trace = max(tb_dir.glob("*.pt.trace.json*"), key=lambda p: p.stat().st_mtime)
     shutil.copyfile(tb_trace, out_dir / (CHROME_TRACE + (".gz" if tb_trace.suffix == ".gz" else "")))
 
     events = prof.key_averages()
     launches = sum(e.count for e in events if e.key in _LAUNCH_EVENTS) / steps if on_cuda else None
-    data_ms = sum(e.cpu_time_total for e in events if e.key.startswith(_DATA_EVENT)) / 1000 / steps
-    median_ms = statistics.median(step_ms)
+    m = result.metrics
+    median_ms = m["step_ms_median"]
+    data_ms = result.phase_ms.get("data", 0.0)
     env = collect_env()
     facts: dict[str, Any] = {
         "variant": "profile", "config": cfg.to_dict(), "env": env, "step_ms_median": median_ms,
-        "phase_ms_data": data_ms, "phase_ms_other": max(median_ms - data_ms, 0.0),
-        "forward_calls_per_step": counter.calls / max(micro, 1),
-        "real_tokens_per_step": real / steps, "padded_tokens_per_step": padded / steps,
+        **{f"phase_ms_{k}": v for k, v in result.phase_ms.items()},
+        "forward_calls_per_step": m["forward_calls_per_step"],
+        "real_tokens_per_step": m["real_tokens_per_step"], "padded_tokens_per_step": m["padded_tokens_per_step"],
+        "peak_rss_gib": m["peak_rss_gib"], "cuda_peak_reserved_gib": m["cuda_peak_reserved_gib"],
     }
     if on_cuda:
-        facts["cuda_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 1024**3
         capacity = torch.cuda.get_device_properties(trainer.device).total_memory / 1024**3
     else:
         import psutil
 
-        facts["peak_rss_gib"] = psutil.Process().memory_info().rss / 1024**3
         capacity = psutil.virtual_memory().total / 1024**3
     findings = advise(facts, capacity_gib=capacity, kernel_launches_per_step=launches)
 

@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
+"""Version 2 added step_cpu_ms, contention, pairing and attempt (defaults make a version-1 line valid)."""
 STATUSES = ("ok", "oom", "nan", "crash", "timeout")
 PHASES = ("speed", "quality", "equivalence")
 RECORDS_FILE = "records.jsonl"
@@ -34,6 +36,7 @@ METRICS = (
     "gpu_util_pct", "gpu_mem_used_gib", "gpu_power_w", "energy_j_per_sample", "cpu_util_pct",
     "samples_per_step", "real_tokens_per_step", "padded_tokens_per_step", "param_count",
     "train_wall_s", "measured_steps", "final_loss", "best_epoch", "epochs_run", "instrument_overhead_pct",
+    "step_cpu_ms_median", "torch_threads",
 )
 PHASE_NAMES = ("data", "forward", "loss", "backward", "optimizer", "other")
 
@@ -62,6 +65,8 @@ class Record:
     """Median ms per optimizer step spent in each of `PHASE_NAMES`."""
     step_ms: tuple[float, ...] = ()
     """Every measured (post-warmup) optimizer step's wall time."""
+    step_cpu_ms: tuple[float, ...] = ()
+    """This process's CPU time of every measured step (host side), aligned with `step_ms`."""
     quality: Mapping[str, float] = field(default_factory=dict)
     """Final quality metrics (workload-defined names; ``ema_`` prefix for EMA weights)."""
     curve: tuple[Mapping[str, float], ...] = ()
@@ -70,6 +75,15 @@ class Record:
     """For phase=equivalence: passed, max_abs_err, max_rel_err, tolerance, dtype, compared, reason."""
     timeline: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     """Sampler series: "t_s", "gpu_util_pct", "gpu_mem_used_gib", "gpu_power_w", "cpu_util_pct", "rss_gib"."""
+    contention: Mapping[str, Any] = field(default_factory=dict)
+    """The kernel's evidence over the measured window (`harness.probes.contention`) and its ``verdict``
+    ("" when the run had its cores to itself)."""
+    pairing: Mapping[str, Any] = field(default_factory=dict)
+    """Runs of a group interleaved in one process: ``group`` (the members' labels), ``member`` (this
+    record's index), ``variants`` (the members' variant names), ``first`` (per measured step: did this
+    member go first in its round)."""
+    attempt: int = 0
+    """0 for the first run of this (variant, phase, repeat); n for the n-th re-run after contention."""
     wall_s: float = 0.0
     """Child process lifetime, seconds."""
     schema_version: int = SCHEMA_VERSION
@@ -93,11 +107,12 @@ class Record:
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
         """Inverse of `to_json` (tuples restored)."""
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise ValueError(f"record schema version {version} is not {SCHEMA_VERSION}; "
                              "re-run the sweep with this trainbench version")
         d = dict(data)
-        for key in ("warnings", "step_ms", "curve"):
+        d["schema_version"] = SCHEMA_VERSION
+        for key in ("warnings", "step_ms", "step_cpu_ms", "curve"):
             d[key] = tuple(d.get(key, ()))
         d["timeline"] = {k: tuple(v) for k, v in d.get("timeline", {}).items()}
         return cls(**d)

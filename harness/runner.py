@@ -19,11 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.config import RunConfig
 from harness.experiment import Experiment, knob_kinds
 from harness.results import RECORDS_FILE, Record, append, collect_env, iter_records
 
@@ -41,10 +42,32 @@ class Job:
     config: dict[str, Any]
     base_config: dict[str, Any] | None = None
     timeout_s: float = 600.0
+    group: tuple[dict[str, Any], ...] = ()
+    """Paired mode: the configs of every member, interleaved step by step in this one process."""
+    group_variants: tuple[str, ...] = ()
+    """The members' variant names (`variant` is the first's)."""
+    rounds: int = 0
+    warmup_rounds: int = 0
+    attempt: int = 0
 
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.variant, self.phase, self.repeat)
+
+    @property
+    def keys(self) -> list[tuple[str, str, int]]:
+        """The record keys this job produces (one per member of a group)."""
+        return [(v, self.phase, self.repeat) for v in self.group_variants] if self.group else [self.key]
+
+
+def group_job(experiment: str, variants: Mapping[str, Any], *, repeat: int, rounds: int,
+              warmup_rounds: int = 3, timeout_s: float = 600.0, attempt: int = 0) -> Job:
+    """A job running `variants` (name -> RunConfig) interleaved step by step in one fresh process."""
+    names = list(variants)
+    configs = tuple(getattr(c, "cfg", c).replace(epochs=0).to_dict() for c in variants.values())
+    return Job(experiment=experiment, variant=names[0], phase="speed", repeat=repeat, config=configs[0],
+               timeout_s=timeout_s, group=configs, group_variants=tuple(names), rounds=rounds,
+               warmup_rounds=warmup_rounds, attempt=attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,30 +225,74 @@ def plan(exp: Experiment) -> tuple[list[Job], list[Record]]:
     return jobs, skipped
 
 
-def _record(exp: Experiment, job: Job, status: str, **fields: Any) -> Record:
-    cfg = job.config
-    return Record(experiment=exp.name, variant=job.variant, phase=job.phase, repeat=job.repeat,
+def _record(experiment: str, job: Job, status: str, member: int = 0, **fields: Any) -> Record:
+    cfg = job.group[member] if job.group else job.config
+    variant = job.group_variants[member] if job.group else job.variant
+    return Record(experiment=experiment, variant=variant, phase=job.phase, repeat=job.repeat,
                   workload=cfg["workload"], preset=cfg["preset"], seed=cfg["seed"], config=cfg, status=status,
-                  **fields)
+                  attempt=job.attempt, **fields)
+
+
+def _result_fields(res: Mapping[str, Any]) -> dict[str, Any]:
+    pairing = dict(res.get("pairing") or {})
+    return dict(warnings=tuple(res.get("warnings", ())), metrics=res.get("metrics", {}),
+                phase_ms=res.get("phase_ms", {}), step_ms=tuple(res.get("step_ms", ())),
+                step_cpu_ms=tuple(res.get("step_cpu_ms", ())), quality=res.get("quality", {}),
+                curve=tuple(res.get("curve", ())), equivalence=res.get("equivalence", {}),
+                timeline=res.get("timeline", {}), contention=res.get("contention", {}), pairing=pairing)
+
+
+def records_from(experiment: str, job: Job, outcome: Outcome) -> list[Record]:
+    """Turn a child's outcome (or its absence) into its records: one, or one per member of a group."""
+    res = outcome.result
+    members = range(len(job.group)) if job.group else range(1)
+    if outcome.timed_out:
+        error = (f"exceeded timeout_s={job.timeout_s:g} and was killed; raise timeout_s or lower the budget\n"
+                 f"{outcome.stderr_tail[-1500:]}")
+        return [_record(experiment, job, "timeout", m, error=error, env=collect_env(), wall_s=outcome.wall_s)
+                for m in members]
+    if res is None:
+        error = (f"child exited with code {outcome.returncode} and no result (killed by the OS? out of memory?)\n"
+                 f"{outcome.stderr_tail}")
+        return [_record(experiment, job, "crash", m, error=error, env=collect_env(), wall_s=outcome.wall_s)
+                for m in members]
+    if job.group and res["status"] == "ok":
+        out = []
+        for m, fields in enumerate(res["members"]):
+            fields = _result_fields(fields)
+            fields["pairing"] = {**fields["pairing"], "variants": list(job.group_variants)}
+            out.append(_record(experiment, job, "ok", m, env=res.get("env", {}), wall_s=outcome.wall_s, **fields))
+        return out
+    return [_record(experiment, job, res["status"], m, error=res.get("error", ""), env=res.get("env", {}),
+                    wall_s=outcome.wall_s, **_result_fields(res)) for m in members]
 
 
 def record_from(exp: Experiment, job: Job, outcome: Outcome) -> Record:
-    """Turn a child's outcome (or its absence) into a record."""
-    res = outcome.result
-    if outcome.timed_out:
-        return _record(exp, job, "timeout", error=f"exceeded timeout_s={job.timeout_s:g} and was killed; "
-                       f"raise timeout_s or lower the budget\n{outcome.stderr_tail[-1500:]}",
-                       env=collect_env(), wall_s=outcome.wall_s)
-    if res is None:
-        return _record(exp, job, "crash", error=f"child exited with code {outcome.returncode} and no result "
-                       f"(killed by the OS? out of memory?)\n{outcome.stderr_tail}", env=collect_env(),
-                       wall_s=outcome.wall_s)
-    return _record(exp, job, res["status"], error=res.get("error", ""), env=res.get("env", {}),
-                   warnings=tuple(res.get("warnings", ())), metrics=res.get("metrics", {}),
-                   phase_ms=res.get("phase_ms", {}), step_ms=tuple(res.get("step_ms", ())),
-                   quality=res.get("quality", {}), curve=tuple(res.get("curve", ())),
-                   equivalence=res.get("equivalence", {}), timeline=res.get("timeline", {}),
-                   wall_s=outcome.wall_s)
+    """The record of a single-config job (see `records_from` for groups)."""
+    return records_from(exp.name, job, outcome)[0]
+
+
+def run_group_here(experiment: str, variants: Mapping[str, Any], *, rounds: int, warmup_rounds: int = 3,
+                   run_rounds: Callable[[Callable[[], None], int, int], None] | None = None,
+                   repeat: int = 0) -> list[Record]:
+    """Paired mode in *this* process (the pytest plugin: its planted regressions and pytest-benchmark's
+    round driver live here): the same records a group job's fresh process would produce. A value of
+    `variants` is a RunConfig or a prepared `Trainer`."""
+    import warnings
+
+    from harness import engine
+    from harness.worker import result_fields
+
+    job = group_job(experiment, variants, repeat=repeat, rounds=rounds, warmup_rounds=warmup_rounds)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = engine.run_group(list(variants.values()), rounds=rounds, warmup_rounds=warmup_rounds,
+                                   run_rounds=run_rounds)
+    members = [result_fields(r, caught) for r in results]
+    outcome = Outcome({"status": "ok", "env": collect_env(), "members": members}, 0, "", False,
+                      time.perf_counter() - start)
+    return records_from(experiment, job, outcome)
 
 
 def save_experiment(exp: Experiment, out_dir: Path) -> None:
@@ -272,7 +339,7 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
         if rec.key not in existing:
             append(out, rec)
             done.append(rec)
-    todo = [j for j in jobs if j.key not in existing]
+    todo = [j for j in jobs if not set(j.keys) <= existing]
     if not todo:
         return done
     launcher = launcher or default_launcher(exp)
@@ -281,9 +348,9 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
             for i, job in enumerate(todo, 1):
                 if progress:
                     progress(i, len(todo), job, None)
-                rec = record_from(exp, job, launcher.launch(job, Path(tmp)))
-                append(out, rec)
-                done.append(rec)
+                for rec in records_from(exp.name, job, launcher.launch(job, Path(tmp))):
+                    append(out, rec)
+                    done.append(rec)
                 if progress:
                     progress(i, len(todo), job, rec)
     finally:

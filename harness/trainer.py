@@ -1,53 +1,38 @@
-"""The instrumented training loop.
+"""The training loop's mechanics: build everything for a config, run one optimizer step, evaluate.
+
+What is measured around these steps, and how, lives in `harness.engine` (the one instrument).
 
 One optimizer step = fetch `grad_accum` micro-batches (phase "data"), then for each: forward,
 loss, backward; then clip, optimizer step, schedule, EMA (phase "optimizer"). The loss of every
 micro-batch is its *sum* divided by the loss-element count of the whole step, so accumulated
 gradients equal the gradient of one big batch exactly, whatever the padding.
 
-A speed run (epochs=0) runs bench_warmup_steps + bench_steps steps and times the last bench_steps.
-A quality run trains `epochs` epochs, evaluates every `eval_every`, and still times every step
-after the warmup (evaluation time excluded), so a quality run is a speed run too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-import statistics
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from harness.config import RunConfig, resolve_device, runtime_warnings
-from harness.data import batches_forever, make_loader
+from harness.data import effective_workers, make_loader
 from harness.optim import make_ema, make_optimizer, make_scheduler, update_ema
-from harness.probes.counters import ForwardCounter, count_flops, cuda_peaks_gib, peak_rss_self_gib
-from harness.probes.sampler import ResourceSampler
-from harness.probes.timers import PhaseClock, WindowTimer
+from harness.probes.contention import default_threads
+from harness.probes.timers import PhaseClock
 from harness.workload import BatchCounts, Workload, upcast
+
+if TYPE_CHECKING:
+    from harness.engine import TrainResult
 
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-@dataclass
-class TrainResult:
-    """What one run measured (turned into a `Record` by the worker)."""
-
-    metrics: dict[str, float | None] = field(default_factory=dict)
-    phase_ms: dict[str, float] = field(default_factory=dict)
-    step_ms: list[float] = field(default_factory=list)
-    quality: dict[str, float] = field(default_factory=dict)
-    curve: list[dict[str, float]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    timeline: dict[str, list[float]] = field(default_factory=dict)
-    notes: dict[str, str] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -55,6 +40,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def apply_threads(cfg: RunConfig, device: torch.device) -> tuple[int, str]:
+    """Set torch's intra-op threads for this run (the `threads` knob, or the never-oversubscribe default)."""
+    if cfg.threads:
+        threads, reason = cfg.threads, f"threads={cfg.threads} (set by the config)"
+    else:
+        threads, reason = default_threads(device_type=device.type, num_workers=effective_workers(cfg))
+    torch.set_num_threads(threads)
+    return threads, reason
 
 
 def autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -99,26 +94,21 @@ def forward_backward(wl: Workload, cfg: RunConfig, handle: nn.Module, micro_batc
 
 
 def _fetch(stream: Iterator[tuple[int, Any]], wl: Workload, cfg: RunConfig, device: torch.device,
-           non_blocking: bool) -> tuple[list[Any], list[BatchCounts]]:
+           non_blocking: bool) -> tuple[list[Any], list[Any], list[BatchCounts]]:
     host = [next(stream)[1] for _ in range(cfg.grad_accum)]
     counts = [wl.batch_counts(b, cfg) for b in host]  # from host tensors: no device sync
-    return [wl.to_device(b, device, non_blocking) for b in host], counts
-
-
-def _pct(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+    return host, [wl.to_device(b, device, non_blocking) for b in host], counts
 
 
 class Trainer:
-    """Builds everything for a config and runs it; `run()` returns a `TrainResult`."""
+    """Builds everything for a config; `train_step` runs one optimizer step, `evaluate` measures quality."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.wl = cfg.get_workload()
         self.device = resolve_device(cfg)
-        self.result = TrainResult(warnings=runtime_warnings(cfg, self.device))
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.warnings = runtime_warnings(cfg, self.device)
+        self.threads, self.threads_reason = apply_threads(cfg, self.device)
         seed_everything(cfg.seed)
         self.train_ds, self.eval_ds = self.wl.build_datasets(cfg)
         seed_everything(cfg.seed)  # model init must not depend on how much RNG data generation used
@@ -163,16 +153,23 @@ class Trainer:
         if self.ema is not None:
             update_ema(self.ema, self.model)
 
-    def _train_step(self, stream: Iterator[tuple[int, Any]], clock: PhaseClock) -> tuple[torch.Tensor, list]:
+    def train_step(self, stream: Iterator[tuple[int, Any]], clock: PhaseClock,
+                   keep_host: list[Any] | None = None) -> tuple[torch.Tensor, list[BatchCounts]]:
+        """One optimizer step (fetch, forward, loss, backward, optimizer) with its phases marked on `clock`;
+        returns the step loss (on the device, not synced) and the micro-batches' counts.
+        `keep_host` collects the host batches (for a reference FLOP count on the same data)."""
         non_blocking = self.cfg.pin_memory and self.device.type == "cuda"
-        batches, counts = _fetch(stream, self.wl, self.cfg, self.device, non_blocking)
+        host, batches, counts = _fetch(stream, self.wl, self.cfg, self.device, non_blocking)
+        if keep_host is not None:
+            keep_host.extend(host)
         clock.mark("data")
         loss = forward_backward(self.wl, self.cfg, self.handle, batches, counts, self.device, clock, self.scaler)
         self._optimizer_step()
         clock.mark("optimizer")
         return loss, counts
 
-    def _check_finite(self, losses: list[torch.Tensor], step: int) -> None:
+    def check_finite(self, losses: list[torch.Tensor], step: int) -> None:
+        """Raise NonFiniteLoss when the last step's loss is NaN or infinite."""
         # Sync point on a GPU (reads the loss on the host): done every step on a CPU, but only every
         # 25 steps and at the end on a GPU so the host can keep queueing work.
         value = float(losses[-1])
@@ -193,148 +190,8 @@ class Trainer:
             out.update({prefix + k: float(v) for k, v in metrics.items()})
         return out
 
-    def stepper(self) -> Callable[[], list[BatchCounts]]:
-        """A callable running one optimizer step and returning its batch counts, for external timers
-        (pytest-benchmark): the device is drained before it returns, so a host clock around it is valid."""
-        stream = batches_forever(self.loader)
-        clock = PhaseClock(self.device, enabled=False)
-        self.model.train()
-
-        def step() -> list[BatchCounts]:
-            clock.start_step()
-            _, counts = self._train_step(stream, clock)
-            clock.end_step(keep=False)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)  # sync: the caller reads a host clock after this
-            return counts
-        return step
-
-    def run(self) -> TrainResult:
-        """Train for the config's budget and return the measurements."""
-        cfg, res, device = self.cfg, self.result, self.device
-        warmup = min(cfg.bench_warmup_steps, self.total_steps - 1) if self.quality_run else cfg.bench_warmup_steps
-        clock = PhaseClock(device)
-        window = WindowTimer(device)
-        counter = ForwardCounter(self.handle)
-        sampler = ResourceSampler(device.index or 0 if device.type == "cuda" else None)
-        stream = batches_forever(self.loader)
-        self.model.train()
-        losses: list[torch.Tensor] = []
-        epoch_losses: list[torch.Tensor] = []
-        totals = {"samples": 0, "real": 0, "padded": 0}
-        train_s = 0.0
-        best: tuple[float, int, dict[str, float]] | None = None
-        stale = 0
-        primary = ("ema_" if self.ema else "") + self.wl.primary_metric
-        sign = 1.0 if self.wl.higher_is_better else -1.0
-        flops = None
-        # FLOPs are counted on the last warmup step: not timed, and past one-time first-step work.
-        flop_step = max(0, warmup - 1)
-        for step in range(self.total_steps):
-            if step == warmup:
-                counter.calls = 0
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                sampler.start()
-                window.start()
-            measured = step >= warmup
-            clock.start_step()
-            if step == flop_step:
-                (loss, counts), flops = count_flops(lambda: self._train_step(stream, clock))
-            else:
-                loss, counts = self._train_step(stream, clock)
-            clock.end_step(keep=measured)
-            losses.append(loss)
-            epoch_losses.append(loss)
-            if measured:
-                totals["samples"] += sum(c.samples for c in counts)
-                totals["real"] += sum(c.real_tokens for c in counts)
-                totals["padded"] += sum(c.padded_tokens for c in counts)
-            if step == flop_step:
-                step_samples = sum(c.samples for c in counts)
-                res.metrics["samples_per_step"] = step_samples
-                res.metrics["flops_per_step"] = flops
-                res.metrics["flops_per_sample"] = flops / max(step_samples, 1)
-            if device.type == "cpu" or step % 25 == 0 or step == self.total_steps - 1:
-                self._check_finite(losses, step)
-            end_of_epoch = self.quality_run and (step + 1) % self.steps_per_epoch == 0
-            epoch = (step + 1) // self.steps_per_epoch
-            if end_of_epoch and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                train_s += window.stop()
-                metrics = self.evaluate()
-                mean_loss = float(torch.stack(epoch_losses).mean())  # sync: once per eval
-                epoch_losses = []
-                res.curve.append({"epoch": epoch, "step": step + 1, "wall_s": train_s,
-                                  "train_loss": mean_loss, **metrics})
-                score = sign * metrics.get(primary, float("nan"))
-                if self.plateau is not None:
-                    self.plateau.step(score)
-                # A tie goes to the later epoch (more training, same primary metric); only a strict
-                # improvement resets the early-stopping patience.
-                improved = best is None or score > best[0]
-                if best is None or score >= best[0]:
-                    best = (score, epoch, metrics)
-                stale = 0 if improved else stale + 1
-                if measured:
-                    window.start()
-                if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
-                    break
-        train_s += window.stop()
-        sampler.stop()
-        counter.remove()
-        self._finish(clock, sampler, counter, totals, train_s, losses, best, warmup)
-        return res
-
-    def _finish(self, clock: PhaseClock, sampler: ResourceSampler, counter: ForwardCounter,
-                totals: dict[str, int], train_s: float, losses: list[torch.Tensor],
-                best: tuple[float, int, dict[str, float]] | None, warmup: int) -> None:
-        cfg, res = self.cfg, self.result
-        step_ms, phases = clock.resolve()
-        n = len(step_ms)
-        m = res.metrics
-        m["measured_steps"] = n
-        m["train_wall_s"] = train_s
-        m["steps_per_s"] = n / train_s if train_s > 0 else None
-        m["it_per_s"] = n * cfg.grad_accum / train_s if train_s > 0 else None
-        m["samples_per_s"] = totals["samples"] / train_s if train_s > 0 else None
-        has_tokens = totals["real"] > 0
-        m["tokens_per_s"] = totals["real"] / train_s if has_tokens and train_s > 0 else None
-        m["padded_tokens_per_s"] = totals["padded"] / train_s if has_tokens and train_s > 0 else None
-        m["real_tokens_per_step"] = totals["real"] / n if has_tokens and n else None
-        m["padded_tokens_per_step"] = totals["padded"] / n if has_tokens and n else None
-        m["step_ms_median"] = statistics.median(step_ms) if step_ms else None
-        m["step_ms_mean"] = statistics.fmean(step_ms) if step_ms else None
-        m["step_ms_p10"], m["step_ms_p90"] = _pct(step_ms, 10), _pct(step_ms, 90)
-        m["forward_calls_per_step"] = counter.calls / (n * cfg.grad_accum) if n else None
-        sps = m["samples_per_s"]
-        m["achieved_tflops"] = m["flops_per_sample"] * sps / 1e12 if sps and m.get("flops_per_sample") else None
-        from harness.analysis.cost import mfu  # here, not at the top: harness.analysis imports pandas
-
-        gpu_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
-        achieved = m["achieved_tflops"] * 1e12 if m["achieved_tflops"] else None
-        m["mfu"] = mfu(achieved, gpu_name, cfg.values)  # None on a CPU or a GPU without a cited peak
-        m["peak_rss_gib"] = max(sampler.peak_rss_gib, peak_rss_self_gib())
-        m["cuda_peak_allocated_gib"], m["cuda_peak_reserved_gib"] = cuda_peaks_gib(self.device)
-        s = sampler.series
-        m["cpu_util_pct"] = sampler.mean(s["cpu_util_pct"])
-        m["gpu_util_pct"] = sampler.mean(s["gpu_util_pct"])
-        m["gpu_mem_used_gib"] = max(s["gpu_mem_used_gib"]) if s["gpu_mem_used_gib"] else None
-        m["gpu_power_w"] = sampler.mean(s["gpu_power_w"])
-        m["energy_j_per_sample"] = sampler.energy_j / totals["samples"] \
-            if sampler.energy_j is not None and totals["samples"] else None
-        m["param_count"] = sum(p.numel() for p in self.model.parameters())
-        tail = losses[-max(1, min(10, len(losses))):]
-        m["final_loss"] = float(torch.stack(tail).mean())
-        res.step_ms = step_ms
-        res.phase_ms = {p: statistics.fmean(v) if v else 0.0 for p, v in phases.items()}
-        res.timeline = {k: list(v) for k, v in s.items() if v}
-        res.notes["nvml"] = sampler.nvml_status
-        if best is not None:
-            m["best_epoch"] = best[1]
-            res.quality = dict(best[2])
-        m["epochs_run"] = len(losses) / self.steps_per_epoch if self.quality_run else None
-
-
 def train(cfg: RunConfig) -> TrainResult:
-    """Build and run one config."""
-    return Trainer(cfg).run()
+    """Build and run one config through the engine (`harness.engine.run`)."""
+    from harness.engine import run
+
+    return run(cfg)

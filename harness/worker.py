@@ -17,42 +17,63 @@ from pathlib import Path
 from typing import Any
 
 
+def result_fields(result: Any, caught: list[warnings.WarningMessage]) -> dict[str, Any]:
+    """The record fields of an engine `TrainResult`, with the warnings raised while it ran."""
+    # Warnings a workload raises (skipped data rows, an ignored knob) belong in the record.
+    raised = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))[:20]
+    return {"metrics": result.metrics, "phase_ms": result.phase_ms, "step_ms": result.step_ms,
+            "step_cpu_ms": result.step_cpu_ms, "quality": result.quality, "curve": result.curve,
+            "warnings": result.warnings + raised, "timeline": result.timeline, "contention": result.contention,
+            "pairing": result.pairing, "notes": result.notes}
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Execute a job description; returns the result fields of a `Record`."""
+    """Execute a job description; returns the result fields of a `Record` (a list of them for a group)."""
     import torch
     import torch._dynamo  # noqa: F401  (imported lazily by checkpointing/compile: ~85 MiB of RSS; paid
 
     # here by every run so that peak memory compares variants, not who imported it first)
+    from harness import engine
     from harness.config import resolve
     from harness.results import collect_env
-    from harness.trainer import NonFiniteLoss, train
+    from harness.trainer import NonFiniteLoss
 
     out: dict[str, Any] = {"status": "ok", "error": "", "env": {}, "warnings": []}
     try:
-        out["env"] = collect_env()
         config = job["config"]
         cfg = resolve(config["workload"], config)
         if job["phase"] == "equivalence":
             from harness.equivalence import check_equivalence
 
             base = resolve(job["base_config"]["workload"], job["base_config"])
+            out["env"] = collect_env()
             out["equivalence"] = check_equivalence(base, cfg)
+        elif job.get("group"):
+            members = [resolve(c["workload"], c) for c in job["group"]]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                results = engine.run_group(members, rounds=job["rounds"], warmup_rounds=job["warmup_rounds"])
+            out["env"] = collect_env()  # after the run: the threads the engine chose are in it
+            out["members"] = [result_fields(r, caught) for r in results]
         else:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = train(cfg)
-            # Warnings a workload raises (skipped data rows, an ignored knob) belong in the record.
-            raised = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))[:20]
-            out.update(metrics=result.metrics, phase_ms=result.phase_ms, step_ms=result.step_ms,
-                       quality=result.quality, curve=result.curve, warnings=result.warnings + raised,
-                       timeline=result.timeline)
-            out["env"].update({f"note_{k}": v for k, v in result.notes.items()})
+                result = engine.run(cfg)
+            out["env"] = collect_env()  # after the run: the threads the engine chose are in it
+            out.update(result_fields(result, caught))
+        notes = (out.get("notes") or (out.get("members") or [{}])[0].get("notes") or {})
+        out["env"].update({f"note_{k}": v for k, v in notes.items()})
     except NonFiniteLoss as exc:
         out.update(status="nan", error=str(exc))
     except (torch.OutOfMemoryError, MemoryError) as exc:
         out.update(status="oom", error=f"{type(exc).__name__}: {exc}"[-4000:])
     except Exception as exc:  # any failure of the run is data for the record, not a lost sweep
         out.update(status="crash", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-4000:]}")
+    if not out["env"]:
+        try:
+            out["env"] = collect_env()
+        except Exception:  # the environment itself is broken: the record still says what failed
+            pass
     return out
 
 

@@ -32,11 +32,41 @@ def test_bootstrap_coverage_is_near_nominal():
 
 
 def test_paired_ratio_is_geometric_mean_over_shared_repeats():
-    # repeat 3 is missing from the baseline and repeat 2's baseline failed (None): pairs 0 and 1 only
-    est = stats.paired_ratio({0: 2.0, 1: 8.0, 2: 5.0, 3: 9.0}, {0: 1.0, 1: 2.0, 2: None})
-    assert est.n == 2
-    assert est.ratio == pytest.approx(math.sqrt(2.0 * 4.0))
-    assert 2.0 <= est.ci_low <= est.ci_high <= 4.0
+    # repeat 4 is missing from the baseline and repeat 3's baseline failed (None): pairs 0, 1 and 2 only
+    est = stats.paired_ratio({0: 2.0, 1: 8.0, 2: 9.0, 3: 5.0, 4: 9.0}, {0: 1.0, 1: 2.0, 2: 3.0, 3: None})
+    assert est.n == 3 and est.method == "t"
+    assert est.ratio == pytest.approx((2.0 * 4.0 * 3.0) ** (1 / 3))
+    assert est.ci_low < est.ratio < est.ci_high
+
+
+def test_an_interval_from_two_samples_is_insufficient():
+    # A percentile bootstrap over 2 pairs has at most 3 distinct values: no interval is printed.
+    est = stats.paired_ratio({0: 1.05, 1: 1.06}, {0: 1.0, 1: 1.0})
+    assert est.n == 2 and est.method == "insufficient" and not est.has_interval
+    assert est.describe() == "x1.05 (insufficient: n=2; need >= 3)"
+    assert math.isnan(est.half_width_pct) and not est.significant
+
+
+def test_t_interval_coverage_is_near_nominal_with_few_repeats():
+    # 3 repeats per experiment, 5% lognormal noise: Student t keeps ~95% coverage where a bootstrap cannot.
+    rng = np.random.default_rng(3)
+    hits, trials = 0, 400
+    for _ in range(trials):
+        est = stats.repeat_ratio(1.3 * np.exp(0.05 * rng.standard_normal(3)))
+        hits += est.ci_low <= 1.3 <= est.ci_high
+    assert 0.90 <= hits / trials <= 0.99
+
+
+def test_block_bootstrap_widens_for_autocorrelated_steps():
+    # AR(1) step ratios (phi 0.8): an i.i.d. bootstrap is too narrow; the block bootstrap is wider.
+    rng = np.random.default_rng(4)
+    noise = np.zeros(200)
+    for i in range(1, 200):
+        noise[i] = 0.8 * noise[i - 1] + 0.02 * rng.standard_normal()
+    ratios = 1.2 * np.exp(noise)
+    iid, block = stats.bootstrap_ratio(ratios), stats.block_bootstrap_ratio(ratios, block=10)
+    assert block.method == "block bootstrap" and block.ci_high - block.ci_low > 1.5 * (iid.ci_high - iid.ci_low)
+    assert not stats.block_bootstrap_ratio(ratios[:5]).has_interval  # fewer than MIN_STEP_PAIRS
 
 
 def test_single_pair_has_no_interval():

@@ -75,7 +75,7 @@ def test_check_against_summary(summary):
     assert [r.passed for r in results] == [True, True, True, False, False, True, False]
     assert "lossy.accuracy_delta = -0.39" in results[3].measured
     assert "duplicate: not == 1" in results[4].message
-    assert "baseline.samples_per_s = 400" in results[5].measured
+    assert "bs16.samples_per_s / baseline.samples_per_s = x1.6 [" in results[5].measured
 
 
 def test_equivalence_gates(summary):
@@ -90,3 +90,25 @@ def test_equivalence_gates(summary):
 def test_missing_measurement_fails_with_reason(summary):
     (r,) = gates.check(["batched.energy_j_per_sample <= 1"], summary, "baseline", KNOWN)
     assert not r.passed and "not measured" in r.message
+
+
+def test_plugin_ratio_gate_and_toml_gate_agree_on_the_same_records():
+    # One decision rule: the same paired records, decided by a TOML gate through the summary and by the
+    # pytest plugin's ratio verdict, at thresholds below, inside and above the measured interval.
+    from harness.analysis.speedup import compare
+    from harness.analysis.summary import summarize
+    from harness.config import resolve
+    from harness.runner import run_group_here
+
+    base = resolve("lm", {"preset": "tiny", "device": "cpu", "threads": 1, "forward": "per_sequence"})
+    records = run_group_here("agree", {"per_sequence": base, "batched": base.replace(forward="batched")},
+                             rounds=12, warmup_rounds=2)
+    summary = summarize(records, "per_sequence")
+    comparison = compare([records[0]], [records[1]])
+    est = comparison.estimate
+    assert est.has_interval and summary.at["batched", "speedup"] == est.ratio
+    for threshold in (est.ci_low * 0.9, (est.ci_low + est.ci_high) / 2, est.ci_high * 1.1):
+        (toml,) = gates.check([f"batched.speedup >= {threshold!r}"], summary, "per_sequence", KNOWN)
+        plugin, message = gates.ratio_verdict(comparison, threshold)
+        assert toml.passed == plugin, (threshold, toml, message)
+    assert [gates.ratio_verdict(comparison, t)[0] for t in (est.ci_low * 0.9, est.ci_high * 1.1)] == [True, False]

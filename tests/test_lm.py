@@ -7,15 +7,15 @@ import torch
 
 from harness.config import resolve
 from harness.equivalence import check_equivalence
-from harness.trainer import Trainer
+from harness.engine import run
 from models.lm.data import chunk, chunk_stats, collate_padded, generate_corpus, split_sequences
 
 TINY = {"preset": "tiny", "bench_warmup_steps": 1, "bench_steps": 3}
 
 
 def test_forward_calls_per_step_is_two_with_the_duplicate_forward_bug() -> None:
-    fixed = Trainer(resolve("lm", TINY)).run().metrics
-    buggy = Trainer(resolve("lm", {**TINY, "duplicate_forward": True})).run().metrics
+    fixed = run(resolve("lm", TINY)).metrics
+    buggy = run(resolve("lm", {**TINY, "duplicate_forward": True})).metrics
     assert fixed["forward_calls_per_step"] == 1
     assert buggy["forward_calls_per_step"] == 2
     # The extra forward is real work: the FLOP counter sees it (forward = 1/3 of fwd+bwd FLOPs).
@@ -23,7 +23,7 @@ def test_forward_calls_per_step_is_two_with_the_duplicate_forward_bug() -> None:
 
 
 def test_forward_calls_count_micro_batches_with_accumulation() -> None:
-    metrics = Trainer(resolve("lm", {**TINY, "batch_size": 4, "grad_accum": 2})).run().metrics
+    metrics = run(resolve("lm", {**TINY, "batch_size": 4, "grad_accum": 2})).metrics
     assert metrics["forward_calls_per_step"] == 1
 
 
@@ -88,14 +88,14 @@ def test_padding_counts_and_targets() -> None:
 
 def test_bucketing_cuts_padding() -> None:
     unchunked = {**TINY, "bench_steps": 10, "max_length": 0}
-    plain = Trainer(resolve("lm", unchunked)).run().metrics
-    bucketed = Trainer(resolve("lm", {**unchunked, "bucket_by_length": True})).run().metrics
+    plain = run(resolve("lm", unchunked)).metrics
+    bucketed = run(resolve("lm", {**unchunked, "bucket_by_length": True})).metrics
     waste = lambda m: m["padded_tokens_per_step"] / m["real_tokens_per_step"] - 1  # noqa: E731
     assert waste(bucketed) < 0.5 * waste(plain), (waste(bucketed), waste(plain))
 
 
 def test_quality_run_reports_metrics_and_a_curve() -> None:
-    result = Trainer(resolve("lm", {"preset": "tiny", "epochs": 2, "lr": 3e-3})).run()
+    result = run(resolve("lm", {"preset": "tiny", "epochs": 2, "lr": 3e-3}))
     assert [p["epoch"] for p in result.curve] == [1, 2]
     assert set(result.quality) == {"token_acc", "loss", "perplexity"}
     assert result.curve[1]["loss"] < result.curve[0]["loss"]

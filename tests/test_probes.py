@@ -14,7 +14,7 @@ from harness.probes.sampler import ResourceSampler
 from harness.probes.timers import PhaseClock
 from harness.results import load_records
 from harness.runner import run_experiment
-from harness.trainer import Trainer
+from harness.engine import run
 from tests import toy
 from tests.conftest import TOY
 
@@ -22,7 +22,7 @@ from tests.conftest import TOY
 def test_phase_clock_measures_a_known_sleep_within_1_percent() -> None:
     toy.TRUE_SLEEPS_S.clear()
     cfg = resolve(TOY, {"sleep_ms": 100, "bench_warmup_steps": 1, "bench_steps": 6})
-    result = Trainer(cfg).run()
+    result = run(cfg)
     truth_ms = [s * 1e3 for s in toy.TRUE_SLEEPS_S[1:]]  # the first call belongs to the warmup step
     assert len(truth_ms) == 6
     forward_ms = result.phase_ms["forward"]
@@ -34,7 +34,7 @@ def test_phase_clock_measures_a_known_sleep_within_1_percent() -> None:
 
 def test_step_times_add_up_to_the_window() -> None:
     cfg = resolve(TOY, {"sleep_ms": 10, "bench_warmup_steps": 1, "bench_steps": 10})
-    result = Trainer(cfg).run()
+    result = run(cfg)
     window_ms = result.metrics["train_wall_s"] * 1e3
     assert abs(sum(result.step_ms) - window_ms) / window_ms < 0.05
     assert result.metrics["steps_per_s"] == 10 / result.metrics["train_wall_s"]

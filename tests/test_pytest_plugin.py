@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from harness.config import resolve
+from harness.engine import StepCounters
 from harness.pytest_plugin import (
-    StepCounters,
     counter_verdict,
     equivalence_verdict,
     loss_verdict,
@@ -61,14 +61,9 @@ class SlowCollate:
 
 
 def _median_step_cpu_s(cfg: Any, steps: int = 8) -> float:
-    step = Trainer(cfg).stepper()
-    step()
-    times = []
-    for _ in range(steps):
-        start = time.process_time()
-        step()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
+    from harness.engine import run
+
+    return statistics.median(run(cfg.replace(bench_warmup_steps=1, bench_steps=steps)).step_cpu_ms) / 1e3
 
 
 # --- counter gates -----------------------------------------------------------------------------------
@@ -156,10 +151,11 @@ def test_scan_optimisation_that_changes_init_fails_equivalence(monkeypatch: pyte
 
 def test_unchanged_config_passes_the_ratio_gate() -> None:
     cfg = resolve("lm", LM_TINY)
-    result = measure_speedup(Trainer(cfg), Trainer(cfg), pairs=30)
+    result = measure_speedup(cfg, cfg, pairs=30)
     passed, message = ratio_verdict(result, min_speedup=0.9)
     assert passed, message
     assert result.clock == "cpu" and result.estimate.n == 30 and result.changed == {}
+    assert result.estimate.method == "block bootstrap" and "whole-interval" not in message
 
 
 def test_dataloader_thirty_percent_slower_fails_the_ratio_gate() -> None:
@@ -186,7 +182,7 @@ def test_scan_replaced_by_sequential_fails_the_ratio_gate(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(DeepGPCM, "forward", scan_is_sequential)
     base = resolve("gpcm", {"preset": "tiny", "device": "cpu", "forward": baseline})
-    result = measure_speedup(Trainer(base), Trainer(base.replace(forward=variant)), pairs=20)
+    result = measure_speedup(base, base.replace(forward=variant), pairs=20)
     passed, message = ratio_verdict(result, min_speedup)
     assert not passed, message
     assert "gpcm forward=scan vs forward=sequential" in message
@@ -206,7 +202,9 @@ def test_pick_clock_uses_cpu_time_only_when_all_work_is_in_this_process() -> Non
 def test_clocks_against_a_known_sleep() -> None:
     # A 30 ms sleep inside forward: all of it on the wall clock, none of it on the CPU clock.
     cfg = resolve(TOY, {"sleep_ms": 30.0, "device": "cpu"})
-    result = measure_speedup(Trainer(cfg), Trainer(cfg.replace(sleep_ms=0.0)), pairs=4, warmup_pairs=1, clock="wall")
-    assert min(result.baseline_ms["wall"]) >= 30.0
-    assert statistics.median(result.baseline_ms["cpu"]) < 15.0
+    result = measure_speedup(cfg, cfg.replace(sleep_ms=0.0), pairs=4, warmup_pairs=1, clock="wall")
+    (base,) = result.baseline
+    assert min(base.step_ms) >= 30.0
+    assert statistics.median(base.step_cpu_ms) < 15.0
     assert result.estimate.ratio > 1.0 and result.changed == {"sleep_ms": (30.0, 0.0)}
+    assert not result.estimate.has_interval and "need >= 10" in result.estimate.describe()  # 4 pairs: no interval

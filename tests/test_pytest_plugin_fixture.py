@@ -45,10 +45,10 @@ def test_figures_ratios_and_failing_gates(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--benchmark-json=out.json")
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines([
-        "*counter gate failed: lm preset=tiny device=cpu duplicate_forward=True: forward_calls_per_step = 2.0 "
-        "(expected 1)*duplicate forward*",
-        "*ratio gate failed: lm forward=per_sequence vs forward=batched: speedup 0.*required >= 2x*"
-        "knobs changed: forward batched -> per_sequence*",
+        "*counter gate failed: lm preset=tiny device=cpu threads=1 duplicate_forward=True: "
+        "forward_calls_per_step = 2.0 (expected 1)*duplicate forward*",
+        "*ratio gate failed: lm forward=per_sequence vs forward=batched: speedup x0.*required >= 2x*"
+        "whole-interval rule*knobs changed: forward batched -> per_sequence*",
     ])
     assert "Benchmark fixture was not used" not in result.stdout.str()
     benchmarks = {b["name"]: b for b in json.loads((pytester.path / "out.json").read_text())["benchmarks"]}

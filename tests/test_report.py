@@ -91,8 +91,8 @@ def test_gates_and_cost_table_with_an_experiment(tmp_path):
                 description="toy sizes", gates=("wide.speedup >= 0.1", "all.forward_calls_per_step == 1",
                                                 "bs8.speedup >= 5"), source="bench/experiments/toy.toml")
     speedups = {"baseline": 1.0, "wide": 0.3, "bs8": 1.5}
-    records = [speed_record(v, r, speedup=speedups[v], noise=(0.0, 0.02)[r], config=exp.configs[v].to_dict(),
-                            workload=TOY, experiment="toyexp") for r in range(2) for v in exp.variants]
+    records = [speed_record(v, r, speedup=speedups[v], noise=(0.0, 0.02, 0.01)[r], config=exp.configs[v].to_dict(),
+                            workload=TOY, experiment="toyexp") for r in range(3) for v in exp.variants]
     readme = write_report(write(tmp_path / "res", records), tmp_path / "reports" / "toyexp", experiment=exp,
                           plots=False)
     text = readme.read_text()

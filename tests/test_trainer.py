@@ -8,6 +8,7 @@ import torch
 from harness.config import resolve
 from harness.equivalence import check_equivalence
 from harness.optim import make_scheduler
+from harness.engine import run
 from harness.trainer import Trainer
 from tests import toy
 from tests.conftest import TOY
@@ -34,7 +35,7 @@ def test_changed_initialisation_fails_equivalence() -> None:
 
 def test_ema_weights_differ_and_are_evaluated() -> None:
     trainer = Trainer(resolve(TOY, {"epochs": 2, "ema": 0.9, "lr": 0.05}))
-    result = trainer.run()
+    result = run(trainer)
     raw = dict(trainer.model.named_parameters())
     ema = dict(trainer.ema.module.named_parameters())
     assert not torch.allclose(raw["linear.weight"], ema["linear.weight"])
@@ -46,7 +47,7 @@ def test_early_stopping_stops_at_the_right_epoch() -> None:
     # score rises for 3 evaluations, then stalls: with patience 2 the run stops after epoch 5.
     toy._EVAL_CALLS["n"] = 0
     cfg = resolve(TOY, {"epochs": 10, "early_stopping_patience": 2, "metric_script": "0.1,0.2,0.3,0.25,0.29,0.5"})
-    result = Trainer(cfg).run()
+    result = run(cfg)
     assert [p["epoch"] for p in result.curve] == [1, 2, 3, 4, 5]
     assert result.metrics["best_epoch"] == 3 and result.quality["score"] == 0.3
 
@@ -69,7 +70,7 @@ def test_schedules_warm_up_and_end_where_expected(scheduler) -> None:
 
 
 def test_bf16_autocast_trains_and_is_recorded() -> None:
-    result = Trainer(resolve("lm", {"preset": "tiny", "amp": "bf16", "bench_steps": 2})).run()
+    result = run(resolve("lm", {"preset": "tiny", "amp": "bf16", "bench_steps": 2}))
     assert result.metrics["samples_per_s"] > 0 and result.metrics["final_loss"] > 0
 
 
@@ -78,7 +79,7 @@ def test_clipping_bounds_the_update() -> None:
                         "bench_steps": 1})
     trainer = Trainer(cfg)
     before = trainer.model.linear.weight.detach().clone()
-    trainer.run()
+    run(trainer)
     # two SGD steps with momentum 0.9, each gradient clipped to norm 1e-3: |dw| <= 1e-3 * (1 + 1.9)
     assert float((trainer.model.linear.weight.detach() - before).norm()) <= 1e-3 * 2.9 + 1e-9
 

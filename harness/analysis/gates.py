@@ -17,13 +17,17 @@ import difflib
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from harness.analysis.stats import RatioEstimate
 from harness.results import METRICS, PHASE_NAMES
+
+if TYPE_CHECKING:
+    from harness.analysis.speedup import Comparison
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
@@ -187,6 +191,8 @@ def evaluate(gate: Gate, summary: pd.DataFrame, baseline: str) -> GateResult:
     """Decide one parsed gate against a summary; a missing measurement fails the gate."""
     if gate.is_equivalence:
         return _check_equivalence(gate, summary, baseline)
+    if (ratio := _ratio_gate(gate, summary, baseline)) is not None:
+        return ratio
     variants = list(summary.index) if gate.variant == ALL else [gate.variant]
     right = 1.0 if gate.right_variant is None else _value(summary, gate.right_variant, gate.right_metric)
     threshold = gate.factor * right
@@ -211,3 +217,141 @@ def check(gates: Sequence[str], summary: pd.DataFrame, baseline: str, known_metr
     """Evaluate every gate against a `summarize` DataFrame (validated first: bad gates raise ValueError)."""
     parsed = validate(gates, summary.index, known_metrics)
     return [evaluate(g, summary, baseline) for g in parsed]
+
+
+# --- one decision rule for every ratio gate (TOML, CLI, pytest) ------------------------------------------
+
+THROUGHPUTS = ("samples_per_s", "tokens_per_s", "padded_tokens_per_s", "it_per_s", "steps_per_s")
+WHOLE_INTERVAL_RULE = "whole-interval rule: a ratio gate fails only when its whole 95% interval is on the wrong side"
+
+
+def decide(est: RatioEstimate, op: str, threshold: float) -> tuple[bool, str]:
+    """(passed, why) for a ratio against a threshold under the whole-interval rule.
+
+    A shared runner adds bursts of load to some runs, so the point estimate alone wobbles across the
+    threshold; requiring the whole interval on the wrong side keeps false alarms rare (measured by
+    bench/measure_gate_rates.py) while a real regression, whose interval sits clearly off, still fails.
+    Without an interval (too few samples) the gate cannot be decided, and an undecided gate fails.
+    """
+    if not math.isfinite(est.ratio):
+        return False, f"not measured (n={est.n})"
+    if not est.has_interval:
+        return False, f"undecided: {est.describe()}; add repeats (or pairs) until an interval exists"
+    if op in (">=", ">"):
+        passed = not (est.ci_high < threshold or (op == ">" and est.ci_high <= threshold))
+    elif op in ("<=", "<"):
+        passed = not (est.ci_low > threshold or (op == "<" and est.ci_low >= threshold))
+    else:  # == / != on a measured ratio: decided on the interval containing the value
+        inside = est.ci_low <= threshold <= est.ci_high
+        passed = inside if op == "==" else not inside
+    return passed, f"{est.describe()} ({est.n} pairs, {est.method})"
+
+
+def _ratio_gate(gate: Gate, summary: pd.DataFrame, baseline: str) -> GateResult | None:
+    """`V.speedup OP x` and `V.throughput OP x * W.throughput`: decided on the ratio's interval."""
+    from harness.analysis import speedup
+
+    same_throughput = gate.right_variant is not None and gate.metric == gate.right_metric and \
+        gate.metric in THROUGHPUTS and gate.right_variant != gate.variant
+    if gate.variant == ALL or not (gate.metric == "speedup" and gate.right_variant is None or same_throughput):
+        return None
+    if gate.variant not in summary.index:
+        return GateResult(gate.expr, False, f"{gate.variant}: no records", "not measured")
+    if gate.metric == "speedup":
+        if gate.variant == baseline:
+            return GateResult(gate.expr, OPS[gate.op](1.0, gate.factor), f"{gate.variant} is the baseline (x1)", "ok")
+        row = summary.loc[gate.variant]
+        est = RatioEstimate(float(row["speedup"]), float(row["speedup_ci_low"]), float(row["speedup_ci_high"]),
+                            int(row["speedup_pairs"]), str(row.get("speedup_method", "t")),
+                            int(row.get("speedup_need", 3)))
+        what, threshold = f"{gate.variant} over {baseline}", gate.factor
+    else:
+        records = summary["speed_records"] if "speed_records" in summary.columns else None
+        if records is None or gate.right_variant not in summary.index:
+            return GateResult(gate.expr, False, "no speed records", "not measured")
+        est, _ = speedup.estimate(records[gate.right_variant], records[gate.variant])
+        if gate.metric != "samples_per_s":  # the step pairs are on samples; rescale to the named unit
+            left, right = _value(summary, gate.variant, gate.metric), _value(summary, gate.right_variant, gate.metric)
+            ls, rs = _value(summary, gate.variant, "samples_per_s"), _value(summary, gate.right_variant, "samples_per_s")
+            k = (left / ls) / (right / rs) if all(map(math.isfinite, (left, right, ls, rs))) and ls and rs else math.nan
+            est = RatioEstimate(est.ratio * k, est.ci_low * k, est.ci_high * k, est.n, est.method, est.need)
+        what, threshold = f"{gate.variant}.{gate.metric} / {gate.right_variant}.{gate.metric}", gate.factor
+    passed, why = decide(est, gate.op, threshold)
+    measured = f"{what} = {why}"
+    message = "ok" if passed else f"not {gate.op} {_fmt(threshold)} ({WHOLE_INTERVAL_RULE})"
+    return GateResult(gate.expr, passed, measured, message)
+
+
+def _where_time_went(c: Comparison) -> str:
+    step_delta = c.median_ms("variant") - c.median_ms("baseline")
+    data_delta = c.median_ms("variant", "data") - c.median_ms("baseline", "data")
+    if step_delta <= 0:
+        return (f"the variant's step is {-step_delta:.2f} ms faster, not enough: what the change buys has shrunk "
+                "(or the baseline got faster)")
+    where = "in data loading (DataLoader fetch / collate)" if data_delta >= 0.5 * step_delta else \
+        "in compute (forward, backward, optimizer)"
+    return (f"the variant's step is {step_delta:.2f} ms slower ({c.clock} clock), {data_delta:+.2f} ms of it "
+            f"waiting for batches: the time went {where}")
+
+
+def ratio_verdict(c: Comparison, min_speedup: float) -> tuple[bool, str]:
+    """(passed, message) of `c.estimate >= min_speedup` under the whole-interval rule (`decide`)."""
+    passed, why = decide(c.estimate, ">=", min_speedup)
+    measured = (f"speedup {why}, {c.clock} clock; median step {c.median_ms('baseline'):.2f} ms -> "
+                f"{c.median_ms('variant'):.2f} ms")
+    if passed:
+        return True, f"ratio gate {c.label}: {measured} >= {min_speedup:g}x"
+    if not c.estimate.has_interval:
+        return False, f"ratio gate {c.label}: cannot decide: {measured}"
+    cause = "knobs changed: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in c.changed.items()) if c.changed \
+        else "no knob differs, so the code (or the machine) made the difference"
+    return False, (f"ratio gate failed: {c.label}: {measured}, required >= {min_speedup:g}x "
+                   f"({WHOLE_INTERVAL_RULE}); {_where_time_went(c)}; {cause}")
+
+
+_CAUSES = {
+    "forward_calls_per_step": "the model's root forward ran {value:g}x per micro-step: a duplicate forward "
+                              "(e.g. logits from one forward, the loss from another)",
+    "flops_per_step": "the step does {value:,} FLOPs instead of {expected:,}: extra forward/backward work "
+                      "(a duplicate forward, recomputation) or a changed model",
+    "reference_flops_per_step": "one forward + backward costs {value:,} FLOPs instead of {expected:,}: "
+                                "the model changed",
+    "param_count": "the model has {value:,} parameters instead of {expected:,}: its size or structure changed",
+}
+
+
+def counter_verdict(name: str, measured: Any, expected: Mapping[str, float]) -> tuple[bool, str]:
+    """(passed, message) for exact counter expectations on an object with the named attributes."""
+    failures = []
+    for key, want in expected.items():
+        if not hasattr(measured, key) or key in ("label", "config"):
+            allowed = ", ".join(f.name for f in fields(measured) if f.name not in ("label", "config"))
+            raise ValueError(f"counter '{key}' does not exist; allowed: {allowed}")
+        value = getattr(measured, key)
+        if value is None or not math.isclose(value, want, rel_tol=1e-9, abs_tol=0.0):
+            hint = _CAUSES.get(key, "{value} != {expected}").format(value=value, expected=want)
+            failures.append(f"{key} = {value} (expected {want}): {hint}")
+    if failures:
+        return False, f"counter gate failed: {name}: " + "; ".join(failures)
+    return True, f"counter gate {name}: " + ", ".join(f"{k} = {v}" for k, v in expected.items())
+
+
+def equivalence_verdict(label: str, changed: Mapping[str, tuple[Any, Any]], result: Mapping[str, Any]
+                        ) -> tuple[bool, str]:
+    """(passed, message) from an equivalence check's result (`harness.equivalence.check_equivalence`)."""
+    if result["passed"]:
+        return True, f"equivalence gate {label}: {result['reason']}"
+    return False, (f"equivalence gate failed: {label} does not compute the same function: {result['reason']}; "
+                   f"knobs changed: {', '.join(f'{k} {a} -> {b}' for k, (a, b) in changed.items()) or 'none'} "
+                   "(a changed initialisation, loss or data order shows here)")
+
+
+def loss_verdict(label: str, a: float, b: float, steps: int, rel_tol: float) -> tuple[bool, str]:
+    """(passed, message): two training losses after `steps` steps at a fixed seed agree within `rel_tol`."""
+    rel = abs(a - b) / max(abs(a), 1e-12)
+    measured = (f"mean loss over {steps} steps {a:.6g} vs {b:.6g} "
+                f"(relative difference {rel:.1e}, tolerance {rel_tol:.0e})")
+    if rel <= rel_tol:
+        return True, f"loss gate {label}: {measured}"
+    return False, (f"loss gate failed: {label}: {measured}: training at the same seed diverged, so the variant "
+                   "changes what is trained (initialisation, loss, data order or numerics)")

@@ -1,8 +1,16 @@
 """Statistics over repeats: medians, spreads, paired ratios and their bootstrap confidence intervals.
 
 Speed figures are ratios of throughputs, so the point estimate of a speedup is the geometric mean of
-the per-pair ratios (repeat i of a variant over repeat i of the baseline, measured side by side in an
-interleaved sweep, so drift hits both), and its interval is a percentile bootstrap of that statistic.
+the per-pair ratios. Two kinds of pairs, two intervals:
+
+- across processes (repeat i of a variant over repeat i of the baseline, interleaved in a sweep): the
+  process is the unit, its log-ratios are independent, and the interval is Student's t on their mean
+  (`repeat_ratio`). A percentile bootstrap over 2-5 values cannot reach its nominal coverage (over 2
+  pairs it has at most 3 distinct values), so below `MIN_REPEATS` there is no interval: "insufficient";
+- within one process (the engine's paired mode, steps interleaved A B, B A): neighbouring steps share
+  caches, clocks and bursts of load, so the pairs are resampled in contiguous blocks (a moving-block
+  bootstrap, `block_bootstrap_ratio`); below `MIN_STEP_PAIRS` pairs there is no interval.
+
 Everything is seeded: the same records give the same intervals.
 """
 
@@ -19,14 +27,45 @@ UNSTABLE_SPREAD_PCT = 10.0
 """Run-to-run spread (max-min over median) above which a result is flagged unstable (pyperf uses 10%)."""
 
 
+MIN_REPEATS = 3
+"""Fewest paired processes an interval across processes is computed from."""
+MIN_STEP_PAIRS = 10
+"""Fewest step pairs a within-process (block bootstrap) interval is computed from."""
+
+
 @dataclass(frozen=True, slots=True)
 class RatioEstimate:
-    """A ratio with its bootstrap confidence interval; the interval is NaN when fewer than 2 samples."""
+    """A ratio with its confidence interval; the interval is NaN when the samples cannot support one."""
 
     ratio: float
     ci_low: float
     ci_high: float
     n: int
+    method: str = "bootstrap"
+    """How the interval was made: "t" (across processes), "block bootstrap" (steps in one process),
+    "bootstrap", or "insufficient" (no interval: too few samples)."""
+    need: int = 2
+    """Samples the method needs for an interval."""
+
+    @property
+    def has_interval(self) -> bool:
+        """True when the interval is finite."""
+        return bool(np.isfinite(self.ci_low) and np.isfinite(self.ci_high))
+
+    @property
+    def half_width_pct(self) -> float:
+        """Half the interval's width relative to the ratio, in percent (NaN without an interval)."""
+        if not self.has_interval or not self.ratio > 0:
+            return float("nan")
+        return float((self.ci_high - self.ci_low) / 2.0 / self.ratio * 100.0)
+
+    def describe(self) -> str:
+        """``x1.23 [1.20, 1.26]`` or ``x1.23 (insufficient: n=2; need >= 3)``."""
+        if not np.isfinite(self.ratio):
+            return f"no estimate (n={self.n})"
+        if not self.has_interval:
+            return f"x{self.ratio:.3g} (insufficient: n={self.n}; need >= {self.need})"
+        return f"x{self.ratio:.3g} [{self.ci_low:.3g}, {self.ci_high:.3g}]"
 
     @property
     def straddles_one(self) -> bool:
@@ -102,11 +141,67 @@ def bootstrap_ratio(ratios: Sequence[float], *, n_boot: int = N_BOOT, confidence
     return RatioEstimate(point, lo, hi, int(arr.size))
 
 
-def paired_ratio(numerator: dict[int, float], denominator: dict[int, float], **kw: float) -> RatioEstimate:
+# Two-sided 97.5% quantiles of Student's t for 1-30 degrees of freedom (scipy is not a dependency).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """Student's t 0.975 quantile (the normal's 1.96 beyond 30 degrees of freedom, within 2%)."""
+    return _T975[df - 1] if 1 <= df <= len(_T975) else 1.96
+
+
+def repeat_ratio(ratios: Sequence[float], *, min_n: int = MIN_REPEATS) -> RatioEstimate:
+    """Geometric mean of per-process ratios with a 95% Student-t interval on the log scale.
+
+    Each ratio comes from its own process (the unit of a cross-process comparison); below `min_n`
+    there is no interval (method "insufficient").
+    """
+    arr = _clean(ratios)
+    if arr.size == 0 or (arr <= 0).any():
+        return RatioEstimate(float("nan"), float("nan"), float("nan"), int(arr.size), "insufficient", min_n)
+    logs = np.log(arr)
+    point = float(np.exp(logs.mean()))
+    if arr.size < min_n:
+        return RatioEstimate(point, float("nan"), float("nan"), int(arr.size), "insufficient", min_n)
+    half = t_quantile_975(arr.size - 1) * float(logs.std(ddof=1)) / np.sqrt(arr.size)
+    return RatioEstimate(point, float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half)),
+                         int(arr.size), "t", min_n)
+
+
+def block_bootstrap_ratio(ratios: Sequence[float], *, block: int | None = None, n_boot: int = N_BOOT,
+                          confidence: float = CONFIDENCE, seed: int = 0,
+                          min_n: int = MIN_STEP_PAIRS) -> RatioEstimate:
+    """Geometric mean of step-pair ratios from one process with a moving-block bootstrap interval.
+
+    Blocks of ~n^(1/3) consecutive pairs (at least 2) keep the autocorrelation of neighbouring steps
+    inside each resample, so the interval is not narrowed by pretending the steps are independent.
+    """
+    arr = _clean(ratios)
+    if arr.size == 0 or (arr <= 0).any():
+        return RatioEstimate(float("nan"), float("nan"), float("nan"), int(arr.size), "insufficient", min_n)
+    logs = np.log(arr)
+    point = float(np.exp(logs.mean()))
+    n = int(arr.size)
+    if n < min_n:
+        return RatioEstimate(point, float("nan"), float("nan"), n, "insufficient", min_n)
+    block = block or max(2, round(n ** (1 / 3)))
+    starts = n - block + 1
+    per = int(np.ceil(n / block))
+    rng = np.random.default_rng(seed)
+    idx = (rng.integers(0, starts, size=(n_boot, per))[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n]
+    boot = np.exp(logs[idx].mean(axis=1))
+    lo, hi = _percentile_ci(boot, confidence)
+    return RatioEstimate(point, lo, hi, n, "block bootstrap", min_n)
+
+
+def paired_ratio(numerator: dict[int, float], denominator: dict[int, float], *,
+                 min_n: int = MIN_REPEATS) -> RatioEstimate:
     """Ratio of two {repeat: value} series over the repeats both have (repeat i vs repeat i)."""
     keys = sorted(k for k in numerator.keys() & denominator.keys()
                   if _finite_positive(numerator[k]) and _finite_positive(denominator[k]))
-    return bootstrap_ratio([numerator[k] / denominator[k] for k in keys], **kw)
+    return repeat_ratio([numerator[k] / denominator[k] for k in keys], min_n=min_n)
 
 
 def unpaired_ratio(numerator: Sequence[float], denominator: Sequence[float], *, n_boot: int = N_BOOT,
@@ -141,8 +236,8 @@ def instability_advice(*, ci: RatioEstimate | None, spreads_pct: dict[str, float
     `spreads_pct` names each run-to-run spread that matters (this variant's, the baseline's).
     """
     reasons = []
-    if ci is not None and ci.n < 2:
-        reasons.append(f"only {ci.n} paired repeat(s), no confidence interval")
+    if ci is not None and not ci.has_interval:
+        reasons.append(f"insufficient: {ci.n} paired repeat(s), an interval needs >= {ci.need}")
     elif ci is not None and ci.straddles_one:
         reasons.append(f"the 95% CI [{ci.ci_low:.3f}, {ci.ci_high:.3f}] includes 1.0")
     for who, spread in spreads_pct.items():

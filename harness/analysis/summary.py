@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.analysis import stats
+from harness.analysis import speedup, stats
 from harness.results import METRICS, PHASE_NAMES, Record
 
 QUALITY_RUN_METRICS = ("best_epoch", "epochs_run", "final_loss", "train_wall_s")
@@ -55,6 +55,15 @@ def quality_meta(records: Sequence[Record], primary_metric: str | None = None,
     if higher_is_better is None:
         higher_is_better = hib if hib is not None else not any(h in (primary or "") for h in _LOWER_IS_BETTER_HINTS)
     return QualityMeta(primary, bool(higher_is_better), metrics)
+
+
+def latest_attempts(records: Iterable[Record]) -> list[Record]:
+    """Per (variant, phase, repeat) only the last attempt: a re-run replaces a contended run."""
+    latest: dict[tuple[str, str, int], Record] = {}
+    for r in records:
+        if r.key not in latest or r.attempt >= latest[r.key].attempt:
+            latest[r.key] = r
+    return list(latest.values())
 
 
 def variants_in_order(records: Iterable[Record], baseline: str) -> list[str]:
@@ -186,12 +195,13 @@ def summarize(records: list[Record], baseline: str, *, target: float | None = No
     meta = quality_meta(records, primary_metric, higher_is_better)
     by_variant = {v: [r for r in records if r.variant == v] for v in names}
     base_config = next((dict(r.config) for r in by_variant[baseline]), {})
-    base_speed = [r for r in by_variant[baseline] if r.phase == "speed" and r.status == "ok"]
+    base_speed = [r for r in latest_attempts(by_variant[baseline]) if r.phase == "speed" and r.status == "ok"]
     base_runs = _per_repeat(base_speed, "samples_per_s")
     rows = []
     for v in names:
         recs = by_variant[v]
-        speed = [r for r in recs if r.phase == "speed"]
+        all_speed = [r for r in recs if r.phase == "speed"]
+        speed = latest_attempts(all_speed)
         ok_speed = [r for r in speed if r.status == "ok"]
         runs_ok, runs_failed, status, errors = _status_text(recs)
         config = dict(recs[0].config)
@@ -202,13 +212,22 @@ def summarize(records: list[Record], baseline: str, *, target: float | None = No
             "changed": {k: (base_config.get(k), config.get(k)) for k in config if config.get(k) != base_config.get(k)},
         }
         _speed_columns(row, ok_speed)
+        row["speed_records"] = tuple(ok_speed)
+        contended = [r for r in all_speed if r.contention.get("verdict")]
+        row["contended_runs"] = len(contended)
+        row["contention"] = "; ".join(f"repeat {r.repeat} attempt {r.attempt}: {r.contention['verdict']}"
+                                      for r in contended)
+        row["reruns"] = sum(r.attempt > 0 for r in all_speed)
+        row["still_contended"] = sum(bool(r.contention.get("verdict")) for r in speed)
         if v == baseline:
             est = None
-            row.update(speedup=1.0, speedup_ci_low=np.nan, speedup_ci_high=np.nan, speedup_pairs=len(base_runs))
+            row.update(speedup=1.0, speedup_ci_low=np.nan, speedup_ci_high=np.nan, speedup_pairs=len(base_runs),
+                       speedup_method="baseline", speedup_need=0, speedup_half_width_pct=np.nan, speedup_clock="")
         else:
-            est = stats.paired_ratio(_per_repeat(ok_speed, "samples_per_s"), base_runs)
+            est, clock = speedup.estimate(base_speed, ok_speed)
             row.update(speedup=est.ratio, speedup_ci_low=est.ci_low, speedup_ci_high=est.ci_high,
-                       speedup_pairs=est.n)
+                       speedup_pairs=est.n, speedup_method=est.method, speedup_need=est.need,
+                       speedup_half_width_pct=est.half_width_pct, speedup_clock=clock)
         spreads = {"its": row["spread_pct"]} if v == baseline else \
             {"its": row["spread_pct"], "the baseline's": stats.spread_pct(list(base_runs.values()))}
         advice = stats.instability_advice(ci=est, spreads_pct=spreads, repeats=max(len(speed), 1),

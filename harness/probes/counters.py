@@ -60,6 +60,16 @@ def peak_rss_self_gib() -> float:
     return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark to its current RSS (Linux: ``echo 5 > clear_refs``), so
+    `peak_rss_self_gib` measures a window rather than the process's whole life; False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def cuda_peaks_gib(device: torch.device) -> tuple[float | None, float | None]:
     """(peak allocated, peak reserved) on a CUDA device since the last reset; (None, None) on CPU."""
     if device.type != "cuda":

@@ -2,7 +2,8 @@
 
 A `PhaseClock` marks phase boundaries inside an optimizer step: ``mark("forward")`` closes the
 segment that started at the previous mark and charges it to "forward". On a CPU the marks read
-`time.perf_counter`. On a GPU they record CUDA events, which the GPU timestamps when it reaches
+`time.perf_counter`. Every step also reads this process's CPU time (`time.process_time`) at its two
+ends: a step whose wall time exceeds its CPU time with nothing to wait for waited for a core. On a GPU they record CUDA events, which the GPU timestamps when it reaches
 them, so queued work is never timed with a host clock; the events are resolved once, after the
 measured window, with a single synchronize (no per-step sync that would stall the pipeline).
 """
@@ -25,6 +26,9 @@ class PhaseClock:
         self.enabled = enabled
         self._steps: list[list[tuple[str, object]]] = []  # per step: [(phase, mark), ...]
         self._current: list[tuple[str, object]] | None = None
+        self._cpu_start = 0.0
+        self.step_cpu_ms: list[float] = []
+        """This process's CPU time per kept step (all its threads), host-side."""
 
     def _now(self) -> object:
         if self.cuda:
@@ -35,6 +39,7 @@ class PhaseClock:
 
     def start_step(self) -> None:
         """Open a step; everything until `end_step` belongs to it."""
+        self._cpu_start = time.process_time()
         self._current = [("start", self._now())]
 
     def mark(self, phase: str) -> None:
@@ -49,6 +54,7 @@ class PhaseClock:
         self._current.append(("other", self._now()))
         if keep:
             self._steps.append(self._current)
+            self.step_cpu_ms.append((time.process_time() - self._cpu_start) * 1e3)
         self._current = None
 
     def resolve(self) -> tuple[list[float], dict[str, list[float]]]:

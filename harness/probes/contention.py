@@ -1,0 +1,180 @@
+"""Did this run wait for a CPU? Evidence from the kernel over the measured window, and the verdict.
+
+Read at the window's two ends (no thread, nothing per step):
+
+- this process's CPU time and involuntary context switches (``getrusage``: all its threads), plus its
+  live children's CPU time (DataLoader workers);
+- the machine's busy and steal time (``/proc/stat``), so the CPU the *other* processes used during the
+  window is the machine's busy time minus ours;
+- the cores this process may run on (``sched_getaffinity``) and the load average.
+
+Per step, the trainer's clock gives wall and CPU time; with one intra-op thread and no worker
+processes, a step's wall time beyond its CPU time on a CPU run is time spent waiting for a core.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+WAITED_PCT = 10.0
+"""A single-threaded CPU run whose wall time exceeds its CPU time by this much waited for a core."""
+SWITCHES_PER_S = 50.0
+"""Involuntary context switches per second above which the run's threads were preempted for others."""
+OVERSUBSCRIBED_MARGIN = 0.25
+"""Cores: ours + the others' CPU use above the usable cores by this much means someone waited."""
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask; the machine's count where unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _proc_stat() -> tuple[float, float, float]:
+    """(busy, steal, total) seconds of the whole machine since boot; zeros where /proc is missing."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return 0.0, 0.0, 0.0
+    ticks = [float(x) for x in fields] + [0.0] * 10
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks[:8]
+    busy = user + nice + system + irq + softirq  # steal is time *taken from* this VM: not ours, not idle
+    return busy / hz, steal / hz, (busy + idle + iowait + steal) / hz
+
+
+def _own_cpu_s(process: psutil.Process) -> tuple[float, int]:
+    """(CPU seconds of this process and its live children, involuntary context switches of this process)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
+    try:
+        for child in process.children(recursive=True):
+            try:
+                t = child.cpu_times()
+                cpu += t.user + t.system
+            except psutil.Error:
+                pass  # a worker exited between listing and reading
+    except psutil.Error:
+        pass
+    return cpu, usage.ru_nivcsw
+
+
+@dataclass(frozen=True, slots=True)
+class ContentionEvidence:
+    """What the kernel says about CPU contention over one measured window."""
+
+    window_s: float
+    usable_cores: int
+    own_cpu_cores: float
+    """CPU this process (and its worker children) used, in cores (CPU seconds / window seconds)."""
+    other_cpu_cores: float
+    """CPU every other process on the machine used during the window, in cores."""
+    steal_pct: float
+    """Share of the machine's time the hypervisor gave to other guests (0 on bare metal)."""
+    involuntary_switches_per_s: float
+    """Times per second the kernel preempted one of this process's threads to run something else."""
+    load_avg_1m: float
+    waited_pct: float | None
+    """Single-threaded CPU runs only: (wall - CPU) / wall over the measured steps, in percent."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form for the record."""
+        return asdict(self)
+
+
+class ContentionProbe:
+    """Reads the kernel's counters at `start()` and `stop()`; `stop()` returns the evidence."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process(os.getpid())
+        self._start: tuple[float, ...] | None = None
+
+    def start(self) -> None:
+        """Open the window."""
+        busy, steal, total = _proc_stat()
+        cpu, switches = _own_cpu_s(self._process)
+        self._start = (time.perf_counter(), busy, steal, total, cpu, switches)
+
+    def stop(self, step_wall_ms: Sequence[float] = (), step_cpu_ms: Sequence[float] = (),
+             single_threaded: bool = False) -> ContentionEvidence:
+        """Close the window; `single_threaded` says whether wall - CPU per step means waiting."""
+        assert self._start is not None, "stop() without start()"
+        t0, busy0, steal0, total0, cpu0, switches0 = self._start
+        window = max(time.perf_counter() - t0, 1e-9)
+        busy, steal, total = _proc_stat()
+        cpu, switches = _own_cpu_s(self._process)
+        own = (cpu - cpu0) / window
+        machine_busy = (busy - busy0) / window if total > total0 else 0.0
+        waited = None
+        if single_threaded and step_wall_ms and sum(step_wall_ms) > 0:
+            waited = max(0.0, (sum(step_wall_ms) - sum(step_cpu_ms)) / sum(step_wall_ms) * 100.0)
+        return ContentionEvidence(
+            window_s=window, usable_cores=usable_cores(), own_cpu_cores=own,
+            other_cpu_cores=max(0.0, machine_busy - own),
+            steal_pct=(steal - steal0) / (total - total0) * 100.0 if total > total0 else 0.0,
+            involuntary_switches_per_s=(switches - switches0) / window,
+            load_avg_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+            waited_pct=waited)
+
+
+def verdict(ev: ContentionEvidence | dict[str, Any]) -> str:
+    """Empty when the run had the cores to itself; else why it is judged contended, with the figures."""
+    e = ev if isinstance(ev, dict) else ev.to_dict()
+    reasons = []
+    if e.get("waited_pct") is not None and e["waited_pct"] > WAITED_PCT:
+        reasons.append(f"its steps waited {e['waited_pct']:.0f}% of their wall time for a core")
+    demand = e["own_cpu_cores"] + e["other_cpu_cores"]
+    if e["other_cpu_cores"] >= OVERSUBSCRIBED_MARGIN and demand > e["usable_cores"] + OVERSUBSCRIBED_MARGIN:
+        reasons.append(f"other processes used {e['other_cpu_cores']:.2f} cores beside its {e['own_cpu_cores']:.2f} "
+                       f"on {e['usable_cores']} usable")
+    if e["involuntary_switches_per_s"] > SWITCHES_PER_S:
+        reasons.append(f"{e['involuntary_switches_per_s']:.0f} involuntary context switches/s")
+    if e["steal_pct"] > 5.0:
+        reasons.append(f"{e['steal_pct']:.0f}% of CPU time stolen by the hypervisor")
+    return "; ".join(reasons)
+
+
+def other_busy_cores(sample_s: float = 0.2) -> float:
+    """Cores the other processes on this machine keep busy now (a short /proc/stat sample)."""
+    process = psutil.Process(os.getpid())
+    busy0, _, total0 = _proc_stat()
+    cpu0, _ = _own_cpu_s(process)
+    t0 = time.perf_counter()
+    time.sleep(sample_s)
+    busy1, _, total1 = _proc_stat()
+    cpu1, _ = _own_cpu_s(process)
+    if total1 <= total0:
+        return 0.0
+    return max(0.0, (busy1 - busy0 - (cpu1 - cpu0)) / (time.perf_counter() - t0))
+
+
+def default_threads(*, device_type: str, num_workers: int = 0, ranks: int = 1,
+                    other_busy: float | None = None) -> tuple[int, str]:
+    """torch intra-op threads for a run whose `threads` knob is 0 (auto), and why.
+
+    Half of the cores this process may use once DataLoader workers have theirs, shared among the
+    ranks on this machine, never more than the cores the other processes leave free, at least one.
+    Half, not all: torch's threads spin while they wait for work, so a pool as large as the machine
+    turns any other process into stalls of tens of milliseconds (one thread per core made a tiny LM
+    step 3 ms or 220 ms at random beside one busy process; one thread held it at 1.9 ms).
+    """
+    cores = usable_cores()
+    share = max(1, (cores - num_workers) // 2 // max(1, ranks))
+    reason = (f"half of the {cores} usable cores" + (f" less {num_workers} DataLoader workers" if num_workers else "")
+              + (f", shared by {ranks} ranks" if ranks > 1 else ""))
+    if device_type == "cpu" and share > 1:
+        other = other_busy_cores() if other_busy is None else other_busy
+        free = max(1, int(cores - num_workers - round(other)) // max(1, ranks))
+        if free < share:
+            share, reason = free, f"{reason}, cut to what {other:.1f} busy cores of other processes leave"
+    return share, f"threads=0 (auto): {share} = {reason}; set threads=N to override"
