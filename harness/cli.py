@@ -68,38 +68,51 @@ def _median(values: list[float]) -> float | None:
 
 
 def plain_summary(records: Sequence[Record], baseline: str) -> str:
-    """The plain markdown table printed after `run` and `sweep`: one row per variant."""
-    variants = list(dict.fromkeys([baseline, *(r.variant for r in records)]))
+    """The plain markdown table printed after `run` and `sweep`: one row per variant, its figures from
+    `harness.analysis.summarize` (the speedup is the same paired estimate the report and gates use)."""
+    import math
+
+    from harness.analysis import summarize
+
+    summary = summarize(list(records), baseline)
     head = ("| variant | runs ok | samples/s (median, min-max) | step ms | tokens/s | fwd calls/step "
-            "| peak RSS GiB | speedup | equivalent | quality |")
+            "| peak RSS GiB | speedup [95% CI] | equivalent | quality |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     timed = "speed" if any(r.phase == "speed" for r in records) else "quality"  # quality runs are timed too
-    base_sps = _median([r.metrics["samples_per_s"] for r in records if r.variant == baseline and
-                        r.phase == timed and r.status == "ok" and r.metrics.get("samples_per_s")])
-    for v in variants:
-        speed = [r for r in records if r.variant == v and r.phase == timed]
-        ok = [r for r in speed if r.status == "ok"]
+
+    def fmt(x: object, spec: str) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+    for v, row in summary.iterrows():
+        runs = [r for r in records if r.variant == v and r.phase == timed]
+        ok = [r for r in runs if r.status == "ok"]
         sps = [r.metrics["samples_per_s"] for r in ok if r.metrics.get("samples_per_s")]
-
-        def med(name: str, runs: list[Record] = ok) -> float | None:
-            return _median([r.metrics[name] for r in runs if r.metrics.get(name) is not None])
-
-        fails = sorted({r.status for r in speed if r.status != "ok"})
+        med = (lambda name: _median([r.metrics[name] for r in ok if r.metrics.get(name) is not None]))
+        fails = sorted({r.status for r in runs if r.status != "ok"})
         sps_text = f"{_median(sps):,.1f} ({min(sps):,.1f}-{max(sps):,.1f})" if sps else "-"
-        speedup = f"{_median(sps) / base_sps:.2f}x" if sps and base_sps else "-"
-        eq = [r for r in records if r.variant == v and r.phase == "equivalence"]
-        eq_text = "-" if not eq else {True: "yes", False: "NO", None: "n/a"}[eq[0].equivalence.get("passed")] \
-            if eq[0].status == "ok" else eq[0].status
+        if v == baseline or timed != "speed":
+            speedup = "baseline" if v == baseline else "-"
+        else:
+            from harness.analysis.stats import RatioEstimate
+
+            speedup = RatioEstimate(row["speedup"], row["speedup_ci_low"], row["speedup_ci_high"],
+                                    int(row["speedup_pairs"]), row["speedup_method"], int(row["speedup_need"])).describe()
+        if row.get("contended_runs"):
+            speedup += f" ({row['contended_runs']} contended run(s))"
+        eq_text = {"pass": "yes", "fail": "NO", "skipped": "n/a", "baseline": "-", "not checked": "-"}.get(
+            row["equiv_status"], row["equiv_status"])
         qual = [r for r in records if r.variant == v and r.phase == "quality" and r.status == "ok"]
         q_text = ", ".join(f"{k}={val:.4g}" for k, val in list(qual[0].quality.items())[:3]) if qual else "-"
-        fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
-        lines.append(f"| {v} | {len(ok)}/{len(speed)}{' ' + ','.join(fails) if fails else ''} | {sps_text} "
+        lines.append(f"| {v} | {len(ok)}/{len(runs)}{' ' + ','.join(fails) if fails else ''} | {sps_text} "
                      f"| {fmt(med('step_ms_median'), '.1f')} | {fmt(med('tokens_per_s'), ',.0f')} "
                      f"| {fmt(med('forward_calls_per_step'), '.2f')} | {fmt(med('peak_rss_gib'), '.2f')} "
                      f"| {speedup} | {eq_text} | {q_text} |")
     failed = [r for r in records if r.status != "ok"]
     for r in failed:
         lines.append(f"\n{r.variant} {r.phase} #{r.repeat}: {r.status}: {r.error.splitlines()[0] if r.error else ''}")
+    warned = dict.fromkeys(w for r in records for w in r.warnings)
+    if warned:
+        lines.append("\nwarnings:\n" + "\n".join(f"- {w}" for w in warned))
     return "\n".join(lines)
 
 

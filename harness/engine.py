@@ -73,17 +73,24 @@ class Meter:
     timed window; `finish()` computes the metrics. `sampler=False` when the caller samples itself
     (a group shares one sampler)."""
 
-    def __init__(self, trainer: Trainer, *, sampler: bool = True, window_from_steps: bool = False) -> None:
+    def __init__(self, trainer: Trainer, *, sampler: bool = True, window_from_steps: bool = False,
+                 instrument: bool = True) -> None:
         self.tr = trainer
         device = trainer.device
-        self.clock = PhaseClock(device)
+        self.instrument = instrument
+        """False: only the window clock and the sample counts (the reference `bench/measure_overhead.py`
+        compares the full instrument against)."""
+        sampler = sampler and instrument
+        self.clock = PhaseClock(device, enabled=instrument)
         self.window = WindowTimer(device)
         self.window_from_steps = window_from_steps
         """Group runs: the window is the sum of this trainer's own steps (the others' steps interleave)."""
-        self.counter = ForwardCounter(trainer.handle)
-        self.counter.enabled = False  # on only inside a training step: evaluate() is not counted
-        self.sampler = ResourceSampler(device.index or 0 if device.type == "cuda" else None) if sampler else None
-        self.contention = ContentionProbe()
+        self.counter = ForwardCounter(trainer.handle) if instrument else None
+        if self.counter is not None:
+            self.counter.enabled = False  # on only inside a training step: evaluate() is not counted
+        self.sampler = ResourceSampler(device.index or 0 if device.type == "cuda" else None,
+                                       children=trainer.loader.num_workers > 0) if sampler else None
+        self.contention = ContentionProbe(children=trainer.loader.num_workers > 0)
         self.stream = batches_forever(trainer.loader)
         self.totals = {"samples": 0, "real": 0, "padded": 0}
         self.window_s = 0.0
@@ -95,6 +102,12 @@ class Meter:
     def step(self, measured: bool, *, flops: bool = False, keep_host: list[Any] | None = None
              ) -> list[BatchCounts]:
         """Run one optimizer step; `measured` steps count toward the window, `flops` counts its FLOPs."""
+        if not self.instrument:
+            loss, counts = self.tr.train_step(self.stream, self.clock, keep_host)
+            self.losses.append(loss)
+            if measured:
+                self.totals["samples"] += sum(c.samples for c in counts)
+            return counts
         self.clock.start_step()
         self.counter.enabled = measured
         try:
@@ -122,7 +135,8 @@ class Meter:
 
     def open(self) -> None:
         """Start the measured window: counters reset, memory peaks reset, sampler and clocks on."""
-        self.counter.calls = 0
+        if self.counter is not None:
+            self.counter.calls = 0
         reset_peak_rss()
         if self.tr.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.tr.device)
@@ -149,13 +163,20 @@ class Meter:
         self.pause()
         if self.sampler is not None:
             self.sampler.stop()
-        self.counter.remove()
+        if self.counter is not None:
+            self.counter.remove()
+        if not self.instrument:
+            n = self.tr.cfg.bench_steps
+            return TrainResult(metrics={"measured_steps": n, "train_wall_s": self.window_s,
+                                        "samples_per_s": self.totals["samples"] / self.window_s,
+                                        "step_ms_mean": self.window_s * 1e3 / n})
         step_ms, phases = self.clock.resolve()
         step_cpu_ms = list(self.clock.step_cpu_ms)
         if self.window_from_steps:
             self.window_s = sum(step_ms) / 1e3
         single = tr.device.type == "cpu" and tr.threads == 1 and tr.loader.num_workers == 0
-        evidence = self.contention.stop(step_ms, step_cpu_ms, single_threaded=single).to_dict()
+        demand = tr.threads + tr.loader.num_workers
+        evidence = self.contention.stop(step_ms, step_cpu_ms, single_threaded=single, demand_cores=demand).to_dict()
         n, train_s, totals = len(step_ms), self.window_s, self.totals
         m["measured_steps"] = n
         m["train_wall_s"] = train_s
@@ -206,7 +227,7 @@ def _pct(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def run(cfg: RunConfig | Trainer) -> TrainResult:
+def run(cfg: RunConfig | Trainer, *, instrument: bool = True) -> TrainResult:
     """Build and run one config (or run a prepared `Trainer`): a speed run (epochs=0) or a quality run.
 
     A speed run runs bench_warmup_steps + bench_steps steps and times the last bench_steps. A quality
@@ -216,8 +237,10 @@ def run(cfg: RunConfig | Trainer) -> TrainResult:
     """
     tr = cfg if isinstance(cfg, Trainer) else Trainer(cfg)
     cfg = tr.cfg
-    meter = Meter(tr)
+    meter = Meter(tr, instrument=instrument)
     quality = tr.quality_run
+    if not instrument and quality:
+        raise ValueError("instrument=False measures speed runs only (epochs=0)")
     warmup = min(cfg.bench_warmup_steps, tr.total_steps - 1) if quality else cfg.bench_warmup_steps
     flop_step = max(0, warmup - 1)
     primary = ("ema_" if tr.ema else "") + tr.wl.primary_metric
@@ -230,7 +253,7 @@ def run(cfg: RunConfig | Trainer) -> TrainResult:
     for step in range(tr.total_steps):
         if step == warmup:
             meter.open()
-        meter.step(step >= warmup, flops=step == flop_step)
+        meter.step(step >= warmup, flops=step == flop_step and instrument)
         epoch_losses.append(meter.losses[-1])
         if tr.device.type == "cpu" or step % 25 == 0 or step == tr.total_steps - 1:
             tr.check_finite(meter.losses, step)
@@ -260,6 +283,8 @@ def run(cfg: RunConfig | Trainer) -> TrainResult:
     if not meter.opened:  # a quality run shorter than the warmup: an empty window
         meter.open()
     result = meter.finish()
+    if not instrument:
+        return result
     result.curve = curve
     if best is not None:
         result.metrics["best_epoch"] = best[1]

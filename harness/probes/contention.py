@@ -26,7 +26,7 @@ import psutil
 
 WAITED_PCT = 10.0
 """A single-threaded CPU run whose wall time exceeds its CPU time by this much waited for a core."""
-SWITCHES_PER_S = 50.0
+SWITCHES_PER_S = 100.0
 """Involuntary context switches per second above which the run's threads were preempted for others."""
 OVERSUBSCRIBED_MARGIN = 0.25
 """Cores: ours + the others' CPU use above the usable cores by this much means someone waited."""
@@ -53,10 +53,12 @@ def _proc_stat() -> tuple[float, float, float]:
     return busy / hz, steal / hz, (busy + idle + iowait + steal) / hz
 
 
-def _own_cpu_s(process: psutil.Process) -> tuple[float, int]:
+def _own_cpu_s(process: psutil.Process, children: bool = True) -> tuple[float, int]:
     """(CPU seconds of this process and its live children, involuntary context switches of this process)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime
+    if not children:
+        return cpu, usage.ru_nivcsw
     try:
         for child in process.children(recursive=True):
             try:
@@ -84,6 +86,8 @@ class ContentionEvidence:
     involuntary_switches_per_s: float
     """Times per second the kernel preempted one of this process's threads to run something else."""
     load_avg_1m: float
+    demand_cores: float
+    """Cores this run asks for: its torch threads (at most the usable cores) plus its worker processes."""
     waited_pct: float | None
     """Single-threaded CPU runs only: (wall - CPU) / wall over the measured steps, in percent."""
 
@@ -95,24 +99,26 @@ class ContentionEvidence:
 class ContentionProbe:
     """Reads the kernel's counters at `start()` and `stop()`; `stop()` returns the evidence."""
 
-    def __init__(self) -> None:
+    def __init__(self, children: bool = False) -> None:
         self._process = psutil.Process(os.getpid())
+        self._children = children
+        """Count live child processes as this run's (its DataLoader workers): only when it has workers."""
         self._start: tuple[float, ...] | None = None
 
     def start(self) -> None:
         """Open the window."""
         busy, steal, total = _proc_stat()
-        cpu, switches = _own_cpu_s(self._process)
+        cpu, switches = _own_cpu_s(self._process, self._children)
         self._start = (time.perf_counter(), busy, steal, total, cpu, switches)
 
     def stop(self, step_wall_ms: Sequence[float] = (), step_cpu_ms: Sequence[float] = (),
-             single_threaded: bool = False) -> ContentionEvidence:
+             single_threaded: bool = False, demand_cores: float = 1.0) -> ContentionEvidence:
         """Close the window; `single_threaded` says whether wall - CPU per step means waiting."""
         assert self._start is not None, "stop() without start()"
         t0, busy0, steal0, total0, cpu0, switches0 = self._start
         window = max(time.perf_counter() - t0, 1e-9)
         busy, steal, total = _proc_stat()
-        cpu, switches = _own_cpu_s(self._process)
+        cpu, switches = _own_cpu_s(self._process, self._children)
         own = (cpu - cpu0) / window
         machine_busy = (busy - busy0) / window if total > total0 else 0.0
         waited = None
@@ -124,7 +130,7 @@ class ContentionProbe:
             steal_pct=(steal - steal0) / (total - total0) * 100.0 if total > total0 else 0.0,
             involuntary_switches_per_s=(switches - switches0) / window,
             load_avg_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
-            waited_pct=waited)
+            demand_cores=min(float(demand_cores), float(usable_cores())), waited_pct=waited)
 
 
 def verdict(ev: ContentionEvidence | dict[str, Any]) -> str:
@@ -133,10 +139,10 @@ def verdict(ev: ContentionEvidence | dict[str, Any]) -> str:
     reasons = []
     if e.get("waited_pct") is not None and e["waited_pct"] > WAITED_PCT:
         reasons.append(f"its steps waited {e['waited_pct']:.0f}% of their wall time for a core")
-    demand = e["own_cpu_cores"] + e["other_cpu_cores"]
-    if e["other_cpu_cores"] >= OVERSUBSCRIBED_MARGIN and demand > e["usable_cores"] + OVERSUBSCRIBED_MARGIN:
-        reasons.append(f"other processes used {e['other_cpu_cores']:.2f} cores beside its {e['own_cpu_cores']:.2f} "
-                       f"on {e['usable_cores']} usable")
+    free = e["usable_cores"] - e.get("demand_cores", e["own_cpu_cores"])
+    if e["other_cpu_cores"] > free + OVERSUBSCRIBED_MARGIN:
+        reasons.append(f"other processes kept {e['other_cpu_cores']:.2f} cores busy while it needed "
+                       f"{e.get('demand_cores', 0):g} of {e['usable_cores']} (it got {e['own_cpu_cores']:.2f})")
     if e["involuntary_switches_per_s"] > SWITCHES_PER_S:
         reasons.append(f"{e['involuntary_switches_per_s']:.0f} involuntary context switches/s")
     if e["steal_pct"] > 5.0:

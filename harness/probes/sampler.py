@@ -32,8 +32,11 @@ def _open_nvml(device_index: int) -> tuple[object | None, str]:
 class ResourceSampler:
     """Samples resources every `interval_s` between `start()` and `stop()`."""
 
-    def __init__(self, cuda_index: int | None, interval_s: float = 0.2) -> None:
+    def __init__(self, cuda_index: int | None, interval_s: float = 0.2, children: bool = True) -> None:
         self.interval_s = interval_s
+        self.children = children
+        """List child processes (DataLoader workers) each sample: walking /proc costs ~1 ms, so only when
+        the run has workers."""
         self.process = psutil.Process(os.getpid())
         self.series: dict[str, list[float]] = {k: [] for k in (
             "t_s", "cpu_util_pct", "rss_gib", "gpu_util_pct", "gpu_mem_used_gib", "gpu_power_w")}
@@ -49,6 +52,8 @@ class ResourceSampler:
         self._t0 = 0.0
 
     def _tree(self) -> list[psutil.Process]:
+        if not self.children:
+            return [self.process]
         try:
             return [self.process, *self.process.children(recursive=True)]
         except psutil.Error:
@@ -103,7 +108,8 @@ class ResourceSampler:
             self.sample_once()
 
     def start(self) -> None:
-        """Begin sampling (primes psutil's CPU counters)."""
+        """Begin sampling: primes psutil's CPU counters; the first sample is taken one interval later
+        (a CPU reading over the microseconds after priming is noise: 900-2,900% on 2 cores)."""
         self._t0 = time.perf_counter()
         for proc in self._tree():
             try:
@@ -111,7 +117,6 @@ class ResourceSampler:
             except psutil.Error:
                 pass
         self._energy_start_mj = self._energy_mj()
-        self.sample_once()
         self._thread.start()
 
     def stop(self) -> None:
@@ -120,7 +125,8 @@ class ResourceSampler:
             return
         self._stop.set()
         self._thread.join()
-        self.sample_once()
+        if time.perf_counter() - self._t0 >= self.interval_s / 2 or not self.series["t_s"]:
+            self.sample_once()  # the tail of the window (or its only sample, for a very short one)
         end = self._energy_mj()
         if self._energy_start_mj is not None and end is not None:
             self.energy_j = (end - self._energy_start_mj) / 1e3
