@@ -16,8 +16,9 @@ import statistics
 import sys
 import time
 
-from harness.config import parse_overrides, resolve
+from harness.config import parse_overrides
 from harness.data import batches_forever
+from harness.registry import resolve
 from harness.trainer import Trainer
 
 REPEATS = int(os.environ.get("REPEATS", 7))

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import registry
-from harness.config import knob_table, parse_overrides, resolve, resolve_device, runtime_warnings
-from harness.experiment import Experiment, build, load_experiment
+from harness.config import knob_table, parse_overrides, resolve_device, runtime_warnings
+from harness.experiment import Experiment, SavedExperiment, build, load_experiment, load_saved_experiment
+from harness.registry import resolve
 from harness.results import Record, load_records
-from harness.runner import Job, load_saved_experiment, run_experiment
+from harness.runner import Job, run_experiment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +61,7 @@ def _validate_gates(exp: Experiment) -> None:
     if exp.gates:
         from harness.analysis.gates import known_metrics_for, validate
 
-        validate(exp.gates, exp.variants, known_metrics_for(exp))
+        validate(exp.gates, exp.variants, known_metrics_for(exp.configs[exp.baseline_name].get_workload()))
 
 
 def _median(values: list[float]) -> float | None:
@@ -103,7 +104,8 @@ def plain_summary(records: Sequence[Record], baseline: str) -> str:
     return "\n".join(lines)
 
 
-def _report(results_dir: Path, report_dir: Path | None, exp: Experiment | None, check: bool) -> int:
+def _report(results_dir: Path, report_dir: Path | None, exp: Experiment | SavedExperiment | None,
+            check: bool) -> int:
     """Print the summary, write the report, evaluate gates; returns 1 if a gate failed under --check."""
     records = load_records(results_dir)
     exp = exp or load_saved_experiment(results_dir)
@@ -114,12 +116,13 @@ def _report(results_dir: Path, report_dir: Path | None, exp: Experiment | None, 
         return 0
     from harness.analysis import summarize
     from harness.analysis.gates import check as check_gates
+    from harness.description import load_description
     from harness.report import write_report
 
     if report_dir is not None:
         print(f"report: {write_report(results_dir, report_dir, exp)}")
     if exp and exp.gates:
-        summary = summarize(records, baseline, target=exp.quality_target)
+        summary = summarize(records, baseline, target=exp.quality_target, workload=load_description(results_dir))
         results = check_gates(exp.gates, summary, baseline, known_metrics=set(summary.columns))
         print("\ngates:")
         for g in results:
@@ -131,8 +134,6 @@ def _report(results_dir: Path, report_dir: Path | None, exp: Experiment | None, 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Workloads, presets (with parameter counts), knobs and bundled experiments."""
-    from harness.config import resolve as _resolve
-
     workloads = registry.builtin()
     names = [args.workload] if args.workload else sorted(workloads)
     shown_generic = False
@@ -142,7 +143,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("| preset | parameters | for | description |\n|---|---|---|---|")
         for pname, preset in wl.presets.items():
             try:
-                params = f"{wl.parameter_count(_resolve(name, {'preset': pname})):,}"
+                params = f"{wl.parameter_count(resolve(name, {'preset': pname})):,}"
             except ValueError as exc:
                 params = f"n/a ({exc})"
             default = " (default)" if pname == wl.default_preset else ""

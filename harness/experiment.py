@@ -1,5 +1,9 @@
 """Experiment: a baseline, named variants (knob overrides), repeats, budgets and gates, from TOML.
 
+The runner saves it beside the records (`save_experiment`: experiment.json, plus workload.json from
+`harness.description`); `load_saved_experiment` reads it back as plain data (`SavedExperiment`, no
+workload code needed) and `resolve_saved` turns that into a runnable `Experiment` again.
+
 ```toml
 workload = "lm"
 description = "duplicate forward, batching, chunking"
@@ -21,14 +25,20 @@ duplicate_forward = true
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.config import RunConfig, load_toml, resolve
 from harness.knobs import GENERIC_BY_NAME
+from harness.results import EXPERIMENT_FILE
+
+# harness.config and harness.registry (torch, the workload packages) are imported inside the functions
+# that resolve configs, so that analysis and report can load a saved experiment without them.
+if TYPE_CHECKING:
+    from harness.config import RunConfig
 
 _TOP_KEYS = {"workload", "description", "baseline_name", "repeats", "timeout_s", "quality_epochs",
              "quality_target", "equivalence", "gates", "baseline", "variants", "name"}
@@ -95,8 +105,12 @@ def build(name: str, workload: str, baseline: Mapping[str, Any], variants: Mappi
 
     `allow_same` admits a variant identical to the baseline: the A/A noise-floor measurement.
     """
+    from harness import registry
+    from harness.config import resolve
+
+    wl = registry.get(workload)
     forced = dict(forced or {})
-    base_cfg = resolve(workload, baseline, forced)
+    base_cfg = resolve(wl, baseline, forced, name=workload)
     configs: dict[str, RunConfig] = {baseline_name: base_cfg}
     overrides: dict[str, Mapping[str, Any]] = {baseline_name: {}, "__baseline__": dict(baseline)}
     for vname, vover in variants.items():
@@ -106,7 +120,7 @@ def build(name: str, workload: str, baseline: Mapping[str, Any], variants: Mappi
         if not isinstance(vover, Mapping) or not vover:
             raise ValueError(f"variant '{vname}' overrides nothing; give it at least one knob, e.g. "
                              f"[variants.{vname}] amp = \"bf16\"")
-        cfg = resolve(workload, baseline, vover, forced)
+        cfg = resolve(wl, baseline, vover, forced, name=workload)
         if not base_cfg.diff(cfg) and not allow_same:
             raise ValueError(f"variant '{vname}' overrides nothing: every knob it sets equals the baseline's "
                              f"({', '.join(f'{k}={v}' for k, v in vover.items())}); change a value or drop it")
@@ -118,6 +132,8 @@ def build(name: str, workload: str, baseline: Mapping[str, Any], variants: Mappi
 
 def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Experiment:
     """Parse and validate an experiment TOML file (plus command-line overrides for every variant)."""
+    from harness.config import load_toml
+
     data = load_toml(path)
     where = Path(path).name
     unknown = set(data) - _TOP_KEYS
@@ -159,3 +175,72 @@ def knob_kinds(exp: Experiment, variant: str) -> set[str]:
         else:
             kinds.add(knobs.get(name, GENERIC_BY_NAME.get(name)).kind)
     return kinds
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SavedExperiment:
+    """An experiment as saved beside its records: plain data, readable without the workload's code."""
+
+    name: str
+    workload: str
+    description: str = ""
+    baseline_name: str = "baseline"
+    overrides: Mapping[str, Mapping[str, Any]]
+    """As `Experiment.overrides` (the baseline section's knobs under ``__baseline__``)."""
+    configs: Mapping[str, Mapping[str, Any]]
+    """Variant name -> resolved config as a plain dict (`RunConfig.to_dict`), baseline first."""
+    repeats: int = 3
+    timeout_s: float = 600.0
+    quality_epochs: int = 0
+    quality_target: float | None = None
+    equivalence: bool = True
+    gates: tuple[str, ...] = ()
+    source: str = ""
+
+    @property
+    def variants(self) -> list[str]:
+        """Variant names, baseline first."""
+        return list(self.configs)
+
+
+def save_experiment(exp: Experiment, out_dir: str | os.PathLike[str]) -> None:
+    """Keep what was run beside the records: `experiment.json`, and `workload.json` for analysis."""
+    from harness.description import describe, save_description
+
+    out = Path(out_dir)
+    data = {"name": exp.name, "workload": exp.workload, "description": exp.description,
+            "baseline_name": exp.baseline_name, "repeats": exp.repeats, "timeout_s": exp.timeout_s,
+            "quality_epochs": exp.quality_epochs, "quality_target": exp.quality_target,
+            "equivalence": exp.equivalence, "gates": list(exp.gates), "source": exp.source,
+            "overrides": {k: dict(v) for k, v in exp.overrides.items()},
+            "configs": {k: c.to_dict() for k, c in exp.configs.items()}}
+    (out / EXPERIMENT_FILE).write_text(json.dumps(data, indent=2, default=str))
+    save_description(describe(exp.configs[exp.baseline_name].get_workload(), exp.configs), out)
+
+
+def load_saved_experiment(out_dir: str | os.PathLike[str]) -> SavedExperiment | None:
+    """The experiment a results directory was produced by (None if it has no experiment.json)."""
+    path = Path(out_dir) / EXPERIMENT_FILE
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    try:
+        return SavedExperiment(
+            name=d["name"], workload=d["workload"], description=d.get("description", ""),
+            baseline_name=d["baseline_name"], overrides={k: dict(v) for k, v in d["overrides"].items()},
+            configs={k: dict(v) for k, v in d["configs"].items()}, repeats=int(d["repeats"]),
+            timeout_s=float(d["timeout_s"]), quality_epochs=int(d["quality_epochs"]),
+            quality_target=d.get("quality_target"), equivalence=bool(d["equivalence"]), gates=tuple(d["gates"]),
+            source=d.get("source", ""))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"'{path}' is not a saved experiment (bad or missing {exc}); re-run the sweep") from None
+
+
+def resolve_saved(saved: SavedExperiment) -> Experiment:
+    """Re-resolve a saved experiment into a runnable `Experiment` (needs its workload importable)."""
+    variants = {k: v for k, v in saved.overrides.items() if k not in (saved.baseline_name, "__baseline__")}
+    return build(saved.name, saved.workload, saved.overrides.get("__baseline__", {}), variants,
+                 baseline_name=saved.baseline_name, description=saved.description, repeats=saved.repeats,
+                 timeout_s=saved.timeout_s, quality_epochs=saved.quality_epochs,
+                 quality_target=saved.quality_target, equivalence=saved.equivalence, gates=saved.gates,
+                 source=saved.source, allow_same=True)  # it ran once, A/A variants included

@@ -198,7 +198,7 @@ def count_step(side: _Side) -> StepCounters:
 
 def config_label(cfg: RunConfig) -> str:
     """``workload preset=P knob=value ...`` with the knobs that differ from the preset's values."""
-    from harness.config import resolve
+    from harness.registry import resolve
 
     changed = resolve(cfg.workload, {"preset": cfg.preset}).diff(cfg)
     return " ".join([cfg.workload, f"preset={cfg.preset}", *(f"{k}={v}" for k, (_, v) in changed.items())])
@@ -455,7 +455,7 @@ class TrainBench:
         self.threads: int = config.getoption("trainbench_threads", 1)
 
     def _resolve(self, workload: str, *layers: Mapping[str, Any]) -> RunConfig:
-        from harness.config import resolve
+        from harness.registry import resolve
 
         return resolve(workload, *layers)
 

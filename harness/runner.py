@@ -24,10 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.experiment import Experiment, knob_kinds
+from harness.experiment import Experiment, knob_kinds, save_experiment
 from harness.results import RECORDS_FILE, Record, append, collect_env, iter_records
-
-EXPERIMENT_FILE = "experiment.json"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -177,6 +175,7 @@ def plan(exp: Experiment) -> tuple[list[Job], list[Record]]:
     base = exp.configs[exp.baseline_name]
     jobs: list[Job] = []
     skipped: list[Record] = []
+    env = collect_env() if exp.equivalence else {}
     if exp.equivalence:
         for v in exp.variants[1:]:
             kinds = knob_kinds(exp, v)
@@ -187,7 +186,7 @@ def plan(exp: Experiment) -> tuple[list[Job], list[Record]]:
             else:
                 changed = ", ".join(f"{k}={b}->{w}" for k, (b, w) in exp.changed_knobs(v).items())
                 skipped.append(_record(exp, Job(experiment=exp.name, variant=v, phase="equivalence", repeat=0,
-                                                config=cfg.to_dict()), "ok", equivalence={
+                                                config=cfg.to_dict()), "ok", env=env, equivalence={
                     "passed": None, "reason": f"not checked: changes training ({changed}); compare quality instead",
                     "compared": []}))
     for r in range(exp.repeats):
@@ -228,33 +227,6 @@ def record_from(exp: Experiment, job: Job, outcome: Outcome) -> Record:
                    wall_s=outcome.wall_s)
 
 
-def save_experiment(exp: Experiment, out_dir: Path) -> None:
-    """Keep what was run beside the records, so `trainbench report DIR` needs no TOML."""
-    data = {"name": exp.name, "workload": exp.workload, "description": exp.description,
-            "baseline_name": exp.baseline_name, "repeats": exp.repeats, "timeout_s": exp.timeout_s,
-            "quality_epochs": exp.quality_epochs, "quality_target": exp.quality_target,
-            "equivalence": exp.equivalence, "gates": list(exp.gates), "source": exp.source,
-            "overrides": {k: dict(v) for k, v in exp.overrides.items()},
-            "configs": {k: c.to_dict() for k, c in exp.configs.items()}}
-    (out_dir / EXPERIMENT_FILE).write_text(json.dumps(data, indent=2, default=str))
-
-
-def load_saved_experiment(out_dir: Path) -> Experiment | None:
-    """The experiment a results directory was produced by (None if it has no experiment.json)."""
-    from harness.experiment import build
-
-    path = Path(out_dir) / EXPERIMENT_FILE
-    if not path.exists():
-        return None
-    d = json.loads(path.read_text())
-    overrides = d["overrides"]
-    variants = {k: v for k, v in overrides.items() if k not in (d["baseline_name"], "__baseline__")}
-    return build(d["name"], d["workload"], overrides.get("__baseline__", {}), variants,
-                 baseline_name=d["baseline_name"], description=d["description"], repeats=d["repeats"],
-                 timeout_s=d["timeout_s"], quality_epochs=d["quality_epochs"], quality_target=d["quality_target"],
-                 equivalence=d["equivalence"], gates=tuple(d["gates"]), source=d["source"])
-
-
 def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: bool = False,
                    launcher: Launcher | None = None,
                    progress: Callable[[int, int, Job, Record | None], None] | None = None) -> list[Record]:
@@ -266,7 +238,7 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
                          "choose another --out")
     jobs, skipped = plan(exp)
     out.mkdir(parents=True, exist_ok=True)
-    save_experiment(exp, out)
+    save_experiment(exp, out)  # experiment.json and workload.json: the directory describes itself
     done: list[Record] = []
     for rec in skipped:
         if rec.key not in existing:

@@ -308,7 +308,7 @@ class Trainer:
         m["forward_calls_per_step"] = counter.calls / (n * cfg.grad_accum) if n else None
         sps = m["samples_per_s"]
         m["achieved_tflops"] = m["flops_per_sample"] * sps / 1e12 if sps and m.get("flops_per_sample") else None
-        from harness.analysis.cost import mfu  # here, not at the top: harness.analysis imports pandas
+        from harness.peaks import mfu
 
         gpu_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         achieved = m["achieved_tflops"] * 1e12 if m["achieved_tflops"] else None

@@ -23,7 +23,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch._dynamo  # noqa: F401  (imported lazily by checkpointing/compile: ~85 MiB of RSS; paid
 
     # here by every run so that peak memory compares variants, not who imported it first)
-    from harness.config import resolve
+    from harness.registry import resolve
     from harness.results import collect_env
     from harness.trainer import NonFiniteLoss, train
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.config import resolve
 from harness.equivalence import check_equivalence
+from harness.registry import resolve
 from harness.trainer import Trainer
 from models.lm.data import chunk, chunk_stats, collate_padded, generate_corpus, split_sequences
 

@@ -19,11 +19,15 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from harness.results import METRICS, PHASE_NAMES
+
+if TYPE_CHECKING:
+    from harness.description import WorkloadDescription
+    from harness.workload import Workload
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
@@ -85,9 +89,9 @@ def _generic_metrics() -> set[str]:
     return known_metrics()  # module-level name, shadowed by `validate`'s parameter of the same name
 
 
-def known_metrics_for(experiment: Any) -> set[str]:
-    """`known_metrics` for an experiment's workload (its quality metrics and their deltas included)."""
-    workload = experiment.configs[experiment.baseline_name].get_workload()
+def known_metrics_for(workload: WorkloadDescription | Workload) -> set[str]:
+    """`known_metrics` for a workload (its quality metrics and their deltas included): a results
+    directory's description, or before a sweep the `Workload` itself; only `quality_metrics` is read."""
     return known_metrics(workload.quality_metrics)
 
 
@@ -129,7 +133,7 @@ def validate(gates: Sequence[str], variants: Iterable[str], known_metrics: set[s
     """Parse every gate and check its names, before anything runs; ValueError on the first bad one.
 
     `known_metrics=None` checks against the workload-independent names only (no quality metrics):
-    pass `known_metrics_for(experiment)` to admit the workload's quality metrics and deltas.
+    pass `known_metrics_for(workload)` to admit the workload's quality metrics and deltas.
     """
     variants = list(variants)
     if known_metrics is None:

@@ -4,6 +4,10 @@ Sections follow the source notes' tables, with measurements in place of estimate
 when, repeats), key changes (seed 003), speed, noise floor, equivalence, quality (seed 000) and
 time-to-target, phase breakdown (seed 004), gates checklist (seed 003), advisor findings, the cost
 table (seed 004), plots, failed runs. `write_index` links every report with its headline.
+
+Everything comes from the results directory: the records, `experiment.json` and `workload.json` (knob
+kinds, metric directions, the cost model). Nothing here imports a workload, the registry or the runner,
+so a results directory copied to another machine renders the same report.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import pandas as pd
 
 from harness.analysis import advisor, cost, gates
 from harness.analysis.summary import noise_floor, summarize
+from harness.description import WorkloadDescription, load_description
+from harness.experiment import load_saved_experiment
 from harness.knobs import GENERIC_BY_NAME
 from harness.results import PHASE_NAMES, Record, load_records
 
 if TYPE_CHECKING:
-    from harness.experiment import Experiment
+    from harness.experiment import Experiment, SavedExperiment
 
 REPORT_FILE = "README.md"
 META_FILE = "report.json"
@@ -87,15 +93,10 @@ def _equiv_mark(row: pd.Series) -> str:
             "error": "⚠️ check failed", "baseline": "(baseline)"}.get(status, "not checked")
 
 
-def _knob_kind(name: str, workload_name: str) -> str:
-    if name in GENERIC_BY_NAME:
-        return GENERIC_BY_NAME[name].kind
-    try:
-        from harness import registry
-
-        return next(k.kind for k in registry.get(workload_name).knobs if k.name == name)
-    except (ValueError, StopIteration):
-        return "?"
+def _knob_kind(name: str, workload: WorkloadDescription | None) -> str:
+    if workload is not None and name in workload.knob_kinds:
+        return workload.knob_kind(name)
+    return GENERIC_BY_NAME[name].kind if name in GENERIC_BY_NAME else "?"
 
 
 def _env(records: Sequence[Record]) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def headline(s: pd.DataFrame) -> str:
     return text
 
 
-def _key_changes(s: pd.DataFrame) -> list[str]:
+def _key_changes(s: pd.DataFrame, workload: WorkloadDescription | None) -> list[str]:
     rows = []
     primary = s.attrs.get("primary_metric")
     for v, row in s.iterrows():
@@ -162,7 +163,7 @@ def _key_changes(s: pd.DataFrame) -> list[str]:
         if len(changed) > 1:
             impact += " (all knobs together)"
         for knob, (old, new) in changed.items():
-            rows.append([f"`{v}`", f"**{knob}** ({_knob_kind(knob, row['workload'])})", fmt(old), fmt(new), impact])
+            rows.append([f"`{v}`", f"**{knob}** ({_knob_kind(knob, workload)})", fmt(old), fmt(new), impact])
     if not rows:
         return ["No variant changes a knob.", ""]
     return table(["Variant", "Knob (kind)", "Baseline", "Variant", "Measured impact (95% CI)"], rows)
@@ -273,8 +274,8 @@ def _advice(s: pd.DataFrame) -> list[str]:
             ""]
 
 
-def _costs(s: pd.DataFrame, exp: Any) -> list[str]:
-    tables = cost.cost_tables(s, dict(exp.configs) if exp is not None else None)
+def _costs(s: pd.DataFrame, workload: WorkloadDescription | None) -> list[str]:
+    tables = cost.cost_tables(s, workload)
     lines = []
     for title, df in tables:
         lines += [f"### {title}", "", *table(list(df.columns), df.to_numpy().tolist(), "lrrr")]
@@ -298,23 +299,19 @@ def _baseline_name(records: Sequence[Record], exp: Any) -> str:
     return "baseline" if "baseline" in names else names[0]  # the runner interleaves speed runs baseline first
 
 
-def _load_experiment(results_dir: Path) -> Any:
-    """The experiment the runner saved beside the records, if it can still be built here."""
-    try:
-        from harness.runner import load_saved_experiment
-
-        return load_saved_experiment(results_dir)
-    except (ImportError, ValueError, KeyError, TypeError):
-        return None  # no saved experiment, or its workload/knobs are gone: report the records alone
-
-
-def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | None = None, *,
+def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | SavedExperiment | None = None, *,
                  plots: bool = True) -> Path:
-    """Write out_dir/README.md and its PNGs from a results directory; returns the README path."""
+    """Write out_dir/README.md and its PNGs from a results directory; returns the README path.
+
+    `experiment` defaults to the one saved in the directory; knob kinds, metric directions and the cost
+    model come from the directory's `workload.json` (a directory without one reports the records alone).
+    """
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     records = load_records(results_dir)
-    exp = experiment if experiment is not None else _load_experiment(results_dir)
-    s = summarize(records, _baseline_name(records, exp), target=getattr(exp, "quality_target", None))
+    exp = experiment if experiment is not None else load_saved_experiment(results_dir)
+    workload = load_description(results_dir)
+    s = summarize(records, _baseline_name(records, exp), target=getattr(exp, "quality_target", None),
+                  workload=workload)
     out_dir.mkdir(parents=True, exist_ok=True)
     from harness.report import plots as figures_module
 
@@ -322,9 +319,10 @@ def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | None
     base = s.attrs["baseline"]
     lines = _header(s, records, exp, results_dir)
     lines += [f"**Headline:** {headline(s)}.", ""]
-    sections = [("Key changes", _key_changes(s)), ("Speed", _speed(s)), ("Noise floor", _noise(records, base)),
-                ("Equivalence", _equivalence(s)), ("Quality", _quality(s)), ("Phase breakdown", _phases(s)),
-                ("Gates", _gates(s, exp)), ("Advisor", _advice(s)), ("Predicted vs measured cost", _costs(s, exp))]
+    sections = [("Key changes", _key_changes(s, workload)), ("Speed", _speed(s)),
+                ("Noise floor", _noise(records, base)), ("Equivalence", _equivalence(s)), ("Quality", _quality(s)),
+                ("Phase breakdown", _phases(s)), ("Gates", _gates(s, exp)), ("Advisor", _advice(s)),
+                ("Predicted vs measured cost", _costs(s, workload))]
     for title, body in sections:
         if body:
             lines += [f"## {title}", "", *body]
