@@ -54,7 +54,7 @@ GPU_RUNS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def _resolve(workload: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The full, validated knobs of one run as a plain dict (ValueError names a bad knob)."""
-    from harness.config import resolve
+    from harness.registry import resolve
 
     return resolve(workload, dict(overrides)).to_dict()
 

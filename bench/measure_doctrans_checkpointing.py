@@ -31,7 +31,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.utils.checkpoint
 
-    from harness.config import resolve
+    from harness.registry import resolve
 
     torch.set_num_threads(args.threads)
     cfg = resolve("doctrans", {"preset": args.preset, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
@@ -124,7 +124,7 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
 
-    from harness.config import resolve
+    from harness.registry import resolve
 
     cfg = resolve("doctrans", {"preset": args.preset})
     cfg.get_workload().build_datasets(cfg)  # generate + cache once, outside every measured process

@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from harness.analysis.stats import RatioEstimate, bootstrap_ratio
-from harness.config import parse_overrides, resolve
+from harness.config import parse_overrides
 from harness.pytest_plugin import DEFAULT_PAIRS, DEFAULT_WARMUP_PAIRS, Speedup, measure_speedup
+from harness.registry import resolve
 from harness.trainer import Trainer
 from harness.workload import BatchCounts
 

@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from harness.config import parse_overrides, resolve
+from harness.config import parse_overrides
+from harness.registry import resolve
 from models.gpcm.model import FORWARD_MODES
 
 

@@ -17,8 +17,9 @@ import os
 import statistics
 import sys
 
-from harness.config import parse_overrides, resolve
+from harness.config import parse_overrides
 from harness.engine import run
+from harness.registry import resolve
 
 REPEATS = int(os.environ.get("REPEATS", 9))
 

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import registry
-from harness.config import knob_table, parse_overrides, resolve, resolve_device, runtime_warnings
-from harness.experiment import Experiment, build, load_experiment
+from harness.config import knob_table, parse_overrides, resolve_device, runtime_warnings
+from harness.experiment import Experiment, SavedExperiment, build, load_experiment, load_saved_experiment
+from harness.registry import resolve
 from harness.results import Record, load_records
-from harness.runner import Job, load_saved_experiment, run_experiment
+from harness.runner import Job, run_experiment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +36,18 @@ def _split_args(items: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return positional, parse_overrides([i for i in items if "=" in i])
 
 
+_STARTED = {"t": 0.0, "experiment": ""}
+
+
 def _progress(i: int, n: int, job: Job, rec: Record | None) -> None:
-    label = f"[{i:>3}/{n}] {job.experiment} {job.phase:<11} {job.variant:<24} #{job.repeat}"
+    if _STARTED["experiment"] != job.experiment or i == 1 and rec is None:
+        _STARTED.update(t=time.perf_counter(), experiment=job.experiment)
+    elapsed = time.perf_counter() - _STARTED["t"]
+    # Time left: the mean time of the jobs so far times the jobs still planned (added repeats and
+    # contention re-runs raise the count as they are scheduled).
+    eta = f" ~{elapsed / (i - 1) * (n - i + 1) / 60:.1f} min left" if i > 1 and n >= i else ""
+    again = f" (re-run {job.attempt}: contended)" if job.attempt else ""
+    label = f"[{i:>3}/{n}{eta}] {job.experiment} {job.phase:<11} {job.variant:<24} #{job.repeat}{again}"
     if rec is None:
         print(f"{label} ...", end="", file=sys.stderr, flush=True)
         return
@@ -49,6 +60,8 @@ def _progress(i: int, n: int, job: Job, rec: Record | None) -> None:
         detail = " equivalent" if passed else (" NOT equivalent" if passed is False else " skipped")
     else:
         detail = f" {rec.error.splitlines()[0][:100] if rec.error else ''}"
+    if rec.contention.get("verdict"):
+        detail += f" CONTENDED: {rec.contention['verdict']}"
     print(f" {rec.status}{detail} ({rec.wall_s:.1f} s)", file=sys.stderr, flush=True)
 
 
@@ -60,7 +73,7 @@ def _validate_gates(exp: Experiment) -> None:
     if exp.gates:
         from harness.analysis.gates import known_metrics_for, validate
 
-        validate(exp.gates, exp.variants, known_metrics_for(exp))
+        validate(exp.gates, exp.variants, known_metrics_for(exp.configs[exp.baseline_name].get_workload()))
 
 
 def _median(values: list[float]) -> float | None:
@@ -87,7 +100,10 @@ def plain_summary(records: Sequence[Record], baseline: str) -> str:
         runs = [r for r in records if r.variant == v and r.phase == timed]
         ok = [r for r in runs if r.status == "ok"]
         sps = [r.metrics["samples_per_s"] for r in ok if r.metrics.get("samples_per_s")]
-        med = (lambda name: _median([r.metrics[name] for r in ok if r.metrics.get(name) is not None]))
+
+        def med(name: str, ok: list[Record] = ok) -> float | None:
+            return _median([r.metrics[name] for r in ok if r.metrics.get(name) is not None])
+
         fails = sorted({r.status for r in runs if r.status != "ok"})
         sps_text = f"{_median(sps):,.1f} ({min(sps):,.1f}-{max(sps):,.1f})" if sps else "-"
         if v == baseline or timed != "speed":
@@ -96,7 +112,8 @@ def plain_summary(records: Sequence[Record], baseline: str) -> str:
             from harness.analysis.stats import RatioEstimate
 
             speedup = RatioEstimate(row["speedup"], row["speedup_ci_low"], row["speedup_ci_high"],
-                                    int(row["speedup_pairs"]), row["speedup_method"], int(row["speedup_need"])).describe()
+                                    int(row["speedup_pairs"]), row["speedup_method"],
+                                    int(row["speedup_need"])).describe()
         if row.get("contended_runs"):
             speedup += f" ({row['contended_runs']} contended run(s))"
         eq_text = {"pass": "yes", "fail": "NO", "skipped": "n/a", "baseline": "-", "not checked": "-"}.get(
@@ -116,7 +133,8 @@ def plain_summary(records: Sequence[Record], baseline: str) -> str:
     return "\n".join(lines)
 
 
-def _report(results_dir: Path, report_dir: Path | None, exp: Experiment | None, check: bool) -> int:
+def _report(results_dir: Path, report_dir: Path | None, exp: Experiment | SavedExperiment | None,
+            check: bool) -> int:
     """Print the summary, write the report, evaluate gates; returns 1 if a gate failed under --check."""
     records = load_records(results_dir)
     exp = exp or load_saved_experiment(results_dir)
@@ -127,12 +145,13 @@ def _report(results_dir: Path, report_dir: Path | None, exp: Experiment | None, 
         return 0
     from harness.analysis import summarize
     from harness.analysis.gates import check as check_gates
+    from harness.description import load_description
     from harness.report import write_report
 
     if report_dir is not None:
         print(f"report: {write_report(results_dir, report_dir, exp)}")
     if exp and exp.gates:
-        summary = summarize(records, baseline, target=exp.quality_target)
+        summary = summarize(records, baseline, target=exp.quality_target, workload=load_description(results_dir))
         results = check_gates(exp.gates, summary, baseline, known_metrics=set(summary.columns))
         print("\ngates:")
         for g in results:
@@ -144,8 +163,6 @@ def _report(results_dir: Path, report_dir: Path | None, exp: Experiment | None, 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Workloads, presets (with parameter counts), knobs and bundled experiments."""
-    from harness.config import resolve as _resolve
-
     workloads = registry.builtin()
     names = [args.workload] if args.workload else sorted(workloads)
     shown_generic = False
@@ -155,7 +172,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("| preset | parameters | for | description |\n|---|---|---|---|")
         for pname, preset in wl.presets.items():
             try:
-                params = f"{wl.parameter_count(_resolve(name, {'preset': pname})):,}"
+                params = f"{wl.parameter_count(resolve(name, {'preset': pname})):,}"
             except ValueError as exc:
                 params = f"n/a ({exc})"
             default = " (default)" if pname == wl.default_preset else ""
@@ -186,7 +203,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     epochs = resolve(workload, overrides).epochs
     # A speed run by default; with epochs=N each repeat trains for quality (and is timed as it trains).
     exp = build("run", workload, overrides, {}, baseline_name=workload, repeats=0 if epochs else args.repeats,
-                timeout_s=args.timeout, quality_epochs=epochs, equivalence=False)
+                timeout_s=args.timeout, quality_epochs=epochs, equivalence=False,
+                max_repeats=max(args.repeats, 10))
     if epochs and args.repeats > 1:
         print("warning: --repeats applies to speed runs; a quality run trains once per config "
               "(same seed, same result)", file=sys.stderr)
@@ -212,16 +230,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     exps = []
     for f in files:
         exp = load_experiment(f, overrides)
-        if args.repeats:
-            exp = _with(exp, repeats=args.repeats)
+        if args.repeats:  # exactly N repeats: no adaptive ones
+            exp = _with(exp, repeats=args.repeats, max_repeats=max(args.repeats, exp.max_repeats),
+                        target_half_width_pct=0.0)
         if args.quick:
             # a smoke run of every experiment: one repeat (no speedup intervals), one quality epoch
-            exp = _with(exp, repeats=1, quality_epochs=min(exp.quality_epochs, 1))
+            exp = _with(exp, repeats=1, quality_epochs=min(exp.quality_epochs, 1), target_half_width_pct=0.0,
+                        max_reruns=0)
         if args.aa:
             exp = build(exp.name + "-aa", exp.workload, exp.baseline_overrides | overrides,
                         {f"{exp.baseline_name}_aa": {"seed": exp.configs[exp.baseline_name].seed}},
                         baseline_name=exp.baseline_name, repeats=exp.repeats, timeout_s=exp.timeout_s,
-                        equivalence=False, allow_same=True)
+                        equivalence=False, allow_same=True, **exp.precision)
         _validate_gates(exp)
         exps.append(exp)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -11,21 +11,22 @@ import difflib
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from harness import registry
 from harness.knobs import GENERIC_BY_NAME, GENERIC_KNOBS, NEEDS_WORKLOAD_SUPPORT, Knob
-from harness.workload import Workload
+
+if TYPE_CHECKING:
+    from harness.workload import Workload
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunConfig:
-    """The resolved knobs of one run. Read knobs as attributes (``cfg.batch_size``) or ``cfg["forward"]``.
+    """The resolved knobs of one run. Read knobs as attributes: ``cfg.batch_size``, ``cfg.forward``.
 
     Knob values live in one mapping rather than one field each so that `harness.knobs` stays the
     single table of knobs (a second hand-written list of fields would drift from it).
@@ -35,6 +36,8 @@ class RunConfig:
     """Registered name or ``module:object`` path."""
     values: Mapping[str, Any]
     """Every knob, generic and workload-specific, resolved."""
+    workload_object: Workload | None = field(default=None, compare=False, repr=False)
+    """The Workload the config was resolved against; not serialized (`to_dict`) and not compared."""
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal attribute lookup fails, i.e. for knob names.
@@ -43,11 +46,14 @@ class RunConfig:
         except KeyError:
             raise AttributeError(name) from None
 
-    def __getitem__(self, name: str) -> Any:
-        return self.values[name]
-
     def get_workload(self) -> Workload:
         """The workload object this config is for."""
+        if self.workload_object is not None:
+            return self.workload_object
+        # A config built by hand carries no Workload; the registry is imported here, not at the top,
+        # because it imports the workload packages (and they import this module).
+        from harness import registry
+
         return registry.get(self.workload)
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,7 +62,7 @@ class RunConfig:
 
     def replace(self, **overrides: Any) -> RunConfig:
         """A new, re-validated config with some knobs changed."""
-        return resolve(self.workload, {**self.values, **overrides})
+        return resolve(self.get_workload(), {**self.values, **overrides}, name=self.workload)
 
     def diff(self, other: RunConfig) -> dict[str, tuple[Any, Any]]:
         """Knobs whose values differ: name -> (self's, other's)."""
@@ -75,9 +81,14 @@ def _unknown(key: str, known: Iterable[str], workload: str) -> ValueError:
     return ValueError(f"unknown knob '{key}' for workload '{workload}'{hint}")
 
 
-def resolve(workload_name: str, *layers: Mapping[str, Any]) -> RunConfig:
-    """Resolve knob layers (later wins) on top of the preset and the defaults."""
-    wl = registry.get(workload_name)
+def resolve(workload: Workload, *layers: Mapping[str, Any], name: str | None = None) -> RunConfig:
+    """Resolve knob layers (later wins) on top of the workload's preset and the defaults.
+
+    `name` is what the config records as its workload (a registered name or a ``module:object``
+    path, so a child process can find the workload again); default ``workload.name``. Look a
+    workload up by name with `harness.registry.resolve`.
+    """
+    wl, recorded_name = workload, name or workload.name
     knobs = all_knobs(wl)
     merged: dict[str, Any] = {}
     for layer in layers:
@@ -110,7 +121,7 @@ def resolve(workload_name: str, *layers: Mapping[str, Any]) -> RunConfig:
     if values["device"] == "cuda" and not torch.cuda.is_available():
         raise ValueError("knob 'device': bad value 'cuda': no CUDA GPU is visible to torch here; "
                          "use device=cpu or device=auto")
-    cfg = RunConfig(workload=workload_name, values=MappingProxyType(values))
+    cfg = RunConfig(workload=recorded_name, values=MappingProxyType(values), workload_object=wl)
     wl.validate(cfg)
     return cfg
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 
 from harness.config import RunConfig
 from harness.data import batches_forever
+from harness.peaks import mfu
 from harness.probes.contention import ContentionProbe, verdict
 from harness.probes.counters import (
     ForwardCounter,
@@ -196,8 +197,6 @@ class Meter:
         m["forward_calls_per_step"] = self.counter.calls / (n * cfg.grad_accum) if n else None
         sps = m["samples_per_s"]
         m["achieved_tflops"] = m["flops_per_sample"] * sps / 1e12 if sps and m.get("flops_per_sample") else None
-        from harness.analysis.cost import mfu  # TODO(merge): peak table module
-
         gpu_name = torch.cuda.get_device_name(tr.device) if tr.device.type == "cuda" else None
         achieved = m["achieved_tflops"] * 1e12 if m["achieved_tflops"] else None
         m["mfu"] = mfu(achieved, gpu_name, cfg.values)  # None on a CPU or a GPU without a cited peak
@@ -347,7 +346,7 @@ def _plain_rounds(one_round: Callable[[], None], rounds: int, warmup_rounds: int
 
 def config_label(cfg: RunConfig) -> str:
     """``workload preset=P knob=value ...`` with the knobs that differ from the preset's values."""
-    from harness.config import resolve
+    from harness.registry import resolve
 
     changed = resolve(cfg.workload, {"preset": cfg.preset}).diff(cfg)
     return " ".join([cfg.workload, f"preset={cfg.preset}", *(f"{k}={v}" for k, (_, v) in changed.items())])

@@ -1,5 +1,9 @@
 """Experiment: a baseline, named variants (knob overrides), repeats, budgets and gates, from TOML.
 
+The runner saves it beside the records (`save_experiment`: experiment.json, plus workload.json from
+`harness.description`); `load_saved_experiment` reads it back as plain data (`SavedExperiment`, no
+workload code needed) and `resolve_saved` turns that into a runnable `Experiment` again.
+
 ```toml
 workload = "lm"
 description = "duplicate forward, batching, chunking"
@@ -21,17 +25,25 @@ duplicate_forward = true
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.config import RunConfig, load_toml, resolve
 from harness.knobs import GENERIC_BY_NAME
+from harness.results import EXPERIMENT_FILE
+
+# harness.config and harness.registry (torch, the workload packages) are imported inside the functions
+# that resolve configs, so that analysis and report can load a saved experiment without them.
+if TYPE_CHECKING:
+    from harness.config import RunConfig
 
 _TOP_KEYS = {"workload", "description", "baseline_name", "repeats", "timeout_s", "quality_epochs",
-             "quality_target", "equivalence", "gates", "baseline", "variants", "name"}
+             "quality_target", "equivalence", "gates", "baseline", "variants", "name", "target_half_width_pct",
+             "max_repeats", "budget_s", "max_reruns"}
+PRECISION_KEYS = ("target_half_width_pct", "max_repeats", "budget_s", "max_reruns")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -55,8 +67,26 @@ class Experiment:
     equivalence: bool = True
     gates: tuple[str, ...] = ()
     source: str = ""
+    target_half_width_pct: float = 3.0
+    """Keep adding interleaved repeats of a variant until its speedup's 95% interval is at most this
+    wide on each side, in percent of the ratio (0: run exactly `repeats`)."""
+    max_repeats: int = 10
+    """Never more speed repeats of a variant than this."""
+    budget_s: float = 300.0
+    """Wall-clock seconds the added repeats and contention re-runs may take, after the planned runs."""
+    max_reruns: int = 6
+    """Speed runs judged contended are run again (attempt 1, 2, ...) at most this many times in all."""
 
     def __post_init__(self) -> None:
+        for key, low in (("target_half_width_pct", 0.0), ("budget_s", 0.0)):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and value >= low and value == value):
+                raise ValueError(f"experiment '{self.name}': {key}={value!r}; use a number >= {low:g}")
+        if self.max_reruns < 0:
+            raise ValueError(f"experiment '{self.name}': max_reruns={self.max_reruns}; use 0 or more")
+        if self.max_repeats < self.repeats:
+            raise ValueError(f"experiment '{self.name}': max_repeats={self.max_repeats} is below "
+                             f"repeats={self.repeats}; use max_repeats >= repeats")
         if self.repeats < 1 and not (self.repeats == 0 and self.quality_epochs > 0):
             raise ValueError(f"experiment '{self.name}': repeats={self.repeats}; use 1 or more")
         if self.timeout_s <= 0:
@@ -80,7 +110,12 @@ class Experiment:
                      description=self.description, baseline_name=self.baseline_name, repeats=self.repeats,
                      timeout_s=self.timeout_s, quality_epochs=self.quality_epochs,
                      quality_target=self.quality_target, equivalence=self.equivalence, gates=self.gates,
-                     source=self.source, forced=overrides)
+                     source=self.source, forced=overrides, **self.precision)
+
+    @property
+    def precision(self) -> dict[str, Any]:
+        """The adaptive-repeat settings (target half-width, max repeats, budget, re-runs)."""
+        return {k: getattr(self, k) for k in PRECISION_KEYS}
 
     @property
     def baseline_overrides(self) -> dict[str, Any]:
@@ -95,8 +130,12 @@ def build(name: str, workload: str, baseline: Mapping[str, Any], variants: Mappi
 
     `allow_same` admits a variant identical to the baseline: the A/A noise-floor measurement.
     """
+    from harness import registry
+    from harness.config import resolve
+
+    wl = registry.get(workload)
     forced = dict(forced or {})
-    base_cfg = resolve(workload, baseline, forced)
+    base_cfg = resolve(wl, baseline, forced, name=workload)
     configs: dict[str, RunConfig] = {baseline_name: base_cfg}
     overrides: dict[str, Mapping[str, Any]] = {baseline_name: {}, "__baseline__": dict(baseline)}
     for vname, vover in variants.items():
@@ -106,7 +145,7 @@ def build(name: str, workload: str, baseline: Mapping[str, Any], variants: Mappi
         if not isinstance(vover, Mapping) or not vover:
             raise ValueError(f"variant '{vname}' overrides nothing; give it at least one knob, e.g. "
                              f"[variants.{vname}] amp = \"bf16\"")
-        cfg = resolve(workload, baseline, vover, forced)
+        cfg = resolve(wl, baseline, vover, forced, name=workload)
         if not base_cfg.diff(cfg) and not allow_same:
             raise ValueError(f"variant '{vname}' overrides nothing: every knob it sets equals the baseline's "
                              f"({', '.join(f'{k}={v}' for k, v in vover.items())}); change a value or drop it")
@@ -118,6 +157,8 @@ def build(name: str, workload: str, baseline: Mapping[str, Any], variants: Mappi
 
 def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Experiment:
     """Parse and validate an experiment TOML file (plus command-line overrides for every variant)."""
+    from harness.config import load_toml
+
     data = load_toml(path)
     where = Path(path).name
     unknown = set(data) - _TOP_KEYS
@@ -132,6 +173,23 @@ def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] |
     if not isinstance(gates, list) or not all(isinstance(g, str) for g in gates):
         raise ValueError(f"{where}: 'gates' must be a list of strings, e.g. gates = [\"fast.speedup >= 1.5\"]")
     target = data.get("quality_target")
+    precision: dict[str, Any] = {}
+    for key, kind in (("target_half_width_pct", float), ("max_repeats", int), ("budget_s", float),
+                      ("max_reruns", int)):
+        if key in data:
+            raw = data[key]
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or (kind is int and raw != int(raw)):
+                raise ValueError(f"{where}: '{key}' must be {'an integer' if kind is int else 'a number'}, "
+                                 f"got {raw!r}; e.g. {key} = {Experiment.__dataclass_fields__[key].default}")
+            precision[key] = kind(raw)
+    for key, kind in (("repeats", int), ("timeout_s", float), ("quality_epochs", int)):
+        raw = data.get(key)
+        if raw is not None and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
+            raise ValueError(f"{where}: '{key}' must be {'an integer' if kind is int else 'a number'}, got {raw!r}")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
+        raise ValueError(f"{where}: 'quality_target' must be a number (the primary metric's target), got {target!r}")
+    if "equivalence" in data and not isinstance(data["equivalence"], bool):
+        raise ValueError(f"{where}: 'equivalence' must be true or false, got {data['equivalence']!r}")
     try:
         return build(
             str(data.get("name", Path(path).stem)), str(data["workload"]), data.get("baseline", {}), variants,
@@ -139,7 +197,7 @@ def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] |
             description=str(data.get("description", "")), repeats=int(data.get("repeats", 3)),
             timeout_s=float(data.get("timeout_s", 600)), quality_epochs=int(data.get("quality_epochs", 0)),
             quality_target=None if target is None else float(target),
-            equivalence=bool(data.get("equivalence", True)), gates=tuple(gates), source=str(path))
+            equivalence=bool(data.get("equivalence", True)), gates=tuple(gates), source=str(path), **precision)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
 
@@ -159,3 +217,75 @@ def knob_kinds(exp: Experiment, variant: str) -> set[str]:
         else:
             kinds.add(knobs.get(name, GENERIC_BY_NAME.get(name)).kind)
     return kinds
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SavedExperiment:
+    """An experiment as saved beside its records: plain data, readable without the workload's code."""
+
+    name: str
+    workload: str
+    description: str = ""
+    baseline_name: str = "baseline"
+    overrides: Mapping[str, Mapping[str, Any]]
+    """As `Experiment.overrides` (the baseline section's knobs under ``__baseline__``)."""
+    configs: Mapping[str, Mapping[str, Any]]
+    """Variant name -> resolved config as a plain dict (`RunConfig.to_dict`), baseline first."""
+    repeats: int = 3
+    timeout_s: float = 600.0
+    quality_epochs: int = 0
+    quality_target: float | None = None
+    equivalence: bool = True
+    gates: tuple[str, ...] = ()
+    source: str = ""
+    precision: Mapping[str, Any] = field(default_factory=dict)
+    """`Experiment.precision` (absent in directories written before it existed)."""
+
+    @property
+    def variants(self) -> list[str]:
+        """Variant names, baseline first."""
+        return list(self.configs)
+
+
+def save_experiment(exp: Experiment, out_dir: str | os.PathLike[str]) -> None:
+    """Keep what was run beside the records: `experiment.json`, and `workload.json` for analysis."""
+    from harness.description import describe, save_description
+
+    out = Path(out_dir)
+    data = {"name": exp.name, "workload": exp.workload, "description": exp.description,
+            "baseline_name": exp.baseline_name, "repeats": exp.repeats, "timeout_s": exp.timeout_s,
+            "quality_epochs": exp.quality_epochs, "quality_target": exp.quality_target,
+            "equivalence": exp.equivalence, "gates": list(exp.gates), "source": exp.source,
+            "overrides": {k: dict(v) for k, v in exp.overrides.items()},
+            "configs": {k: c.to_dict() for k, c in exp.configs.items()}, "precision": exp.precision}
+    (out / EXPERIMENT_FILE).write_text(json.dumps(data, indent=2, default=str))
+    save_description(describe(exp.configs[exp.baseline_name].get_workload(), exp.configs), out)
+
+
+def load_saved_experiment(out_dir: str | os.PathLike[str]) -> SavedExperiment | None:
+    """The experiment a results directory was produced by (None if it has no experiment.json)."""
+    path = Path(out_dir) / EXPERIMENT_FILE
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    try:
+        return SavedExperiment(
+            name=d["name"], workload=d["workload"], description=d.get("description", ""),
+            baseline_name=d["baseline_name"], overrides={k: dict(v) for k, v in d["overrides"].items()},
+            configs={k: dict(v) for k, v in d["configs"].items()}, repeats=int(d["repeats"]),
+            timeout_s=float(d["timeout_s"]), quality_epochs=int(d["quality_epochs"]),
+            quality_target=d.get("quality_target"), equivalence=bool(d["equivalence"]), gates=tuple(d["gates"]),
+            source=d.get("source", ""), precision=dict(d.get("precision") or {}))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"'{path}' is not a saved experiment (bad or missing {exc}); re-run the sweep") from None
+
+
+def resolve_saved(saved: SavedExperiment) -> Experiment:
+    """Re-resolve a saved experiment into a runnable `Experiment` (needs its workload importable)."""
+    variants = {k: v for k, v in saved.overrides.items() if k not in (saved.baseline_name, "__baseline__")}
+    return build(saved.name, saved.workload, saved.overrides.get("__baseline__", {}), variants,
+                 baseline_name=saved.baseline_name, description=saved.description, repeats=saved.repeats,
+                 timeout_s=saved.timeout_s, quality_epochs=saved.quality_epochs,
+                 quality_target=saved.quality_target, equivalence=saved.equivalence, gates=saved.gates,
+                 source=saved.source, allow_same=True,  # it ran once, A/A variants included
+                 **{k: v for k, v in saved.precision.items() if k in PRECISION_KEYS})

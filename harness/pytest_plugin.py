@@ -202,7 +202,7 @@ class TrainBench:
         self.threads: int = config.getoption("trainbench_threads", 1)
 
     def _resolve(self, workload: str, *layers: Mapping[str, Any]) -> RunConfig:
-        from harness.config import resolve
+        from harness.registry import resolve
 
         # The session's thread setting (--trainbench-threads) unless the test sets the knob itself.
         threads = {"threads": self.threads} if self.threads else {}

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import entry_points
+from typing import Any
 
+from harness import config
 from harness.knobs import GENERIC_BY_NAME
 from harness.workload import Workload
 
@@ -83,3 +86,8 @@ def get(name: str) -> Workload:
         raise ValueError(f"unknown workload '{name}'; available: {', '.join(sorted(workloads)) or 'none'} "
                          "(or a module:object path to your own Workload)")
     return workloads[name]
+
+
+def resolve(name: str, *layers: Mapping[str, Any]) -> config.RunConfig:
+    """`harness.config.resolve` for the workload registered as (or at the path) `name`."""
+    return config.resolve(get(name), *layers, name=name)

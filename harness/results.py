@@ -26,6 +26,12 @@ READABLE_SCHEMA_VERSIONS = (1, 2)
 STATUSES = ("ok", "oom", "nan", "crash", "timeout")
 PHASES = ("speed", "quality", "equivalence")
 RECORDS_FILE = "records.jsonl"
+EXPERIMENT_FILE = "experiment.json"
+"""The experiment a results directory was produced by (written by the runner)."""
+WORKLOAD_FILE = "workload.json"
+"""What analysis needs about the workload: knob kinds, metric directions, cost model."""
+PRECISION_FILE = "precision.json"
+"""Beside the records: contention re-runs, seconds spent on added repeats, and what stayed unresolved."""
 
 # Scalar speed / resource metrics every run may carry (None when not measured here).
 METRICS = (
@@ -171,12 +177,15 @@ def load(directory: str | os.PathLike[str], allow_mixed_machines: bool = False):
     """A pandas DataFrame, one row per record: identity columns, metrics, phase_ms_*, quality metrics.
 
     Refuses (ValueError) to mix records from different machines unless asked: speed figures from two
-    machines are not comparable.
+    machines are not comparable. Records that never ran on any machine (no env, or an equivalence check
+    skipped by design: ``passed`` is None) do not count, as long as some that ran remain.
     """
     import pandas as pd
 
     records = load_records(directory)
-    machines = {machine_id(r.env) for r in records}
+    ran = [r for r in records if r.env and not (r.phase == "equivalence" and r.status == "ok"
+                                                and r.equivalence.get("passed") is None)]
+    machines = {machine_id(r.env) for r in ran or records}
     if len(machines) > 1 and not allow_mixed_machines:
         raise ValueError(f"'{directory}' mixes records from {len(machines)} machines ({sorted(machines)}); "
                          "compare them with `trainbench compare` or pass allow_mixed_machines=True")

@@ -11,6 +11,7 @@ launcher (torchrun for a future ``ddp=N`` knob) only has to build a different co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -24,11 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig
-from harness.experiment import Experiment, knob_kinds
-from harness.results import RECORDS_FILE, Record, append, collect_env, iter_records
-
-EXPERIMENT_FILE = "experiment.json"
+from harness.experiment import Experiment, knob_kinds, save_experiment
+from harness.results import PRECISION_FILE, RECORDS_FILE, Record, append, collect_env, iter_records
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -200,6 +198,7 @@ def plan(exp: Experiment) -> tuple[list[Job], list[Record]]:
     base = exp.configs[exp.baseline_name]
     jobs: list[Job] = []
     skipped: list[Record] = []
+    env = collect_env() if exp.equivalence else {}
     if exp.equivalence:
         for v in exp.variants[1:]:
             kinds = knob_kinds(exp, v)
@@ -209,8 +208,8 @@ def plan(exp: Experiment) -> tuple[list[Job], list[Record]]:
                                 config=cfg.to_dict(), base_config=base.to_dict(), timeout_s=exp.timeout_s))
             else:
                 changed = ", ".join(f"{k}={b}->{w}" for k, (b, w) in exp.changed_knobs(v).items())
-                skipped.append(_record(exp, Job(experiment=exp.name, variant=v, phase="equivalence", repeat=0,
-                                                config=cfg.to_dict()), "ok", equivalence={
+                skipped.append(_record(exp.name, Job(experiment=exp.name, variant=v, phase="equivalence", repeat=0,
+                                                config=cfg.to_dict()), "ok", env=env, equivalence={
                     "passed": None, "reason": f"not checked: changes training ({changed}); compare quality instead",
                     "compared": []}))
     for r in range(exp.repeats):
@@ -295,64 +294,139 @@ def run_group_here(experiment: str, variants: Mapping[str, Any], *, rounds: int,
     return records_from(experiment, job, outcome)
 
 
-def save_experiment(exp: Experiment, out_dir: Path) -> None:
-    """Keep what was run beside the records, so `trainbench report DIR` needs no TOML."""
-    data = {"name": exp.name, "workload": exp.workload, "description": exp.description,
-            "baseline_name": exp.baseline_name, "repeats": exp.repeats, "timeout_s": exp.timeout_s,
-            "quality_epochs": exp.quality_epochs, "quality_target": exp.quality_target,
-            "equivalence": exp.equivalence, "gates": list(exp.gates), "source": exp.source,
-            "overrides": {k: dict(v) for k, v in exp.overrides.items()},
-            "configs": {k: c.to_dict() for k, c in exp.configs.items()}}
-    (out_dir / EXPERIMENT_FILE).write_text(json.dumps(data, indent=2, default=str))
+class _Sweep:
+    """Runs jobs for `run_experiment`: appends records as they come, re-runs contended speed runs and adds
+    repeats until the intervals are tight, both within the experiment's budget."""
 
+    def __init__(self, exp: Experiment, out: Path, launcher: Launcher, workdir: Path, prior: list[Record],
+                 progress: Callable[[int, int, Job, Record | None], None] | None) -> None:
+        self.exp, self.out, self.launcher, self.workdir, self.progress = exp, out, launcher, workdir, progress
+        self.records = list(prior)
+        self.done: list[Record] = []
+        self.count, self.planned = 0, 0
+        self.reruns = sum(r.attempt > 0 for r in prior)
+        self.extra_s = 0.0
+        """Seconds spent on re-runs and added repeats (bounded by `exp.budget_s`)."""
+        self.notes: list[str] = []
 
-def load_saved_experiment(out_dir: Path) -> Experiment | None:
-    """The experiment a results directory was produced by (None if it has no experiment.json)."""
-    from harness.experiment import build
+    def _launch(self, job: Job) -> list[Record]:
+        self.count += 1
+        if self.progress:
+            self.progress(self.count, self.planned, job, None)
+        recs = records_from(self.exp.name, job, self.launcher.launch(job, self.workdir))
+        for rec in recs:
+            append(self.out, rec)
+            self.records.append(rec)
+            self.done.append(rec)
+        if self.progress:
+            self.progress(self.count, self.planned, job, recs[-1])
+        return recs
 
-    path = Path(out_dir) / EXPERIMENT_FILE
-    if not path.exists():
-        return None
-    d = json.loads(path.read_text())
-    overrides = d["overrides"]
-    variants = {k: v for k, v in overrides.items() if k not in (d["baseline_name"], "__baseline__")}
-    return build(d["name"], d["workload"], overrides.get("__baseline__", {}), variants,
-                 baseline_name=d["baseline_name"], description=d["description"], repeats=d["repeats"],
-                 timeout_s=d["timeout_s"], quality_epochs=d["quality_epochs"], quality_target=d["quality_target"],
-                 equivalence=d["equivalence"], gates=tuple(d["gates"]), source=d["source"])
+    def run(self, job: Job, extra: bool = False) -> None:
+        """Run a job; a contended speed run is run again while re-runs and budget last."""
+        start = time.perf_counter()
+        recs = self._launch(job)
+        if extra:
+            self.extra_s += time.perf_counter() - start
+        while job.phase == "speed" and any(r.status == "ok" and r.contention.get("verdict") for r in recs):
+            if self.reruns >= self.exp.max_reruns or self.extra_s >= self.exp.budget_s:
+                why = "re-runs" if self.reruns >= self.exp.max_reruns else "budget"
+                self.notes.append(f"{job.variant} repeat {job.repeat}: still contended, not re-run "
+                                  f"(the {why} of the experiment is spent)")
+                return
+            self.reruns += 1
+            job = dataclasses.replace(job, attempt=job.attempt + 1)
+            self.planned += 1
+            start = time.perf_counter()
+            recs = self._launch(job)
+            self.extra_s += time.perf_counter() - start
+
+    def half_width_pct(self, variant: str) -> float:
+        """The 95% half-width (percent) of the variant's speedup so far (inf without an interval)."""
+        from harness.analysis.speedup import estimate
+
+        def speed(v: str) -> list[Record]:
+            return [r for r in self.records if r.variant == v and r.phase == "speed"]
+
+        est, _ = estimate(speed(self.exp.baseline_name), speed(variant))
+        return est.half_width_pct if est.has_interval else float("inf")
+
+    def adapt(self, first_repeat: int, job_for: Callable[[str, int], Job]) -> None:
+        """Add interleaved rounds (the baseline and every unresolved variant) until each speedup's
+        interval reaches the target half-width, `max_repeats` is reached, or the budget is spent."""
+        exp = self.exp
+        if exp.target_half_width_pct <= 0 or len(exp.variants) < 2:
+            return
+        repeat = first_repeat
+        round_s = 0.0
+        while True:
+            unresolved = [v for v in exp.variants[1:] if self.half_width_pct(v) > exp.target_half_width_pct]
+            if not unresolved:
+                return
+            if repeat >= exp.max_repeats:
+                self.notes.append(f"max_repeats={exp.max_repeats} reached before the target "
+                                  f"±{exp.target_half_width_pct:g}% for: {', '.join(unresolved)}")
+                return
+            if self.extra_s + round_s * (len(unresolved) + 1) / max(1, len(exp.variants)) > exp.budget_s:
+                self.notes.append(f"budget_s={exp.budget_s:g} spent before the target ±{exp.target_half_width_pct:g}% "
+                                  f"for: {', '.join(unresolved)}")
+                return
+            start = time.perf_counter()
+            self.planned += len(unresolved) + 1
+            for v in [exp.baseline_name, *unresolved]:
+                self.run(job_for(v, repeat), extra=True)
+            round_s = (time.perf_counter() - start) * len(exp.variants) / (len(unresolved) + 1)
+            repeat += 1
 
 
 def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: bool = False,
                    launcher: Launcher | None = None,
                    progress: Callable[[int, int, Job, Record | None], None] | None = None) -> list[Record]:
-    """Run every job not already recorded; returns the records of this call (skipped included)."""
+    """Run every job not already recorded; returns the records of this call (skipped included).
+
+    Equivalence checks, then the planned speed rounds (A B C, A B C, ...), each contended speed run run
+    again within the budget; then added rounds for variants whose speedup interval is still wider than
+    the target; then the quality runs. What was re-run or left unresolved, and why, goes to
+    `precision.json` beside the records.
+    """
     out = Path(out_dir)
-    existing = {r.key for r in iter_records(out)}
+    prior = list(iter_records(out))
+    existing = {r.key for r in prior}
     if existing and not resume:
         raise ValueError(f"'{out}' already holds records ({RECORDS_FILE}); pass --resume to finish it or "
                          "choose another --out")
     jobs, skipped = plan(exp)
     out.mkdir(parents=True, exist_ok=True)
-    save_experiment(exp, out)
+    save_experiment(exp, out)  # experiment.json and workload.json: the directory describes itself
     done: list[Record] = []
     for rec in skipped:
         if rec.key not in existing:
             append(out, rec)
             done.append(rec)
     todo = [j for j in jobs if not set(j.keys) <= existing]
-    if not todo:
-        return done
+    first_quality = next((i for i, j in enumerate(todo) if j.phase == "quality"), len(todo))
     launcher = launcher or default_launcher(exp)
+
+    def job_for(variant: str, repeat: int) -> Job:
+        return Job(experiment=exp.name, variant=variant, phase="speed", repeat=repeat,
+                   config=exp.configs[variant].replace(epochs=0).to_dict(), timeout_s=exp.timeout_s)
+
     try:
         with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
-            for i, job in enumerate(todo, 1):
-                if progress:
-                    progress(i, len(todo), job, None)
-                for rec in records_from(exp.name, job, launcher.launch(job, Path(tmp))):
-                    append(out, rec)
-                    done.append(rec)
-                if progress:
-                    progress(i, len(todo), job, rec)
+            sweep = _Sweep(exp, out, launcher, Path(tmp), prior + done, progress)
+            sweep.planned = len(todo)
+            for job in todo[:first_quality]:
+                sweep.run(job)
+            if exp.repeats > 0:
+                sweep.adapt(max([exp.repeats, *(r.repeat + 1 for r in sweep.records if r.phase == "speed")]),
+                            job_for)
+            for job in todo[first_quality:]:
+                sweep.run(job)
+            done += sweep.done
+            if sweep.notes or sweep.reruns or sweep.extra_s:
+                (out / PRECISION_FILE).write_text(json.dumps(
+                    {"reruns": sweep.reruns, "extra_s": sweep.extra_s, "notes": sweep.notes,
+                     **exp.precision}, indent=2))
     finally:
         launcher.close()
     return done

@@ -34,7 +34,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     # here by every run so that peak memory compares variants, not who imported it first)
     from harness import engine
-    from harness.config import resolve
+    from harness.registry import resolve
     from harness.results import collect_env
     from harness.trainer import NonFiniteLoss
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.config import parse_overrides, resolve
+from harness.config import parse_overrides
 from harness.experiment import load_experiment
 from harness.knobs import GENERIC_BY_NAME
+from harness.registry import resolve
 
 
 @pytest.mark.parametrize(("overrides", "fragment"), [

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config import resolve
 from harness.experiment import knob_kinds, load_experiment
+from harness.registry import resolve
 from models.doctrans.data import PAD
 from models.doctrans.encoders import shifted_window_mask
 from models.doctrans.layers import PatchEmbed

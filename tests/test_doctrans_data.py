@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.config import resolve
+from harness.registry import resolve
 from models.doctrans.data import (
     BOS,
     EOS,

@@ -17,11 +17,11 @@ import pytest
 
 from harness.analysis import summarize
 from harness.cli import plain_summary
-from harness.config import resolve
 from harness.engine import run
 from harness.probes.contention import usable_cores, verdict
 from harness.probes.counters import peak_rss_self_gib
 from harness.probes.sampler import ResourceSampler
+from harness.registry import resolve
 from harness.worker import run_job
 from tests.conftest import TOY
 from tests.fixtures.synthetic import speed_record

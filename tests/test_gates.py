@@ -97,7 +97,7 @@ def test_plugin_ratio_gate_and_toml_gate_agree_on_the_same_records():
     # pytest plugin's ratio verdict, at thresholds below, inside and above the measured interval.
     from harness.analysis.speedup import compare
     from harness.analysis.summary import summarize
-    from harness.config import resolve
+    from harness.registry import resolve
     from harness.runner import run_group_here
 
     base = resolve("lm", {"preset": "tiny", "device": "cpu", "threads": 1, "forward": "per_sequence"})

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config import resolve
 from harness.equivalence import check_equivalence
+from harness.registry import resolve
 from models.gpcm import WORKLOAD
 from models.gpcm.metrics import ordinal_metrics
 

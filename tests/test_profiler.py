@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from harness.config import resolve
 from harness.profiler import CHROME_TRACE, TENSORBOARD_DIR, profile
+from harness.registry import resolve
 
 TOY = "tests.fixtures.toy_workload:WORKLOAD"
 

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import torch
 
-from harness.config import resolve
 from harness.engine import StepCounters
 from harness.pytest_plugin import (
     counter_verdict,
@@ -27,6 +26,7 @@ from harness.pytest_plugin import (
     pick_clock,
     ratio_verdict,
 )
+from harness.registry import resolve
 from harness.trainer import Trainer
 from models.gpcm.model import DeepGPCM
 from models.lm import LMWorkload

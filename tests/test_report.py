@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from harness.experiment import build
+from harness.experiment import build, save_experiment
 from harness.report import write_index, write_report
 from harness.results import load_records
 from tests.fixtures.synthetic import RECORDED_DIR, demo_records, scaling_records, speed_record, write
@@ -93,15 +93,16 @@ def test_gates_and_cost_table_with_an_experiment(tmp_path):
     speedups = {"baseline": 1.0, "wide": 0.3, "bs8": 1.5}
     records = [speed_record(v, r, speedup=speedups[v], noise=(0.0, 0.02, 0.01)[r], config=exp.configs[v].to_dict(),
                             workload=TOY, experiment="toyexp") for r in range(3) for v in exp.variants]
-    readme = write_report(write(tmp_path / "res", records), tmp_path / "reports" / "toyexp", experiment=exp,
-                          plots=False)
+    results = write(tmp_path / "res", records)
+    save_experiment(exp, results)  # as the runner does: experiment.json and workload.json beside the records
+    readme = write_report(results, tmp_path / "reports" / "toyexp", plots=False)
     text = readme.read_text()
     assert "> toy sizes" in text and "trainbench sweep bench/experiments/toy.toml" in text
     assert "2/3 passed." in text
     assert "- ✅ `wide.speedup >= 0.1`" in text and "- ❌ `bs8.speedup >= 5`" in text
     assert "## Predicted vs measured cost" in text and "### baseline vs wide" in text
     assert "| Component | baseline | wide | Ratio |" in text and "FLOPs/token, formula (6N + 12·L·H·Q·T)" in text
-    assert "**d_model** (quality)" in text  # workload knob kinds come from the registered workload
+    assert "**d_model** (quality)" in text  # workload knob kinds come from workload.json
     assert "## Plots" not in text and not list(readme.parent.glob("*.png"))
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.config import resolve
+from harness.registry import resolve
 from models.sudoku.data import blank_cells, solved_grids, write_sudoku_csv
 from models.sudoku.grid import adjacency, edges, unit_membership, units
 from models.sudoku.metrics import METRIC_NAMES, evaluate_logits

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import resolve
+from harness.engine import run
 from harness.equivalence import check_equivalence
 from harness.optim import make_scheduler
-from harness.engine import run
+from harness.registry import resolve
 from harness.trainer import Trainer
 from tests import toy
 from tests.conftest import TOY

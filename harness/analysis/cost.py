@@ -1,75 +1,27 @@
 """Predicted vs measured cost: seed 004's "Component | Small | Large | Ratio" table, checked.
 
 A workload that declares an analytic model (`Workload.flops_per_token`, e.g. 6N + 12·L·H·Q·T, and
-`Workload.cost_components`, e.g. embedding params, layers) gets, for two configs, its size components,
+`Workload.cost_components`, e.g. embedding params, layers) gets, for two variants, their size components,
 parameter counts, predicted FLOPs per token, FLOPs per token from the counter, measured throughput, and
-the predicted cost ratio beside the measured one. MFU uses a peak table with sources; "n/a" elsewhere.
+the predicted cost ratio beside the measured one. The model's numbers come from the results directory's
+`workload.json` (`harness.description`), never from the workload's code. MFU uses the cited peak table
+of `harness.peaks`; "n/a" elsewhere.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from harness.workload import Workload
+from harness.peaks import PEAK_TFLOPS, mfu, peak_tflops, precision
 
-# Dense (no structured sparsity) peak TFLOP/s by precision. Order matters: first substring match wins.
-PEAK_TFLOPS: tuple[tuple[str, Mapping[str, float], str], ...] = (
-    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0},
-     "NVIDIA H100 Tensor Core GPU datasheet (PCIe; sparsity figures halved)"),
-    ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0},
-     "NVIDIA H100 Tensor Core GPU datasheet (NVL; sparsity figures halved)"),
-    ("H100", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0},
-     "NVIDIA H100 Tensor Core GPU datasheet (SXM; sparsity figures halved)"),
-    ("H200", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0},
-     "NVIDIA H200 Tensor Core GPU datasheet (SXM; sparsity figures halved)"),
-    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
-     "NVIDIA A100 Tensor Core GPU datasheet (dense)"),
-    ("L40S", {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6},
-     "NVIDIA L40S datasheet (sparsity figures halved)"),
-    ("L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},
-     "NVIDIA L4 Tensor Core GPU datasheet (sparsity figures halved)"),
-    ("A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2},
-     "NVIDIA A10 Tensor Core GPU datasheet (dense)"),
-    ("RTX 4090", {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6},
-     "NVIDIA Ada Lovelace architecture whitepaper (FP32 accumulate, dense)"),
-    ("V100", {"fp16": 125.0, "fp32": 15.7}, "NVIDIA V100 Tensor Core GPU datasheet (SXM2)"),
-    ("T4", {"fp16": 65.0, "fp32": 8.1}, "NVIDIA T4 Tensor Core GPU datasheet"),
-)
+if TYPE_CHECKING:
+    from harness.description import VariantCost, WorkloadDescription
 
-
-def precision(config: Mapping[str, Any]) -> str:
-    """The matmul precision a run's knobs select: bf16 | fp16 | tf32 | fp32."""
-    amp = config.get("amp", "off")
-    if amp in ("bf16", "fp16"):
-        return amp
-    return "tf32" if config.get("tf32") else "fp32"
-
-
-def peak_tflops(gpu_name: str | None, precision_name: str) -> tuple[float, str] | None:
-    """(peak dense TFLOP/s, cited source) for a GPU name and precision; None when unknown (e.g. CPU)."""
-    if not gpu_name:
-        return None
-    for key, peaks, source in PEAK_TFLOPS:
-        if key.lower() in gpu_name.lower():
-            return (peaks[precision_name], source) if precision_name in peaks else None
-    return None
-
-
-def mfu(achieved_flops_per_s: float | None, gpu_name: str | None, config: Mapping[str, Any]) -> float | None:
-    """Model FLOPs utilisation (0-1) against the cited peak; None where the peak is unknown."""
-    peak = peak_tflops(gpu_name, precision(config))
-    if peak is None or achieved_flops_per_s is None or not math.isfinite(achieved_flops_per_s):
-        return None
-    return achieved_flops_per_s / (peak[0] * 1e12)
-
-
-def _as_dict(cfg: Any) -> dict[str, Any]:
-    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-
+__all__ = ["PEAK_TFLOPS", "cost_table", "cost_tables", "mfu", "peak_tflops", "precision"]
 
 def _si(x: float | None) -> str:
     if x is None or not math.isfinite(x):
@@ -90,23 +42,25 @@ def _fmt_ratio(r: float) -> str:
     return "n/a" if not math.isfinite(r) else f"{r:.3g}x"
 
 
-def cost_table(workload: Workload, small_cfg: Any, large_cfg: Any, *,
+def cost_table(small: VariantCost, large: VariantCost, *,
+               configs: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {}),
                measured: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {}),
                labels: tuple[str, str] = ("Small", "Large"), gpu_name: str | None = None) -> pd.DataFrame | None:
-    """The seed-004 table for two configs of a workload with an analytic FLOP model; None without one.
+    """The seed-004 table for two variants of a workload with an analytic FLOP model; None without one.
 
-    `measured` holds each side's summary row / metrics (tokens_per_s, flops_per_step, real_tokens_per_step).
-    Ratio is Large / Small in every row; the last rows set the predicted cost ratio beside the measured.
+    `configs` are the two runs' knobs (their precision picks the MFU peak); `measured` holds each side's
+    summary row / metrics (tokens_per_s, flops_per_step, real_tokens_per_step). Ratio is Large / Small
+    in every row; the last rows set the predicted cost ratio beside the measured.
     """
-    fpt = (workload.flops_per_token(small_cfg), workload.flops_per_token(large_cfg))
+    fpt = (small.flops_per_token, large.flops_per_token)
     if fpt[0] is None or fpt[1] is None:
         return None
     rows: list[tuple[str, str, str, str]] = []
-    comps = (workload.cost_components(small_cfg), workload.cost_components(large_cfg))
+    comps = (small.cost_components, large.cost_components)
     for name in dict.fromkeys([*comps[0], *comps[1]]):
         a, b = comps[0].get(name), comps[1].get(name)
         rows.append((name, _si(a), _si(b), _fmt_ratio(_ratio(a, b))))
-    params = (workload.parameter_count(small_cfg), workload.parameter_count(large_cfg))
+    params = (small.parameter_count, large.parameter_count)
     rows.append(("Parameters (N)", _si(params[0]), _si(params[1]), _fmt_ratio(_ratio(*params))))
     rows.append(("FLOPs/token, formula (6N + 12·L·H·Q·T)", _si(fpt[0]), _si(fpt[1]), _fmt_ratio(_ratio(*fpt))))
 
@@ -129,49 +83,41 @@ def cost_table(workload: Workload, small_cfg: Any, large_cfg: Any, *,
     rows.append(("**Cost per token: predicted (FLOPs)**", "", "", f"**{_fmt_ratio(predicted)}**"))
     rows.append(("**Cost per token: measured (1 / tokens/s)**", "", "", f"**{_fmt_ratio(observed)}**"))
     mfus = []
-    for side, cfg in ((0, small_cfg), (1, large_cfg)):
+    for side in (0, 1):
         achieved = None if tps[side] is None else tps[side] * fpt[side]
-        value = mfu(achieved, gpu_name, _as_dict(cfg))
+        value = mfu(achieved, gpu_name, configs[side])
         mfus.append("n/a" if value is None else f"{value:.1%}")
-    peak = peak_tflops(gpu_name, precision(_as_dict(small_cfg)))
+    peak = peak_tflops(gpu_name, precision(configs[0]))
     rows.append(("MFU (formula FLOPs / peak)", mfus[0], mfus[1], peak[1] if peak else "no peak known for this device"))
     df = pd.DataFrame(rows, columns=["Component", labels[0], labels[1], "Ratio"])
     df.attrs.update(predicted_ratio=predicted, measured_ratio=observed)
     return df
 
 
-def cost_tables(summary: pd.DataFrame, configs: Mapping[str, Any] | None = None) -> list[tuple[str, pd.DataFrame]]:
-    """A cost table for each variant whose analytic FLOPs/token differ from the baseline's."""
-    from harness import registry
-    from harness.config import resolve
+def cost_tables(summary: pd.DataFrame, workload: WorkloadDescription | None) -> list[tuple[str, pd.DataFrame]]:
+    """A cost table for each variant whose analytic FLOPs/token differ from the baseline's.
 
+    `workload` is the results directory's description (`load_description`); without one, or for
+    variants it does not describe, there is no analytic model to consult and no table.
+    """
+    if workload is None:
+        return []
     baseline = summary.attrs.get("baseline", summary.index[0])
-    workload_name = str(summary.at[baseline, "workload"])
-    try:
-        workload = registry.get(workload_name)
-    except ValueError:
-        return []  # an unregistered workload has no analytic model to consult
-    configs = dict(configs or {})
-    for v in summary.index:
-        if v not in configs:
-            try:
-                configs[v] = resolve(workload_name, {k: x for k, x in summary.at[v, "config"].items()
-                                                     if k != "workload"})
-            except ValueError:
-                continue
+    costs = workload.variants
     gpu = (summary.at[baseline, "env"] or {}).get("gpu_name") if "env" in summary.columns else None
     out = []
     for v in summary.index:
-        if v == baseline or v not in configs or baseline not in configs:
+        if v == baseline or v not in costs or baseline not in costs:
             continue
-        fb, fv = workload.flops_per_token(configs[baseline]), workload.flops_per_token(configs[v])
+        fb, fv = costs[baseline].flops_per_token, costs[v].flops_per_token
         if fb is None or fv is None or math.isclose(fb, fv):
             continue
-        pair = [(baseline, configs[baseline]), (v, configs[v])]
+        pair = [baseline, v]
         if fv < fb:
             pair.reverse()  # smaller model on the left, as in seed 004
-        table = cost_table(workload, pair[0][1], pair[1][1], labels=(pair[0][0], pair[1][0]), gpu_name=gpu,
-                           measured=(summary.loc[pair[0][0]].to_dict(), summary.loc[pair[1][0]].to_dict()))
+        table = cost_table(costs[pair[0]], costs[pair[1]], labels=(pair[0], pair[1]), gpu_name=gpu,
+                           configs=(summary.at[pair[0], "config"], summary.at[pair[1], "config"]),
+                           measured=(summary.loc[pair[0]].to_dict(), summary.loc[pair[1]].to_dict()))
         if table is not None:
-            out.append((f"{pair[0][0]} vs {pair[1][0]}", table))
+            out.append((f"{pair[0]} vs {pair[1]}", table))
     return out

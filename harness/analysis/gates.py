@@ -28,6 +28,8 @@ from harness.results import METRICS, PHASE_NAMES
 
 if TYPE_CHECKING:
     from harness.analysis.speedup import Comparison
+    from harness.description import WorkloadDescription
+    from harness.workload import Workload
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
@@ -89,9 +91,9 @@ def _generic_metrics() -> set[str]:
     return known_metrics()  # module-level name, shadowed by `validate`'s parameter of the same name
 
 
-def known_metrics_for(experiment: Any) -> set[str]:
-    """`known_metrics` for an experiment's workload (its quality metrics and their deltas included)."""
-    workload = experiment.configs[experiment.baseline_name].get_workload()
+def known_metrics_for(workload: WorkloadDescription | Workload) -> set[str]:
+    """`known_metrics` for a workload (its quality metrics and their deltas included): a results
+    directory's description, or before a sweep the `Workload` itself; only `quality_metrics` is read."""
     return known_metrics(workload.quality_metrics)
 
 
@@ -133,7 +135,7 @@ def validate(gates: Sequence[str], variants: Iterable[str], known_metrics: set[s
     """Parse every gate and check its names, before anything runs; ValueError on the first bad one.
 
     `known_metrics=None` checks against the workload-independent names only (no quality metrics):
-    pass `known_metrics_for(experiment)` to admit the workload's quality metrics and deltas.
+    pass `known_metrics_for(workload)` to admit the workload's quality metrics and deltas.
     """
     variants = list(variants)
     if known_metrics is None:
@@ -272,7 +274,8 @@ def _ratio_gate(gate: Gate, summary: pd.DataFrame, baseline: str) -> GateResult 
         est, _ = speedup.estimate(records[gate.right_variant], records[gate.variant])
         if gate.metric != "samples_per_s":  # the step pairs are on samples; rescale to the named unit
             left, right = _value(summary, gate.variant, gate.metric), _value(summary, gate.right_variant, gate.metric)
-            ls, rs = _value(summary, gate.variant, "samples_per_s"), _value(summary, gate.right_variant, "samples_per_s")
+            ls = _value(summary, gate.variant, "samples_per_s")
+            rs = _value(summary, gate.right_variant, "samples_per_s")
             k = (left / ls) / (right / rs) if all(map(math.isfinite, (left, right, ls, rs))) and ls and rs else math.nan
             est = RatioEstimate(est.ratio * k, est.ci_low * k, est.ci_high * k, est.n, est.method, est.need)
         what, threshold = f"{gate.variant}.{gate.metric} / {gate.right_variant}.{gate.metric}", gate.factor

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from harness.analysis import speedup, stats
 from harness.results import METRICS, PHASE_NAMES, Record
+
+if TYPE_CHECKING:
+    from harness.description import WorkloadDescription
 
 QUALITY_RUN_METRICS = ("best_epoch", "epochs_run", "final_loss", "train_wall_s")
 """Metrics that describe a quality (training) run, read from phase=quality records."""
@@ -26,7 +29,7 @@ _LOWER_IS_BETTER_HINTS = ("loss", "mae", "mse", "error", "perplexity", "ppl", "v
 
 @dataclass(frozen=True, slots=True)
 class QualityMeta:
-    """What the workload says about its quality metrics (or a best guess when it is not registered)."""
+    """What the workload says about its quality metrics (or a best guess when it left no description)."""
 
     primary: str | None
     higher_is_better: bool
@@ -34,22 +37,18 @@ class QualityMeta:
 
 
 def quality_meta(records: Sequence[Record], primary_metric: str | None = None,
-                 higher_is_better: bool | None = None) -> QualityMeta:
-    """Primary metric, direction and metric names: from the registered workload, else from the records."""
+                 higher_is_better: bool | None = None,
+                 workload: WorkloadDescription | None = None) -> QualityMeta:
+    """Primary metric, direction and metric names: given, else from the workload description (the
+    results directory's `workload.json`), else inferred from the records."""
     seen: list[str] = []
     for r in records:
         for name in r.quality:
             if name not in seen:
                 seen.append(name)
     primary, hib, declared = None, None, ()
-    if primary_metric is None or higher_is_better is None:
-        try:
-            from harness import registry
-
-            wl = registry.get(records[0].workload)
-            primary, hib, declared = wl.primary_metric, wl.higher_is_better, tuple(wl.quality_metrics)
-        except Exception:  # an unregistered (e.g. synthetic or removed) workload: infer from the records
-            pass
+    if workload is not None:
+        primary, hib, declared = workload.primary_metric, workload.higher_is_better, workload.quality_metrics
     metrics = tuple(dict.fromkeys([*declared, *seen]))
     primary = primary_metric or primary or (metrics[0] if metrics else None)
     if higher_is_better is None:
@@ -187,12 +186,17 @@ def _quality_columns(row: dict[str, Any], ok: Sequence[Record], meta: QualityMet
 
 
 def summarize(records: list[Record], baseline: str, *, target: float | None = None,
-              primary_metric: str | None = None, higher_is_better: bool | None = None) -> pd.DataFrame:
-    """One row per variant (index), baseline first; see the module docstring for the columns."""
+              primary_metric: str | None = None, higher_is_better: bool | None = None,
+              workload: WorkloadDescription | None = None) -> pd.DataFrame:
+    """One row per variant (index), baseline first; see the module docstring for the columns.
+
+    `workload` (the results directory's `load_description`) supplies the primary metric, its direction
+    and the quality metric names; without it they are inferred from the records.
+    """
     if not records:
         raise ValueError("no records to summarize; run `trainbench sweep` first")
     names = variants_in_order(records, baseline)
-    meta = quality_meta(records, primary_metric, higher_is_better)
+    meta = quality_meta(records, primary_metric, higher_is_better, workload)
     by_variant = {v: [r for r in records if r.variant == v] for v in names}
     base_config = next((dict(r.config) for r in by_variant[baseline]), {})
     base_speed = [r for r in latest_attempts(by_variant[baseline]) if r.phase == "speed" and r.status == "ok"]

@@ -3,9 +3,10 @@
 A `PhaseClock` marks phase boundaries inside an optimizer step: ``mark("forward")`` closes the
 segment that started at the previous mark and charges it to "forward". On a CPU the marks read
 `time.perf_counter`. Every step also reads this process's CPU time (`time.process_time`) at its two
-ends: a step whose wall time exceeds its CPU time with nothing to wait for waited for a core. On a GPU they record CUDA events, which the GPU timestamps when it reaches
-them, so queued work is never timed with a host clock; the events are resolved once, after the
-measured window, with a single synchronize (no per-step sync that would stall the pipeline).
+ends: a step whose wall time exceeds its CPU time with nothing to wait for waited for a core. On a
+GPU the marks record CUDA events, which the GPU timestamps when it reaches them, so queued work is
+never timed with a host clock; the events are resolved once, after the measured window, with a
+single synchronize (no per-step sync that would stall the pipeline).
 """
 
 from __future__ import annotations

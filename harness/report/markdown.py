@@ -4,25 +4,32 @@ Sections follow the source notes' tables, with measurements in place of estimate
 when, repeats), key changes (seed 003), speed, noise floor, equivalence, quality (seed 000) and
 time-to-target, phase breakdown (seed 004), gates checklist (seed 003), advisor findings, the cost
 table (seed 004), plots, failed runs. `write_index` links every report with its headline.
+
+Everything comes from the results directory: the records, `experiment.json` and `workload.json` (knob
+kinds, metric directions, the cost model). Nothing here imports a workload, the registry or the runner,
+so a results directory copied to another machine renders the same report.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from harness.analysis import advisor, cost, gates
+from harness.analysis.stats import RatioEstimate
 from harness.analysis.summary import noise_floor, summarize
+from harness.description import WorkloadDescription, load_description
+from harness.experiment import load_saved_experiment
 from harness.knobs import GENERIC_BY_NAME
-from harness.results import PHASE_NAMES, Record, load_records
+from harness.results import PHASE_NAMES, PRECISION_FILE, Record, load_records
 
 if TYPE_CHECKING:
-    from harness.experiment import Experiment
+    from harness.experiment import Experiment, SavedExperiment
 
 REPORT_FILE = "README.md"
 META_FILE = "report.json"
@@ -74,11 +81,23 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = ""
             *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows), ""]
 
 
+def _estimate(row: pd.Series) -> RatioEstimate:
+    return RatioEstimate(float(row["speedup"]), float(row["speedup_ci_low"]), float(row["speedup_ci_high"]),
+                         int(row.get("speedup_pairs", 0) or 0), str(row.get("speedup_method", "t")),
+                         int(row.get("speedup_need", 3) or 3))
+
+
 def _ci(row: pd.Series) -> str:
-    lo, hi = row.get("speedup_ci_low"), row.get("speedup_ci_high")
-    if lo is None or not math.isfinite(float(lo)):
-        return f"x{fmt(row['speedup'])}"
-    return f"x{fmt(row['speedup'])} [{fmt(lo)}, {fmt(hi)}]"
+    """``x1.23 [1.20, 1.26]``, or ``x1.23 (insufficient: n=2; need >= 3)`` where no interval is supported."""
+    return _estimate(row).describe()
+
+
+def resolved(row: pd.Series, floor: float | None) -> bool:
+    """A speedup is a finding only when its interval excludes 1 and it clears the measured noise floor."""
+    est = _estimate(row)
+    if not est.has_interval or est.ci_low <= 1.0 <= est.ci_high:
+        return False
+    return floor is None or not (1.0 / floor < est.ratio < floor)
 
 
 def _equiv_mark(row: pd.Series) -> str:
@@ -87,15 +106,10 @@ def _equiv_mark(row: pd.Series) -> str:
             "error": "⚠️ check failed", "baseline": "(baseline)"}.get(status, "not checked")
 
 
-def _knob_kind(name: str, workload_name: str) -> str:
-    if name in GENERIC_BY_NAME:
-        return GENERIC_BY_NAME[name].kind
-    try:
-        from harness import registry
-
-        return next(k.kind for k in registry.get(workload_name).knobs if k.name == name)
-    except (ValueError, StopIteration):
-        return "?"
+def _knob_kind(name: str, workload: WorkloadDescription | None) -> str:
+    if workload is not None and name in workload.knob_kinds:
+        return workload.knob_kind(name)
+    return GENERIC_BY_NAME[name].kind if name in GENERIC_BY_NAME else "?"
 
 
 def _env(records: Sequence[Record]) -> dict[str, Any]:
@@ -132,14 +146,19 @@ def _header(s: pd.DataFrame, records: Sequence[Record], exp: Any, results_dir: P
     return lines
 
 
-def headline(s: pd.DataFrame) -> str:
-    """One line: the fastest variant with its CI, and any quality cost it carries."""
+def headline(s: pd.DataFrame, floor: float | None = None) -> str:
+    """One line: the fastest *resolved* variant with its CI, and any quality cost it carries. A speedup
+    whose interval includes 1, is missing, or sits inside the noise floor is not headlined."""
     base = s.attrs["baseline"]
     others = s.drop(index=base)
     others = others[[math.isfinite(float(x)) for x in others["speedup"]]]
     if others.empty:
         return f"`{base}`: {fmt(s.at[base, 'samples_per_s'])} samples/s (no variant measured against it)"
-    best = others["speedup"].astype(float).idxmax()
+    found = others[[resolved(r, floor) for _, r in others.iterrows()]]
+    if found.empty:
+        return (f"no variant's speed is resolved from `{base}`'s here (every interval includes 1, is missing, "
+                "or lies inside the noise floor); see the speed table")
+    best = found["speedup"].astype(float).idxmax()
     row = s.loc[best]
     text = f"`{best}` runs at {_ci(row)} the samples/s of `{base}`"
     primary = s.attrs.get("primary_metric")
@@ -150,7 +169,7 @@ def headline(s: pd.DataFrame) -> str:
     return text
 
 
-def _key_changes(s: pd.DataFrame) -> list[str]:
+def _key_changes(s: pd.DataFrame, workload: WorkloadDescription | None) -> list[str]:
     rows = []
     primary = s.attrs.get("primary_metric")
     for v, row in s.iterrows():
@@ -162,7 +181,7 @@ def _key_changes(s: pd.DataFrame) -> list[str]:
         if len(changed) > 1:
             impact += " (all knobs together)"
         for knob, (old, new) in changed.items():
-            rows.append([f"`{v}`", f"**{knob}** ({_knob_kind(knob, row['workload'])})", fmt(old), fmt(new), impact])
+            rows.append([f"`{v}`", f"**{knob}** ({_knob_kind(knob, workload)})", fmt(old), fmt(new), impact])
     if not rows:
         return ["No variant changes a knob.", ""]
     return table(["Variant", "Knob (kind)", "Baseline", "Variant", "Measured impact (95% CI)"], rows)
@@ -184,11 +203,37 @@ def _speed(s: pd.DataFrame) -> list[str]:
                    "runs (all phases)"], rows, "lrrrrrlrrrrll")
     lines += ["samples/s: median of per-run medians (min–max across repeats); step ms: median, p10–p90 over every "
               "measured step; speedup: geometric mean of paired samples/s ratios (repeat i vs repeat i of the "
-              "baseline) with a seeded bootstrap 95% CI; peak mem: CUDA allocated, else process RSS.", ""]
+              "baseline, each a fresh process) with a Student-t 95% interval across the repeats (\"insufficient\" "
+              "below 3 pairs); peak mem: CUDA allocated, else the process's peak RSS over the measured window.", ""]
     for v, r in s.iterrows():
         if r["unstable"]:
             lines.append(f"- ⚠️ `{v}` is unstable: {r['advice']}")
     return lines + [""] if s["unstable"].any() else lines
+
+
+def _precision(s: pd.DataFrame, exp: Any, notes: Mapping[str, Any]) -> list[str]:
+    """What each speedup's interval reached against the target, and what was re-run for contention, why."""
+    precision = dict(getattr(exp, "precision", {}) or {})
+    target = precision.get("target_half_width_pct", notes.get("target_half_width_pct"))
+    rows = []
+    for v, r in s.iterrows():
+        if v == s.attrs["baseline"]:
+            reached = "(baseline)"
+        else:
+            hw = float(r.get("speedup_half_width_pct", math.nan))
+            reached = f"±{fmt(hw)}%" if math.isfinite(hw) else "no interval"
+            if target and math.isfinite(hw):
+                reached += " ✅" if hw <= float(target) else " (target not reached)"
+        rows.append([f"`{v}`", r["repeats"], reached, r.get("reruns", 0), r.get("contention", "") or "none"])
+    lines = [f"Target: 95% interval half-width ≤ ±{fmt(target)}% of each speedup, within "
+             f"{fmt(precision.get('max_repeats'))} repeats and {fmt(precision.get('budget_s'))} s of added runs; a "
+             "speed run whose steps waited for a CPU is re-run (at most "
+             f"{fmt(precision.get('max_reruns'))} re-runs)." if target else
+             "No precision target (a fixed number of repeats).", ""]
+    lines += table(["Variant", "repeats", "half-width reached", "re-runs", "contended runs (evidence)"], rows,
+                   "lrrrl")
+    lines += [f"- {n}" for n in notes.get("notes", [])]
+    return lines + [""]
 
 
 def _noise(records: Sequence[Record], base: str) -> list[str]:
@@ -273,8 +318,8 @@ def _advice(s: pd.DataFrame) -> list[str]:
             ""]
 
 
-def _costs(s: pd.DataFrame, exp: Any) -> list[str]:
-    tables = cost.cost_tables(s, dict(exp.configs) if exp is not None else None)
+def _costs(s: pd.DataFrame, workload: WorkloadDescription | None) -> list[str]:
+    tables = cost.cost_tables(s, workload)
     lines = []
     for title, df in tables:
         lines += [f"### {title}", "", *table(list(df.columns), df.to_numpy().tolist(), "lrrr")]
@@ -298,33 +343,35 @@ def _baseline_name(records: Sequence[Record], exp: Any) -> str:
     return "baseline" if "baseline" in names else names[0]  # the runner interleaves speed runs baseline first
 
 
-def _load_experiment(results_dir: Path) -> Any:
-    """The experiment the runner saved beside the records, if it can still be built here."""
-    try:
-        from harness.runner import load_saved_experiment
-
-        return load_saved_experiment(results_dir)
-    except (ImportError, ValueError, KeyError, TypeError):
-        return None  # no saved experiment, or its workload/knobs are gone: report the records alone
-
-
-def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | None = None, *,
+def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | SavedExperiment | None = None, *,
                  plots: bool = True) -> Path:
-    """Write out_dir/README.md and its PNGs from a results directory; returns the README path."""
+    """Write out_dir/README.md and its PNGs from a results directory; returns the README path.
+
+    `experiment` defaults to the one saved in the directory; knob kinds, metric directions and the cost
+    model come from the directory's `workload.json` (a directory without one reports the records alone).
+    """
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     records = load_records(results_dir)
-    exp = experiment if experiment is not None else _load_experiment(results_dir)
-    s = summarize(records, _baseline_name(records, exp), target=getattr(exp, "quality_target", None))
+    exp = experiment if experiment is not None else load_saved_experiment(results_dir)
+    workload = load_description(results_dir)
+    s = summarize(records, _baseline_name(records, exp), target=getattr(exp, "quality_target", None),
+                  workload=workload)
     out_dir.mkdir(parents=True, exist_ok=True)
     from harness.report import plots as figures_module
 
-    figures = figures_module.write_all(s, records, out_dir) if plots else {}
     base = s.attrs["baseline"]
+    floor = _floor(records, base)
+    s.attrs["resolved"] = {v: resolved(r, floor) for v, r in s.iterrows() if v != base}
+    figures = figures_module.write_all(s, records, out_dir) if plots else {}
+    notes_path = results_dir / PRECISION_FILE
+    notes = json.loads(notes_path.read_text()) if notes_path.exists() else {}
     lines = _header(s, records, exp, results_dir)
-    lines += [f"**Headline:** {headline(s)}.", ""]
-    sections = [("Key changes", _key_changes(s)), ("Speed", _speed(s)), ("Noise floor", _noise(records, base)),
-                ("Equivalence", _equivalence(s)), ("Quality", _quality(s)), ("Phase breakdown", _phases(s)),
-                ("Gates", _gates(s, exp)), ("Advisor", _advice(s)), ("Predicted vs measured cost", _costs(s, exp))]
+    lines += [f"**Headline:** {headline(s, floor)}.", ""]
+    sections = [("Key changes", _key_changes(s, workload)), ("Speed", _speed(s)),
+                ("Precision and contention", _precision(s, exp, notes)), ("Noise floor", _noise(records, base)),
+                ("Equivalence", _equivalence(s)), ("Quality", _quality(s)),
+                ("Phase breakdown", _phases(s)), ("Gates", _gates(s, exp)), ("Advisor", _advice(s)),
+                ("Predicted vs measured cost", _costs(s, workload))]
     for title, body in sections:
         if body:
             lines += [f"## {title}", "", *body]
@@ -340,11 +387,47 @@ def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | None
               f"trainbench report {results_dir}", "```", ""]
     readme = out_dir / REPORT_FILE
     readme.write_text("\n".join(lines))
-    (out_dir / META_FILE).write_text(json.dumps({"experiment": exp.name if exp is not None else records[0].experiment,
-                                                 "headline": headline(s), "when": _env(records).get("time", ""),
-                                                 "device": _env(records).get("gpu_name") or
-                                                 _env(records).get("cpu_model", "")}, indent=1))
+    meta = {"experiment": exp.name if exp is not None else records[0].experiment, "headline": headline(s, floor),
+            "when": _env(records).get("time", ""),
+            "device": _env(records).get("gpu_name") or _env(records).get("cpu_model", "")}
+    write_report_json(s, records, notes, out_dir / META_FILE, meta)
     return readme
+
+
+def _floor(records: Sequence[Record], base: str) -> float | None:
+    try:
+        return float(noise_floor(list(records), base)["min_resolvable_speedup"])
+    except ValueError:
+        return None
+
+
+def _num(x: Any) -> float | None:
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def write_report_json(s: pd.DataFrame, records: Sequence[Record], notes: Mapping[str, Any], path: Path,
+                      meta: Mapping[str, Any]) -> None:
+    """report.json: the headline (read by the index) and, per variant, the speedup, its interval, n, the
+    half-width reached and the contention evidence of every speed run, for scripts."""
+    variants = {}
+    for v, r in s.iterrows():
+        runs = [{"repeat": x.repeat, "attempt": x.attempt, "samples_per_s": _num(x.metrics.get("samples_per_s")),
+                 "contention": dict(x.contention)} for x in records if x.variant == v and x.phase == "speed"]
+        variants[v] = {
+            "speedup": _num(r["speedup"]), "ci_low": _num(r["speedup_ci_low"]), "ci_high": _num(r["speedup_ci_high"]),
+            "n": int(r.get("speedup_pairs", 0) or 0), "interval": r.get("speedup_method"),
+            "half_width_pct": _num(r.get("speedup_half_width_pct")), "clock": r.get("speedup_clock", ""),
+            "resolved": bool(s.attrs.get("resolved", {}).get(v, False)),
+            "samples_per_s": _num(r["samples_per_s"]), "repeats": int(r["repeats"]),
+            "reruns": int(r.get("reruns", 0)), "contended_runs": int(r.get("contended_runs", 0)),
+            "still_contended": int(r.get("still_contended", 0)), "equivalence": r.get("equiv_status"),
+            "runs": runs}
+    path.write_text(json.dumps({**meta, "baseline": s.attrs["baseline"], "precision": dict(notes),
+                                "variants": variants}, indent=1, default=str))
 
 
 def write_index(reports_dir: Path) -> Path:

@@ -62,16 +62,26 @@ def throughput(summary: pd.DataFrame, path: Path) -> Path | None:
     cl = rows.loc[names, "speedup_ci_low"].to_numpy(float)
     ch = rows.loc[names, "speedup_ci_high"].to_numpy(float)
     err = np.vstack([np.where(np.isfinite(cl), sp - cl, 0), np.where(np.isfinite(ch), ch - sp, 0)])
-    # green / red only where the CI excludes 1.0; grey: no resolvable difference (or no CI)
-    colors = ["#2ca02c" if lo_ > 1 else "#d62728" if hi_ < 1 else "#7f7f7f" for lo_, hi_ in zip(cl, ch, strict=True)]
-    ax2.barh(y, sp, xerr=err, color=colors, capsize=4, error_kw={"elinewidth": 1.2})
+    # green / red only where the speedup is resolved (interval excludes 1 and clears the noise floor);
+    # grey and hatched: unresolved (interval includes 1, inside the noise floor, or no interval at all)
+    found = summary.attrs.get("resolved", {})
+    base = summary.attrs.get("baseline")
+    ok = [found.get(n, lo_ > 1 or hi_ < 1) if n != base else True for n, lo_, hi_ in zip(names, cl, ch, strict=True)]
+    colors = ["#7f7f7f" if not k or n == base else "#2ca02c" if s_ > 1 else "#d62728"
+              for n, k, s_ in zip(names, ok, sp, strict=True)]
+    bars = ax2.barh(y, sp, xerr=err, color=colors, capsize=4, error_kw={"elinewidth": 1.2})
+    for bar, k in zip(bars, ok, strict=True):
+        if not k:
+            bar.set_hatch("//")
+            bar.set_alpha(0.6)
     ax2.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax2.set_yticks(y, [""] * len(names))
     ax2.set_xlabel(f"speedup vs {summary.attrs.get('baseline', 'baseline')} (x, paired samples/s ratio)")
-    ax2.set_title("Speedup (whiskers: bootstrap 95% CI; grey: CI includes 1)", fontsize=10)
+    ax2.set_title("Speedup (whiskers: 95% CI; hatched grey: unresolved)", fontsize=10)
     top = float(np.nanmax(np.where(np.isfinite(ch), ch, sp)))
     for yi, s, hi_end in zip(y, sp, ch, strict=True):  # label past the whisker so they never overlap
-        ax2.text(hi_end if np.isfinite(hi_end) else s, yi, f" x{s:.2f}", va="center", fontsize=8)
+        label = f" x{s:.2f}" + ("" if np.isfinite(hi_end) or yi == len(names) - 1 else " (no CI)")
+        ax2.text(hi_end if np.isfinite(hi_end) else s, yi, label, va="center", fontsize=8)
     ax2.set_xlim(0, top * 1.18)
     for ax in (ax1, ax2):
         ax.grid(axis="x", alpha=0.3)

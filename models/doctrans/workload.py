@@ -11,7 +11,7 @@ longer page). ``ignore_pad=false`` reproduces it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from harness.knobs import Knob
 from harness.workload import BatchCounts, LossResult, Preset, Workload, eval_batches, move_to
 from models.doctrans.data import BOS, EOS, FIRST_TOKEN, PAD, PageCollate, PageSpec, build_splits
 from models.doctrans.model import DocTranslator, ModelSizes
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
 
 
 def _q(name: str, type_: type, default: Any, doc: str, **kw: Any) -> Knob:
@@ -71,7 +74,7 @@ _SEED = dict(image_h=768, image_w=512, patch_px=16, vit_width=768, vit_depth=12,
 _EVAL_BATCH = 16
 
 
-def swin_depths(cfg: Any) -> tuple[int, ...]:
+def swin_depths(cfg: RunConfig) -> tuple[int, ...]:
     """The `swin_depths` knob as a tuple; ValueError unless it is comma-separated positive integers."""
     try:
         depths = tuple(int(d) for d in str(cfg.swin_depths).split(","))
@@ -83,14 +86,14 @@ def swin_depths(cfg: Any) -> tuple[int, ...]:
     return depths
 
 
-def page_spec(cfg: Any) -> PageSpec:
+def page_spec(cfg: RunConfig) -> PageSpec:
     """The data knobs of a config."""
     return PageSpec(image_h=cfg.image_h, image_w=cfg.image_w, glyph_px=cfg.glyph_px, vocab_size=cfg.vocab_size,
                     min_len=cfg.min_len, max_len=cfg.max_len, noise_std=cfg.noise_std,
                     reorder_window=cfg.reorder_window, data_seed=cfg.data_seed)
 
 
-def model_sizes(cfg: Any) -> ModelSizes:
+def model_sizes(cfg: RunConfig) -> ModelSizes:
     """The model knobs of a config."""
     return ModelSizes(image_hw=(cfg.image_h, cfg.image_w), patch_px=cfg.patch_px, vit_width=cfg.vit_width,
                       vit_depth=cfg.vit_depth, swin_patch_px=cfg.swin_patch_px, swin_width=cfg.swin_width,
@@ -138,17 +141,17 @@ class DocTransWorkload(Workload):
     higher_is_better = True
     quality_metrics = ("bleu", "token_accuracy")
 
-    def validate(self, cfg: Any) -> None:
+    def validate(self, cfg: RunConfig) -> None:
         """One-line ValueErrors for sizes the model or the page layout cannot take."""
         depths = swin_depths(cfg)
         for side in ("image_h", "image_w"):
-            _check_divisible(side, cfg[side], cfg.patch_px, f"patch_px={cfg.patch_px}")
+            _check_divisible(side, getattr(cfg, side), cfg.patch_px, f"patch_px={cfg.patch_px}")
             # Swin: patch embedding, then (stages - 1) halvings, and whole windows at the last stage.
             unit = cfg.swin_patch_px * 2 ** (len(depths) - 1) * cfg.window
-            _check_divisible(side, cfg[side], unit, f"swin_patch_px={cfg.swin_patch_px} x 2^{len(depths) - 1} "
+            _check_divisible(side, getattr(cfg, side), unit, f"swin_patch_px={cfg.swin_patch_px} x 2^{len(depths) - 1} "
                                                     f"patch mergings x window={cfg.window}")
         for width in ("vit_width", "swin_width", "qformer_width", "dec_width"):
-            _check_divisible(width, cfg[width], cfg.head_dim, f"head_dim={cfg.head_dim}")
+            _check_divisible(width, getattr(cfg, width), cfg.head_dim, f"head_dim={cfg.head_dim}")
         if cfg.min_len > cfg.max_len:
             raise ValueError(f"knob 'min_len': {cfg.min_len} exceeds max_len={cfg.max_len}; "
                              "set min_len <= max_len")
@@ -166,25 +169,25 @@ class DocTransWorkload(Workload):
 
     # --- building -------------------------------------------------------------------------------
 
-    def build_model(self, cfg: Any) -> nn.Module:
+    def build_model(self, cfg: RunConfig) -> nn.Module:
         """DocTranslator at the config's sizes; checkpointing is a build-time switch on the blocks."""
         return DocTranslator(model_sizes(cfg), grad_checkpointing=cfg.grad_checkpointing)
 
-    def build_datasets(self, cfg: Any) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    def build_datasets(self, cfg: RunConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
         """Rendered (train, eval) pages, cached on disk."""
         return build_splits(page_spec(cfg), cfg.train_samples, cfg.eval_samples)
 
-    def collate(self, cfg: Any) -> PageCollate:
+    def collate(self, cfg: RunConfig) -> PageCollate:
         """Pads targets; images to float."""
         return PageCollate()
 
     # --- the step -------------------------------------------------------------------------------
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: Any) -> torch.Tensor:
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: RunConfig) -> torch.Tensor:
         """One call of the root module: logits (B, T, vocab)."""
         return model(batch["image"], batch["tokens_in"])
 
-    def loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Any) -> LossResult:
+    def loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RunConfig) -> LossResult:
         """Summed next-token cross-entropy over the counted positions (non-pad, or all)."""
         # (B*T, vocab); CE in at least fp32 (autocast hands back half-precision logits)
         logits = outputs.to(torch.promote_types(outputs.dtype, torch.float32)).flatten(0, 1)
@@ -192,7 +195,7 @@ class DocTransWorkload(Workload):
         ce = F.cross_entropy(logits, labels, ignore_index=PAD if cfg.ignore_pad else -100, reduction="sum")
         return LossResult(total=ce, parts={"ce": ce})
 
-    def batch_counts(self, batch: dict[str, torch.Tensor], cfg: Any) -> BatchCounts:
+    def batch_counts(self, batch: dict[str, torch.Tensor], cfg: RunConfig) -> BatchCounts:
         """Pages, counted label positions, real and padded target tokens (host tensors)."""
         labels = batch["labels"]
         real = int((labels != PAD).sum())
@@ -216,7 +219,7 @@ class DocTransWorkload(Workload):
                 break
         return tokens[:, 1:]
 
-    def evaluate(self, model: nn.Module, dataset: torch.utils.data.Dataset, cfg: Any,
+    def evaluate(self, model: nn.Module, dataset: torch.utils.data.Dataset, cfg: RunConfig,
                  device: torch.device) -> dict[str, float]:
         """Corpus BLEU of greedy translations and teacher-forced token accuracy (pad excluded)."""
         # imported here: torchmetrics pulls in scipy (~2 s), which speed runs never need
@@ -238,7 +241,7 @@ class DocTransWorkload(Workload):
                                        average="micro", ignore_index=PAD)
         return {"bleu": float(bleu_score(hypotheses, references, n_gram=4)), "token_accuracy": float(accuracy)}
 
-    def cost_components(self, cfg: Any) -> dict[str, float]:
+    def cost_components(self, cfg: RunConfig) -> dict[str, float]:
         """Parameters per part of the model (counted on the meta device)."""
         with torch.device("meta"):
             model = self.build_model(cfg)

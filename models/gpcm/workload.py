@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from models.gpcm.data import SyntheticOCSpec, collate_padded, generate_synthetic
 from models.gpcm.metrics import METRIC_NAMES, ordinal_metrics
 from models.gpcm.model import FORWARD_MODES, DeepGPCM
 from models.gpcm.scan import DEFAULT_CHUNK_LEN
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
 
 
 def _knob(name: str, type_: type, default: Any, kind: str, doc: str, **kw: Any) -> Knob:
@@ -69,50 +72,50 @@ class GPCMWorkload(Workload):
 
     # --- building -------------------------------------------------------------------------------
 
-    def validate(self, cfg: Any) -> None:
+    def validate(self, cfg: RunConfig) -> None:
         """Data settings must make a generator spec (min_seq_len <= max_seq_len, >= 2 students)."""
         self._spec(cfg)
 
     @staticmethod
-    def _spec(cfg: Any) -> SyntheticOCSpec:
+    def _spec(cfg: RunConfig) -> SyntheticOCSpec:
         return SyntheticOCSpec(n_students=cfg.n_students, n_questions=cfg.n_questions, n_cats=cfg.n_cats,
                                min_seq_len=cfg.min_seq_len, max_seq_len=cfg.max_seq_len, seed=cfg.data_seed)
 
-    def build_model(self, cfg: Any) -> nn.Module:
+    def build_model(self, cfg: RunConfig) -> nn.Module:
         """DeepGPCM in the configured forward mode (identical weights for every mode from one seed)."""
         return DeepGPCM(n_questions=cfg.n_questions, n_cats=cfg.n_cats, memory_size=cfg.memory_size,
                         key_dim=cfg.key_dim, value_dim=cfg.value_dim, summary_dim=cfg.summary_dim,
-                        ability_scale=cfg.ability_scale, forward_mode=cfg["forward"],
+                        ability_scale=cfg.ability_scale, forward_mode=cfg.forward,
                         scan_chunk_len=cfg.scan_chunk_len)
 
-    def build_datasets(self, cfg: Any) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    def build_datasets(self, cfg: RunConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
         """synthetic_OC (train, eval), generated once per generator setting and cached on disk."""
         spec = self._spec(cfg)
         data = cached("gpcm_synthetic_oc", spec_params(spec), lambda: generate_synthetic_oc(spec))
         return split_datasets(data, cfg.n_questions, cfg.n_cats)
 
-    def collate(self, cfg: Any) -> Callable[[list[Any]], Any]:
+    def collate(self, cfg: RunConfig) -> Callable[[list[Any]], Any]:
         """Right-padding collate (module-level, so DataLoader workers can pickle it)."""
         return collate_padded
 
-    def sample_lengths(self, dataset: torch.utils.data.Dataset, cfg: Any) -> Sequence[int]:
+    def sample_lengths(self, dataset: torch.utils.data.Dataset, cfg: RunConfig) -> Sequence[int]:
         """Sequence lengths, for bucket_by_length."""
         return dataset.lengths.tolist()  # type: ignore[attr-defined]
 
     # --- the step -------------------------------------------------------------------------------
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: Any) -> dict[str, torch.Tensor]:
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: RunConfig) -> dict[str, torch.Tensor]:
         """One call of the root module on the whole batch."""
         return model(batch["questions"], batch["responses"])
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: Any) -> LossResult:
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: RunConfig) -> LossResult:
         """Negative log-likelihood of the observed category, summed over valid (q != 0) positions."""
         log_probs = outputs["log_probs"]  # (B, T, K)
         picked = log_probs.gather(-1, batch["responses"].unsqueeze(-1)).squeeze(-1)  # (B, T)
         nll = -torch.where(batch["questions"] != 0, picked, torch.zeros_like(picked)).sum()
         return LossResult(total=nll, parts={"nll": nll})
 
-    def batch_counts(self, batch: dict[str, torch.Tensor], cfg: Any) -> BatchCounts:
+    def batch_counts(self, batch: dict[str, torch.Tensor], cfg: RunConfig) -> BatchCounts:
         """Valid positions are the loss elements; padded positions are computed too."""
         questions = batch["questions"]
         valid = int((questions != 0).sum())
@@ -125,7 +128,7 @@ class GPCMWorkload(Workload):
 
     # --- quality --------------------------------------------------------------------------------
 
-    def evaluate(self, model: nn.Module, dataset: torch.utils.data.Dataset, cfg: Any,
+    def evaluate(self, model: nn.Module, dataset: torch.utils.data.Dataset, cfg: RunConfig,
                  device: torch.device) -> dict[str, float]:
         """QWK, categorical and ordinal accuracy, MAE of argmax predictions on valid eval positions."""
         preds, targets = [], []
@@ -138,7 +141,7 @@ class GPCMWorkload(Workload):
 
     # --- analytic cost --------------------------------------------------------------------------
 
-    def flops_per_token(self, cfg: Any) -> float:
+    def flops_per_token(self, cfg: RunConfig) -> float:
         """Training FLOPs per (padded) position: 3x the forward's multiply-adds x 2."""
         k, n, dk, dv, f = cfg.n_cats, cfg.memory_size, cfg.key_dim, cfg.value_dim, cfg.summary_dim
         forward = (dk * dk + n * dk          # query transform, correlation with the key memory
@@ -147,7 +150,7 @@ class GPCMWorkload(Workload):
                    + (dv + dk) * f + f + dk * (k - 1) + (f + dk) + 2 * k)  # summary, IRT head, GPCM
         return 3.0 * 2.0 * forward
 
-    def cost_components(self, cfg: Any) -> dict[str, float]:
+    def cost_components(self, cfg: RunConfig) -> dict[str, float]:
         """Memory-state size and value-embedding width, the terms the sequence loop scales with."""
         return {"memory_state_floats": float(cfg.memory_size * cfg.value_dim),
                 "value_embedding_params": float(cfg.n_cats * cfg.n_questions * cfg.value_dim)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from models.lm.data import (
     split_sequences,
 )
 from models.lm.model import TransformerLM
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
 
 DATA_VERSION = 1  # bump when the generator changes, so caches are not reused
 
@@ -70,22 +73,22 @@ class LMWorkload(Workload):
     higher_is_better = True
     quality_metrics = ("token_acc", "loss", "perplexity")
 
-    def validate(self, cfg: Any) -> None:
+    def validate(self, cfg: RunConfig) -> None:
         if cfg.d_model % cfg.n_heads:
             raise ValueError(f"knob 'n_heads': bad value {cfg.n_heads}: it must divide d_model={cfg.d_model}")
         if cfg.max_length == 1:
             raise ValueError("knob 'max_length': bad value 1: a chunk needs 2 tokens (input + target); "
                              "use 0 (no chunking) or >= 2")
 
-    def max_positions(self, cfg: Any) -> int:
+    def max_positions(self, cfg: RunConfig) -> int:
         """Longest sequence the model can see: the chunk length, or the corpus's longest."""
         return cfg.max_length if cfg.max_length else max(round(SEED_MAX_LEN * cfg.length_scale), 3)
 
-    def build_model(self, cfg: Any) -> nn.Module:
+    def build_model(self, cfg: RunConfig) -> nn.Module:
         return TransformerLM(cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads, self.max_positions(cfg),
-                             cfg.dropout, cfg["forward"], cfg.grad_checkpointing)
+                             cfg.dropout, cfg.forward, cfg.grad_checkpointing)
 
-    def build_datasets(self, cfg: Any) -> tuple[TokenDataset, TokenDataset]:
+    def build_datasets(self, cfg: RunConfig) -> tuple[TokenDataset, TokenDataset]:
         params = dict(n=cfg.n_sequences, vocab_size=cfg.vocab_size, length_scale=cfg.length_scale,
                       seed=cfg.data_seed, version=DATA_VERSION)
         corpus = cached("lm-corpus", params, lambda: generate_corpus(**{k: params[k] for k in
@@ -95,16 +98,16 @@ class LMWorkload(Workload):
         train, held_out = sequences[:-n_eval], sequences[-n_eval:]
         return TokenDataset(chunk(train, cfg.max_length)), TokenDataset(chunk(held_out, cfg.max_length))
 
-    def collate(self, cfg: Any):
+    def collate(self, cfg: RunConfig):
         return collate_padded
 
-    def sample_lengths(self, dataset: Any, cfg: Any) -> Sequence[int]:
+    def sample_lengths(self, dataset: Any, cfg: RunConfig) -> Sequence[int]:
         return [len(s) for s in dataset.sequences]
 
-    def forward(self, model: nn.Module, batch: dict, cfg: Any) -> Any:
+    def forward(self, model: nn.Module, batch: dict, cfg: RunConfig) -> Any:
         return model(batch["tokens"], batch["lengths"])
 
-    def loss(self, outputs: Any, batch: dict, cfg: Any) -> LossResult:
+    def loss(self, outputs: Any, batch: dict, cfg: RunConfig) -> LossResult:
         targets = batch["targets"]  # (B, T-1), IGNORE at padding
         if isinstance(outputs, list):  # per_sequence: one unpadded sequence at a time
             total = sum(F.cross_entropy(upcast(out), targets[i, : len(out)], reduction="sum")
@@ -114,10 +117,10 @@ class LMWorkload(Workload):
                                     reduction="sum")
         return LossResult(total=total, parts={"ce": total.detach()})
 
-    def batch_counts(self, batch: dict, cfg: Any) -> BatchCounts:
+    def batch_counts(self, batch: dict, cfg: RunConfig) -> BatchCounts:
         lengths = batch["lengths"]
         real = sum(n - 1 for n in lengths)  # positions with a real next-token target
-        padded = real if cfg["forward"] == "per_sequence" else len(lengths) * (max(lengths) - 1)
+        padded = real if cfg.forward == "per_sequence" else len(lengths) * (max(lengths) - 1)
         return BatchCounts(samples=len(lengths), loss_elements=real, real_tokens=real, padded_tokens=padded)
 
     def compare_outputs(self, outputs: Any, batch: dict) -> list[torch.Tensor]:
@@ -126,7 +129,7 @@ class LMWorkload(Workload):
             return [torch.cat(outputs)]
         return [torch.cat([outputs[i, : n - 1] for i, n in enumerate(batch["lengths"])])]
 
-    def evaluate(self, model: nn.Module, dataset: Any, cfg: Any, device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, dataset: Any, cfg: RunConfig, device: torch.device) -> dict[str, float]:
         total_loss, correct, count = 0.0, 0, 0
         for batch in eval_batches(dataset, max(cfg.batch_size, 32), collate_padded):
             logits = model.logits(batch["tokens"][:, :-1].to(device)).float()  # (B, T-1, V)
@@ -141,17 +144,17 @@ class LMWorkload(Workload):
 
     # --- predicted cost (seed 004's "Component | Small | Large | Ratio") ---------------------------
 
-    def cost_components(self, cfg: Any) -> dict[str, float]:
+    def cost_components(self, cfg: RunConfig) -> dict[str, float]:
         d, n_layers, vocab = cfg.d_model, cfg.n_layers, cfg.vocab_size
         return {"embedding_params": vocab * d, "layers": n_layers, "d_model": d, "vocab_size": vocab,
                 "matmul_params": 12 * n_layers * d * d + vocab * d, "context": self.context(cfg)}
 
-    def context(self, cfg: Any) -> float:
+    def context(self, cfg: RunConfig) -> float:
         """Mean tokens per chunk the attention sees (the T in 12·L·d·T)."""
         mean_len = 88 * cfg.length_scale
         return min(mean_len, cfg.max_length) if cfg.max_length else mean_len
 
-    def flops_per_token(self, cfg: Any) -> float:
+    def flops_per_token(self, cfg: RunConfig) -> float:
         # 6N for the matmul weights (forward 2N + backward 4N, output head included because it is
         # tied to the embedding) + 12·L·d·T for attention scores and values (Kaplan et al. 2020).
         c = self.cost_components(cfg)

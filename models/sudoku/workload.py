@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from harness.workload import BatchCounts, LossResult, Preset, Workload, cached, 
 from models.sudoku.data import STAGES, SudokuDataset, collate_puzzles, generate, read_sudoku_csv
 from models.sudoku.metrics import METRIC_NAMES, SudokuMetrics
 from models.sudoku.model import FORWARD_MODES, RecurrentRelationalNetwork, sudoku_loss
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
 
 GENERATOR_VERSION = 1  # bump when the generator's output changes, so stale caches are not served
 
@@ -76,7 +79,7 @@ class SudokuWorkload(Workload):
     higher_is_better = True
     quality_metrics = METRIC_NAMES
 
-    def validate(self, cfg: Any) -> None:
+    def validate(self, cfg: RunConfig) -> None:
         """Reject a curriculum that has nowhere to go, or one combined with a user's file."""
         if cfg.curriculum != "none" and cfg.stage == "easy":
             raise ValueError("knob 'curriculum': easy_to_hard with stage=easy has nothing to ramp to; "
@@ -85,12 +88,12 @@ class SudokuWorkload(Workload):
             raise ValueError("knob 'curriculum': easy_to_hard needs generated puzzles; "
                              "unset data_path or set curriculum=none")
 
-    def build_model(self, cfg: Any) -> nn.Module:
+    def build_model(self, cfg: RunConfig) -> nn.Module:
         """An RRN sized by the config; both forward modes share parameters and their init."""
         return RecurrentRelationalNetwork(hidden=cfg.hidden, mlp_width=cfg.mlp_width, mlp_layers=cfg.mlp_layers,
                                           embed_dim=cfg.embed_dim, n_steps=cfg.n_steps, forward_mode=cfg.forward)
 
-    def build_datasets(self, cfg: Any) -> tuple[SudokuDataset, SudokuDataset]:
+    def build_datasets(self, cfg: RunConfig) -> tuple[SudokuDataset, SudokuDataset]:
         """(train, eval) from the generator (cached) or from data_path."""
         if cfg.data_path:
             return self._file_datasets(cfg)
@@ -105,7 +108,7 @@ class SudokuWorkload(Workload):
             splits[split] = SudokuDataset(data["quizzes"], data["solutions"], stages, total_epochs=cfg.epochs)
         return splits["train"], splits["eval"]
 
-    def _file_datasets(self, cfg: Any) -> tuple[SudokuDataset, SudokuDataset]:
+    def _file_datasets(self, cfg: RunConfig) -> tuple[SudokuDataset, SudokuDataset]:
         if cfg.stage != "easy":
             warnings.warn(f"stage={cfg.stage} is ignored with data_path: the file's puzzles are used as they are",
                           stacklevel=3)
@@ -119,25 +122,25 @@ class SudokuWorkload(Workload):
                                            ("file",)) for idx in parts)
         return train, evaluation
 
-    def collate(self, cfg: Any) -> Any:
+    def collate(self, cfg: RunConfig) -> Any:
         """Stack quizzes and solutions into int64 (B, 81) tensors."""
         return collate_puzzles
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: Any) -> torch.Tensor:
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: RunConfig) -> torch.Tensor:
         """Per-step logits (B, n_steps, 81, 9)."""
         return model(batch["quiz"])
 
-    def loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Any) -> LossResult:
+    def loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RunConfig) -> LossResult:
         """Sum over puzzles of (CE over steps and cells + constraint_weight x constraint)."""
         total, ce, constraint = sudoku_loss(outputs, batch["solution"], cfg.constraint_weight)
         return LossResult(total=total.sum(), parts={"ce": ce.sum(), "constraint": constraint.sum()})
 
-    def batch_counts(self, batch: dict[str, torch.Tensor], cfg: Any) -> BatchCounts:
+    def batch_counts(self, batch: dict[str, torch.Tensor], cfg: RunConfig) -> BatchCounts:
         """One loss element per puzzle."""
         n = int(batch["quiz"].shape[0])
         return BatchCounts(samples=n, loss_elements=n)
 
-    def evaluate(self, model: nn.Module, dataset: torch.utils.data.Dataset, cfg: Any,
+    def evaluate(self, model: nn.Module, dataset: torch.utils.data.Dataset, cfg: RunConfig,
                  device: torch.device) -> dict[str, float]:
         """Metrics of the final step's prediction over the eval split."""
         metrics = SudokuMetrics(device)
