@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from harness.config import resolve
-from harness.equivalence import check_equivalence
 from harness.engine import run
+from harness.equivalence import check_equivalence
 from models.lm.data import chunk, chunk_stats, collate_padded, generate_corpus, split_sequences
 
 TINY = {"preset": "tiny", "bench_warmup_steps": 1, "bench_steps": 3}

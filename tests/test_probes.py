@@ -8,13 +8,13 @@ import time
 import torch
 
 from harness.config import resolve
+from harness.engine import run
 from harness.experiment import build
 from harness.probes.counters import ForwardCounter, count_flops
 from harness.probes.sampler import ResourceSampler
 from harness.probes.timers import PhaseClock
 from harness.results import load_records
 from harness.runner import run_experiment
-from harness.engine import run
 from tests import toy
 from tests.conftest import TOY
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from harness.config import resolve
+from harness.engine import run
 from harness.equivalence import check_equivalence
 from harness.optim import make_scheduler
-from harness.engine import run
 from harness.trainer import Trainer
 from tests import toy
 from tests.conftest import TOY
