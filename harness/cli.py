@@ -246,6 +246,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         exps.append(exp)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     status = 0
+    print("machine check (trainbench doctor):\n" + _machine_text(), file=sys.stderr)
     for exp in exps:
         out = Path(args.out) / exp.name if args.out and len(exps) > 1 else \
             Path(args.out or f"runs/{exp.name}-{stamp}")
@@ -311,7 +312,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"  amp=bf16: {'yes' if cuda or bf16_cpu else 'no'}; amp=fp16: "
           f"{'yes, with GradScaler' if cuda else 'runs on CPU but is usually slower (warned)'}")
     print(f"  DataLoader workers: up to {os.cpu_count()} (more are capped with a warning)")
+    print("\nthe machine now:")
+    print(_machine_text())
     return 0
+
+
+def _machine_text() -> str:
+    """`doctor`'s measurement of the machine (also printed before a sweep)."""
+    from harness.probes.contention import check_machine
+
+    m = check_machine()
+    lines = [f"  {m.usable_cores} usable cores; other processes keep {m.other_busy_cores:.2f} busy; "
+             f"load average {m.load_avg_1m:.2f}",
+             f"  fixed 256x256 matmul: {m.matmul_ms_1_thread:.3f} ms with 1 thread, {m.matmul_ms_all_threads:.3f} ms "
+             f"with {m.usable_cores}"]
+    lines += [f"  busy: {p}" for p in m.busy_processes]
+    lines += [f"  -> {a}" for a in m.advice()]
+    return "\n".join(lines)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

@@ -351,6 +351,12 @@ class _Sweep:
         est, _ = estimate(speed(self.exp.baseline_name), speed(variant))
         return est.half_width_pct if est.has_interval else float("inf")
 
+    def _measurable(self, variant: str) -> bool:
+        """More repeats can only tighten an interval whose runs work: a variant (or a baseline) with a
+        failed speed run (crash, OOM, NaN, timeout) gets none."""
+        failed = {r.variant for r in self.records if r.phase == "speed" and r.status != "ok"}
+        return variant not in failed and self.exp.baseline_name not in failed
+
     def adapt(self, first_repeat: int, job_for: Callable[[str, int], Job]) -> None:
         """Add interleaved rounds (the baseline and every unresolved variant) until each speedup's
         interval reaches the target half-width, `max_repeats` is reached, or the budget is spent."""
@@ -360,7 +366,8 @@ class _Sweep:
         repeat = first_repeat
         round_s = 0.0
         while True:
-            unresolved = [v for v in exp.variants[1:] if self.half_width_pct(v) > exp.target_half_width_pct]
+            unresolved = [v for v in exp.variants[1:] if self._measurable(v) and
+                          self.half_width_pct(v) > exp.target_half_width_pct]
             if not unresolved:
                 return
             if repeat >= exp.max_repeats:

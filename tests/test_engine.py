@@ -113,6 +113,7 @@ def test_verdict_on_known_evidence() -> None:
     calm = {"usable_cores": 2, "own_cpu_cores": 1.0, "other_cpu_cores": 0.9, "demand_cores": 1,
             "involuntary_switches_per_s": 5.0, "steal_pct": 0.0, "waited_pct": 1.0}
     assert verdict(calm) == ""
-    assert "waited 30%" in verdict({**calm, "waited_pct": 30.0})
+    assert verdict({**calm, "waited_pct": 30.0}) == ""  # a sleep or I/O: not preempted
+    assert "waited 30%" in verdict({**calm, "waited_pct": 30.0, "involuntary_switches_per_s": 90.0})
     assert "other processes kept 1.80 cores" in verdict({**calm, "other_cpu_cores": 1.8})
     assert "stolen" in verdict({**calm, "steal_pct": 12.0})

@@ -61,7 +61,8 @@ def test_peak_rss_sees_a_known_allocation_within_5_percent(tmp_path) -> None:
     # One intra-op thread keeps allocator arenas alike across the two processes; the lower of two
     # repeats per variant drops a run disturbed by a neighbour.
     exp = build("rss", TOY, {"bench_warmup_steps": 1, "bench_steps": 2, "threads": 1},
-                {"alloc": {"alloc_mib": mib}}, repeats=2, equivalence=False, timeout_s=300)
+                {"alloc": {"alloc_mib": mib}}, repeats=2, equivalence=False, timeout_s=300,
+                target_half_width_pct=0.0)
     run_experiment(exp, tmp_path)
     peaks: dict[str, float] = {}
     for r in load_records(tmp_path):

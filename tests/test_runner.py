@@ -20,7 +20,7 @@ BASE = {"bench_warmup_steps": 1, "bench_steps": 4}
 def test_crash_nan_and_timeout_become_records_while_others_finish(tmp_path) -> None:
     exp = build("failures", TOY, BASE, {"raises": {"fail": "raise"}, "nan": {"fail": "nan"},
                                         "hangs": {"fail": "hang"}, "fine": {"dim": 4}},
-                repeats=1, equivalence=False, timeout_s=25)
+                repeats=1, equivalence=False, timeout_s=25, target_half_width_pct=0.0)
     run_experiment(exp, tmp_path)
     by_variant = {r.variant: r for r in load_records(tmp_path)}
     assert by_variant["baseline"].status == "ok" and by_variant["fine"].status == "ok"
@@ -32,7 +32,8 @@ def test_crash_nan_and_timeout_become_records_while_others_finish(tmp_path) -> N
 
 
 def test_repeats_are_interleaved() -> None:
-    exp = build("order", TOY, BASE, {"b": {"dim": 4}, "c": {"dim": 2}}, repeats=2, equivalence=False)
+    exp = build("order", TOY, BASE, {"b": {"dim": 4}, "c": {"dim": 2}}, repeats=2, equivalence=False,
+                target_half_width_pct=0.0)
     jobs, _ = plan(exp)
     assert [(j.variant, j.repeat) for j in jobs] == [
         ("baseline", 0), ("b", 0), ("c", 0), ("baseline", 1), ("b", 1), ("c", 1)]
@@ -51,7 +52,7 @@ def test_existing_results_need_resume(tmp_path) -> None:
 
 def _toml(tmp_path) -> str:
     path = tmp_path / "resume.toml"
-    path.write_text(f'workload = "{TOY}"\nrepeats = 3\nequivalence = false\n'
+    path.write_text(f'workload = "{TOY}"\nrepeats = 3\nequivalence = false\ntarget_half_width_pct = 0\nmax_reruns = 0\n'
                     '[baseline]\nbench_warmup_steps = 1\nbench_steps = 2\n[variants.slow]\nsleep_ms = 5.0\n')
     return str(path)
 

@@ -26,8 +26,8 @@ import psutil
 
 WAITED_PCT = 10.0
 """A single-threaded CPU run whose wall time exceeds its CPU time by this much waited for a core."""
-SWITCHES_PER_S = 100.0
-"""Involuntary context switches per second above which the run's threads were preempted for others."""
+PREEMPTED_PER_S = 20.0
+"""Involuntary context switches per second that make wall-minus-CPU time a wait for a core (not a sleep)."""
 OVERSUBSCRIBED_MARGIN = 0.25
 """Cores: ours + the others' CPU use above the usable cores by this much means someone waited."""
 
@@ -134,17 +134,22 @@ class ContentionProbe:
 
 
 def verdict(ev: ContentionEvidence | dict[str, Any]) -> str:
-    """Empty when the run had the cores to itself; else why it is judged contended, with the figures."""
+    """Empty when the run had the cores to itself; else why it is judged contended, with the figures.
+
+    Wall time beyond CPU time alone is not evidence (a sleep, I/O or a GPU wait look the same); it counts
+    when the kernel also preempted the run's threads (involuntary context switches), or when the other
+    processes' CPU use left fewer cores than the run asked for.
+    """
     e = ev if isinstance(ev, dict) else ev.to_dict()
     reasons = []
-    if e.get("waited_pct") is not None and e["waited_pct"] > WAITED_PCT:
-        reasons.append(f"its steps waited {e['waited_pct']:.0f}% of their wall time for a core")
+    switches = e["involuntary_switches_per_s"]
+    if e.get("waited_pct") is not None and e["waited_pct"] > WAITED_PCT and switches > PREEMPTED_PER_S:
+        reasons.append(f"its steps waited {e['waited_pct']:.0f}% of their wall time for a core "
+                       f"(preempted {switches:.0f} times/s)")
     free = e["usable_cores"] - e.get("demand_cores", e["own_cpu_cores"])
     if e["other_cpu_cores"] > free + OVERSUBSCRIBED_MARGIN:
         reasons.append(f"other processes kept {e['other_cpu_cores']:.2f} cores busy while it needed "
                        f"{e.get('demand_cores', 0):g} of {e['usable_cores']} (it got {e['own_cpu_cores']:.2f})")
-    if e["involuntary_switches_per_s"] > SWITCHES_PER_S:
-        reasons.append(f"{e['involuntary_switches_per_s']:.0f} involuntary context switches/s")
     if e["steal_pct"] > 5.0:
         reasons.append(f"{e['steal_pct']:.0f}% of CPU time stolen by the hypervisor")
     return "; ".join(reasons)
@@ -184,3 +189,93 @@ def default_threads(*, device_type: str, num_workers: int = 0, ranks: int = 1,
         if free < share:
             share, reason = free, f"{reason}, cut to what {other:.1f} busy cores of other processes leave"
     return share, f"threads=0 (auto): {share} = {reason}; set threads=N to override"
+
+
+@dataclass(frozen=True, slots=True)
+class MachineCheck:
+    """The machine before a sweep: who else is busy, and whether torch's threads scale here."""
+
+    usable_cores: int
+    other_busy_cores: float
+    load_avg_1m: float
+    busy_processes: tuple[str, ...]
+    """``name (pid): NN% CPU`` of other processes above 20% of a core during the sample."""
+    matmul_ms_1_thread: float
+    matmul_ms_all_threads: float
+    """The same fixed matmul with one intra-op thread per usable core (torch's default)."""
+    auto_threads: int
+    auto_reason: str
+
+    @property
+    def quiet(self) -> bool:
+        """No other process kept a quarter of a core busy."""
+        return self.other_busy_cores < OVERSUBSCRIBED_MARGIN
+
+    def advice(self) -> list[str]:
+        """What trainbench will do on this machine, one line each."""
+        lines = [f"threads: {self.auto_reason}"]
+        if self.quiet:
+            lines.append("the machine is quiet: figures measured now are comparable to other quiet runs")
+        else:
+            lines.append(f"other processes keep {self.other_busy_cores:.1f} of {self.usable_cores} cores busy: "
+                         "speed runs whose steps wait for a core are marked contended and re-run (within each "
+                         "experiment's max_reruns and budget_s); stop them for the steadiest figures")
+        if self.matmul_ms_all_threads > 1.5 * self.matmul_ms_1_thread:
+            lines.append(f"torch's default of {self.usable_cores} threads runs a fixed matmul "
+                         f"{self.matmul_ms_all_threads / self.matmul_ms_1_thread:.1f}x slower than 1 thread here: "
+                         "its threads spin against other work (keep threads=0 (auto) or set threads=1)")
+        return lines
+
+
+def _matmul_ms(threads: int, size: int = 256, reps: int = 20) -> float:
+    """Median ms of a fixed (size x size) float32 matmul with `threads` intra-op threads."""
+    import statistics
+
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+        a @ a  # warm the pool and the kernels
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            a @ a
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def check_machine(sample_s: float = 0.5) -> MachineCheck:
+    """Measure the machine now: other processes' CPU use (and which), load, 1 vs all-core matmul speed."""
+    me = os.getpid()
+    procs = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if proc.pid != me:
+                proc.cpu_percent(None)
+                procs.append(proc)
+        except psutil.Error:
+            pass
+    other = other_busy_cores(sample_s)
+    busy = []
+    for proc in procs:
+        try:
+            pct = proc.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if pct > 20.0:
+            try:
+                what = " ".join(proc.cmdline())[:70] or proc.info["name"]
+            except psutil.Error:
+                what = proc.info["name"]
+            busy.append((pct, f"pid {proc.pid}, {pct:.0f}% CPU: {what}"))
+    cores = usable_cores()
+    threads, reason = default_threads(device_type="cpu", other_busy=other)
+    return MachineCheck(usable_cores=cores, other_busy_cores=other,
+                        load_avg_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+                        busy_processes=tuple(text for _, text in sorted(busy, reverse=True)[:5]),
+                        matmul_ms_1_thread=_matmul_ms(1), matmul_ms_all_threads=_matmul_ms(cores),
+                        auto_threads=threads, auto_reason=reason)

@@ -1,0 +1,110 @@
+"""Calibration of the sweep path: A/A coverage and how often planted slowdowns of known size are resolved.
+
+Each repetition runs one experiment through `harness.runner.run_experiment` exactly as `trainbench
+sweep` does (fresh process per run, interleaved repeats, contended runs re-run, repeats added until
+the target half-width or the budget): the tiny LM as the baseline, the same config again (A/A), and
+the same config with a planted 10% and 3% slowdown (`bench/planted.py`: `extra_ms` of CPU work per
+forward, sized from a calibration run of the baseline's step time). Then per repetition:
+
+- A/A: does the speedup's 95% interval contain 1 (it should, 95% of the time)?
+- 10% / 3% slowdown: is it resolved (the interval's upper end below 1)?
+- the half-width each interval reached.
+
+    python bench/measure_precision.py [--reps 20] [--busy] [key=value ...]
+
+`--busy` runs one `python -c 'while True: pass'` beside the whole measurement (killed at the end).
+The last line reads ``A/A coverage: X% of N intervals contain 1; 10% slowdown resolved in Y% of M; 3%
+slowdown resolved in Z% of M; median half-width W%``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))  # `planted:WORKLOAD`, here and (through PYTHONPATH) in every child
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH", "")]))
+
+from harness.analysis import summarize  # noqa: E402
+from harness.config import parse_overrides  # noqa: E402
+from harness.engine import run  # noqa: E402
+from harness.experiment import build  # noqa: E402
+from harness.registry import resolve  # noqa: E402
+from harness.results import load_records  # noqa: E402
+from harness.runner import run_experiment  # noqa: E402
+
+WORKLOAD = "planted:WORKLOAD"
+SLOWDOWNS = {"slow10": 0.10, "slow3": 0.03}
+
+
+def calibrate_step_ms(base: dict[str, object]) -> float:
+    """The baseline's median step ms (in this process, through the engine): sizes the planted work."""
+    return float(run(resolve(WORKLOAD, base)).metrics["step_ms_median"])
+
+
+def one_repetition(base: dict[str, object], step_ms: float, out: Path, precision: dict[str, float]) -> dict:
+    """Run the A/A + slowdown experiment once through the sweep path; per variant its interval."""
+    variants = {"aa": {"seed": base.get("seed", 0)},
+                **{name: {"extra_ms": frac * step_ms} for name, frac in SLOWDOWNS.items()}}
+    exp = build("precision", WORKLOAD, base, variants, baseline_name="baseline", repeats=3, equivalence=False,
+                allow_same=True, **precision)
+    run_experiment(exp, out)
+    s = summarize(load_records(out), "baseline")
+    return {v: {"ratio": float(s.at[v, "speedup"]), "low": float(s.at[v, "speedup_ci_low"]),
+                "high": float(s.at[v, "speedup_ci_high"]), "half": float(s.at[v, "speedup_half_width_pct"]),
+                "n": int(s.at[v, "speedup_pairs"]), "reruns": int(s.at[v, "reruns"])} for v in variants}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=20, help="experiments to run (A/A intervals)")
+    parser.add_argument("--busy", action="store_true", help="one busy-loop process beside the measurement")
+    parser.add_argument("--target", type=float, default=3.0, help="target half-width, percent")
+    parser.add_argument("--max-repeats", type=int, default=10)
+    parser.add_argument("--budget-s", type=float, default=120.0, help="seconds of added runs per experiment")
+    parser.add_argument("items", nargs="*", help="knob=value overrides of the tiny LM baseline")
+    args = parser.parse_args(argv)
+    base: dict[str, object] = {"preset": "tiny", "bench_warmup_steps": 5, "bench_steps": 60,
+                               **parse_overrides(args.items)}
+    precision = {"target_half_width_pct": args.target, "max_repeats": args.max_repeats, "budget_s": args.budget_s}
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    start = time.perf_counter()
+    try:
+        step_ms = calibrate_step_ms(base)
+        print(f"baseline step {step_ms:.2f} ms; planted: "
+              + ", ".join(f"{v} = {f * step_ms:.3f} ms/forward" for v, f in SLOWDOWNS.items())
+              + f"; machine {'with one busy process' if busy else 'as it is'}", flush=True)
+        results = []
+        with tempfile.TemporaryDirectory(prefix="trainbench-precision-") as tmp:
+            for i in range(args.reps):
+                r = one_repetition(base, step_ms, Path(tmp) / f"rep{i}", precision)
+                results.append(r)
+                print(f"rep {i + 1:>2}/{args.reps}: " + "; ".join(
+                    f"{v} x{x['ratio']:.3f} [{x['low']:.3f}, {x['high']:.3f}] ±{x['half']:.1f}% n={x['n']}"
+                    + (f" re-runs {x['reruns']}" if x["reruns"] else "") for v, x in r.items()), flush=True)
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
+    aa = [r["aa"] for r in results]
+    covered = sum(x["low"] <= 1.0 <= x["high"] for x in aa)
+    resolved = {v: sum(r[v]["high"] < 1.0 for r in results) for v in SLOWDOWNS}
+    halves = [x["half"] for r in results for x in r.values() if math.isfinite(x["half"])]
+    n = len(results)
+    print(f"{n} experiments in {time.perf_counter() - start:.0f} s")
+    print(f"A/A coverage: {100 * covered / n:.0f}% of {n} intervals contain 1; "
+          f"10% slowdown resolved in {100 * resolved['slow10'] / n:.0f}% of {n}; "
+          f"3% slowdown resolved in {100 * resolved['slow3'] / n:.0f}% of {n}; "
+          f"median half-width {statistics.median(halves) if halves else float('nan'):.1f}%")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
