@@ -47,7 +47,8 @@ def _progress(i: int, n: int, job: Job, rec: Record | None) -> None:
     # contention re-runs raise the count as they are scheduled).
     eta = f" ~{elapsed / (i - 1) * (n - i + 1) / 60:.1f} min left" if i > 1 and n >= i else ""
     again = f" (re-run {job.attempt}: contended)" if job.attempt else ""
-    label = f"[{i:>3}/{n}{eta}] {job.experiment} {job.phase:<11} {job.variant:<24} #{job.repeat}{again}"
+    variant = "+".join(job.group_variants) if job.group else job.variant  # a group: one process, paired steps
+    label = f"[{i:>3}/{n}{eta}] {job.experiment} {job.phase:<11} {variant:<24} #{job.repeat}{again}"
     if rec is None:
         print(f"{label} ...", end="", file=sys.stderr, flush=True)
         return
@@ -221,6 +222,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run experiment files (default: every bundled one) and write their reports."""
     positional, overrides = _split_args(args.items)
+    if args.budget_min < 0:
+        raise ValueError(f"--budget-min {args.budget_min:g}: a time budget cannot be negative; "
+                         "give minutes >= 0 (0 = no sweep-wide budget)")
     files = [Path(p) for p in positional] or sorted(experiments_dir().glob("*.toml"))
     if not files:
         raise ValueError(f"no experiment files given and none in {experiments_dir()}")
@@ -247,13 +251,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     status = 0
     print("machine check (trainbench doctor):\n" + _machine_text(), file=sys.stderr)
-    for exp in exps:
+    # The sweep-wide time budget: each experiment may add repeats and re-runs until its share of the
+    # time left (what is left over / the experiments still to run) is spent, less what writing the
+    # reports still to come is expected to take (the slowest so far; 10 s before the first).
+    end = time.monotonic() + args.budget_min * 60 if args.budget_min > 0 else None
+    report_s = 10.0
+    for i, exp in enumerate(exps):
+        left = len(exps) - i
+        deadline = None if end is None else \
+            time.monotonic() + (end - time.monotonic() - report_s * left) / left
         out = Path(args.out) / exp.name if args.out and len(exps) > 1 else \
             Path(args.out or f"runs/{exp.name}-{stamp}")
         print(f"\n# {exp.name}: {len(exp.variants)} variants x {exp.repeats} repeats -> {out}", file=sys.stderr)
-        records = run_experiment(exp, out, resume=args.resume, progress=_progress)
+        records = run_experiment(exp, out, resume=args.resume, progress=_progress, deadline=deadline)
         report_dir = Path(args.reports) / exp.name
+        start = time.monotonic()
         status = max(status, _report(out, report_dir, exp, check=args.check), 1 if _failed(records) else 0)
+        report_s = max(report_s if i else 0.0, time.monotonic() - start)
     if not positional or args.index:
         from harness.report import write_index
 
@@ -369,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue a killed sweep in --out")
     s.add_argument("--check", action="store_true", help="exit 1 when a gate fails")
     s.add_argument("--quick", action="store_true", help="smoke run: tiny presets, 1 repeat, 1 quality epoch")
+    s.add_argument("--budget-min", type=float, default=10.0, metavar="M",
+                   help="the sweep's time budget in minutes (default 10): added repeats and contention re-runs stop "
+                        "so that it ends in time, each experiment taking its share of what is left; the planned "
+                        "runs always run; 0 = only each experiment's own budget_s")
     s.add_argument("--aa", action="store_true", help="A/A: the baseline against itself (noise floor)")
     s.add_argument("--repeats", type=int, help="override every experiment's repeats")
     s.add_argument("--index", action="store_true", help="also rewrite reports/README.md")

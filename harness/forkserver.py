@@ -35,7 +35,9 @@ def _child(job: str, result: str, err: str) -> int:
 
 def main(argv: list[str]) -> int:
     """Preload the modules named in argv, then serve jobs until stdin closes."""
-    for name in ["torch", "harness.worker", "harness.trainer", "harness.equivalence", *argv[1:]]:
+    # torch._dynamo is what every run imports (see harness.worker): ~1 s per child when not preloaded
+    for name in ["torch", "torch._dynamo", "harness.worker", "harness.engine", "harness.trainer", "harness.registry",
+                 "harness.results", "harness.equivalence", *argv[1:]]:
         importlib.import_module(name)  # no torch op runs here: forking stays safe (no threads, no CUDA)
     print("ready", flush=True)
     for line in sys.stdin:

@@ -294,13 +294,20 @@ def run_group_here(experiment: str, variants: Mapping[str, Any], *, rounds: int,
     return records_from(experiment, job, outcome)
 
 
+PER_PROCESS = frozenset({"threads", "device", "num_workers", "pin_memory", "persistent_workers", "prefetch_factor"})
+"""Knobs whose value holds for a whole process: a variant changing one cannot share the baseline's."""
+
+
 class _Sweep:
     """Runs jobs for `run_experiment`: appends records as they come, re-runs contended speed runs and adds
     repeats until the intervals are tight, both within the experiment's budget."""
 
     def __init__(self, exp: Experiment, out: Path, launcher: Launcher, workdir: Path, prior: list[Record],
-                 progress: Callable[[int, int, Job, Record | None], None] | None) -> None:
+                 progress: Callable[[int, int, Job, Record | None], None] | None,
+                 deadline: float | None = None) -> None:
         self.exp, self.out, self.launcher, self.workdir, self.progress = exp, out, launcher, workdir, progress
+        self.deadline = deadline
+        """`time.monotonic()` after which no re-run or added repeat starts (a sweep-wide time budget)."""
         self.records = list(prior)
         self.done: list[Record] = []
         self.count, self.planned = 0, 0
@@ -329,8 +336,10 @@ class _Sweep:
         if extra:
             self.extra_s += time.perf_counter() - start
         while job.phase == "speed" and any(r.status == "ok" and r.contention.get("verdict") for r in recs):
-            if self.reruns >= self.exp.max_reruns or self.extra_s >= self.exp.budget_s:
-                why = "re-runs" if self.reruns >= self.exp.max_reruns else "budget"
+            if self.reruns >= self.exp.max_reruns or self.extra_s >= self.exp.budget_s or \
+                    self.seconds_left() < self.run_s():
+                why = "re-runs" if self.reruns >= self.exp.max_reruns else \
+                    "budget" if self.extra_s >= self.exp.budget_s else "sweep's time budget"
                 self.notes.append(f"{job.variant} repeat {job.repeat}: still contended, not re-run "
                                   f"(the {why} of the experiment is spent)")
                 return
@@ -340,6 +349,16 @@ class _Sweep:
             start = time.perf_counter()
             recs = self._launch(job)
             self.extra_s += time.perf_counter() - start
+
+    def seconds_left(self) -> float:
+        """Seconds until the sweep-wide deadline (infinite without one)."""
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+    def run_s(self) -> float:
+        """Mean seconds of this experiment's speed runs so far (what one more is expected to take)."""
+        walls = [r.wall_s / len(r.pairing.get("variants") or [0]) for r in self.records  # a group: per member
+                 if r.phase == "speed" and r.status == "ok" and r.wall_s]
+        return sum(walls) / len(walls) if walls else 0.0
 
     def half_width_pct(self, variant: str) -> float:
         """The 95% half-width (percent) of the variant's speedup so far (inf without an interval)."""
@@ -351,6 +370,15 @@ class _Sweep:
         est, _ = estimate(speed(self.exp.baseline_name), speed(variant))
         return est.half_width_pct if est.has_interval else float("inf")
 
+    def pairable(self, variant: str) -> bool:
+        """Can the variant run step by step beside the baseline in one process (the engine's paired
+        mode)? Only when it computes the same steps on the same batches (exact/approx knobs) and changes
+        nothing that is per process: threads, device, the DataLoader's worker processes."""
+        exp = self.exp
+        base, cfg = exp.configs[exp.baseline_name], exp.configs[variant]
+        return (knob_kinds(exp, variant) <= {"exact", "approx"} and not set(exp.changed_knobs(variant)) & PER_PROCESS
+                and not base.num_workers and not cfg.num_workers)
+
     def _measurable(self, variant: str) -> bool:
         """More repeats can only tighten an interval whose runs work: a variant (or a baseline) with a
         failed speed run (crash, OOM, NaN, timeout) gets none."""
@@ -359,12 +387,13 @@ class _Sweep:
 
     def adapt(self, first_repeat: int, job_for: Callable[[str, int], Job]) -> None:
         """Add interleaved rounds (the baseline and every unresolved variant) until each speedup's
-        interval reaches the target half-width, `max_repeats` is reached, or the budget is spent."""
+        interval reaches the target half-width, `max_repeats` is reached, or the budget is spent.
+        When every unresolved variant is `pairable`, a round is one process in the engine's paired
+        mode; otherwise one fresh process per variant."""
         exp = self.exp
         if exp.target_half_width_pct <= 0 or len(exp.variants) < 2:
             return
         repeat = first_repeat
-        round_s = 0.0
         while True:
             unresolved = [v for v in exp.variants[1:] if self._measurable(v) and
                           self.half_width_pct(v) > exp.target_half_width_pct]
@@ -374,26 +403,40 @@ class _Sweep:
                 self.notes.append(f"max_repeats={exp.max_repeats} reached before the target "
                                   f"±{exp.target_half_width_pct:g}% for: {', '.join(unresolved)}")
                 return
-            if self.extra_s + round_s * (len(unresolved) + 1) / max(1, len(exp.variants)) > exp.budget_s:
-                self.notes.append(f"budget_s={exp.budget_s:g} spent before the target ±{exp.target_half_width_pct:g}% "
+            round_s = self.run_s() * (len(unresolved) + 1)  # the next round: the baseline and each unresolved
+            if self.extra_s + round_s > exp.budget_s or round_s > self.seconds_left():
+                budget = f"budget_s={exp.budget_s:g}" if self.extra_s + round_s > exp.budget_s else \
+                    "the sweep's time budget"
+                self.notes.append(f"{budget} spent before the target ±{exp.target_half_width_pct:g}% "
                                   f"for: {', '.join(unresolved)}")
                 return
-            start = time.perf_counter()
-            self.planned += len(unresolved) + 1
-            for v in [exp.baseline_name, *unresolved]:
-                self.run(job_for(v, repeat), extra=True)
-            round_s = (time.perf_counter() - start) * len(exp.variants) / (len(unresolved) + 1)
+            if all(self.pairable(v) for v in unresolved):
+                # one process, the baseline's and the variants' steps interleaved: the process's own
+                # speed drifts cancel in every step pair (the unit is still the repeat)
+                members = [exp.baseline_name, *unresolved]
+                cfgs = [exp.configs[v] for v in members]
+                self.planned += 1
+                self.run(group_job(exp.name, dict(zip(members, cfgs)), repeat=repeat,
+                                   rounds=max(c.bench_steps for c in cfgs),
+                                   warmup_rounds=max(c.bench_warmup_steps for c in cfgs), timeout_s=exp.timeout_s),
+                         extra=True)
+            else:
+                self.planned += len(unresolved) + 1
+                for v in [exp.baseline_name, *unresolved]:
+                    self.run(job_for(v, repeat), extra=True)
             repeat += 1
 
 
 def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: bool = False,
                    launcher: Launcher | None = None,
-                   progress: Callable[[int, int, Job, Record | None], None] | None = None) -> list[Record]:
+                   progress: Callable[[int, int, Job, Record | None], None] | None = None,
+                   deadline: float | None = None) -> list[Record]:
     """Run every job not already recorded; returns the records of this call (skipped included).
 
     Equivalence checks, then the planned speed rounds (A B C, A B C, ...), each contended speed run run
-    again within the budget; then added rounds for variants whose speedup interval is still wider than
-    the target; then the quality runs. What was re-run or left unresolved, and why, goes to
+    again within the budget; then the quality runs; then added rounds for variants whose speedup
+    interval is still wider than the target, within the experiment's budget and before `deadline`
+    (`time.monotonic()`; a sweep-wide budget) when given. What was re-run or left unresolved, and why, goes to
     `precision.json` beside the records.
     """
     out = Path(out_dir)
@@ -411,7 +454,6 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
             append(out, rec)
             done.append(rec)
     todo = [j for j in jobs if not set(j.keys) <= existing]
-    first_quality = next((i for i, j in enumerate(todo) if j.phase == "quality"), len(todo))
     launcher = launcher or default_launcher(exp)
 
     def job_for(variant: str, repeat: int) -> Job:
@@ -420,15 +462,13 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
 
     try:
         with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
-            sweep = _Sweep(exp, out, launcher, Path(tmp), prior + done, progress)
+            sweep = _Sweep(exp, out, launcher, Path(tmp), prior + done, progress, deadline)
             sweep.planned = len(todo)
-            for job in todo[:first_quality]:
+            for job in todo:
                 sweep.run(job)
             if exp.repeats > 0:
                 sweep.adapt(max([exp.repeats, *(r.repeat + 1 for r in sweep.records if r.phase == "speed")]),
                             job_for)
-            for job in todo[first_quality:]:
-                sweep.run(job)
             done += sweep.done
             if sweep.notes or sweep.reruns or sweep.extra_s:
                 (out / PRECISION_FILE).write_text(json.dumps(

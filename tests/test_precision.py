@@ -106,3 +106,124 @@ def test_bad_precision_settings_name_the_key(tmp_path: Path, text: str, message:
                     .replace("repeats = 3\nrepeats", "repeats"))
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_experiment(path)
+
+
+class _Clock:
+    """A monotonic clock that advances only by the planted wall time of each launched run."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _timed(launcher: PlantedLauncher, clock: _Clock, run_s: float) -> None:
+    orig = launcher.launch
+
+    def launch(job: Job, workdir: Path) -> Outcome:
+        clock.now += run_s
+        out = orig(job, workdir)
+        return Outcome(out.result, 0, "", False, run_s)
+
+    launcher.launch = launch
+
+
+def test_the_sweep_deadline_bounds_added_repeats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.runner
+
+    clock = _Clock()
+    monkeypatch.setattr(harness.runner.time, "monotonic", clock.monotonic)
+    launcher = _wobbling({"baseline": 100.0, "fast": 150.0})  # the interval stays wide
+    _timed(launcher, clock, run_s=10.0)
+    # 6 planned runs take 60 s; 25 s more leaves room for exactly one added round (2 runs, 20 s)
+    run_experiment(_exp(max_repeats=10), tmp_path / "r", launcher=launcher, deadline=clock.now + 85.0)
+    assert len(launcher.jobs) == 8 and [j.repeat for j in launcher.jobs[6:]] == [3, 3]
+    notes = json.loads((tmp_path / "r" / PRECISION_FILE).read_text())["notes"]
+    assert any("the sweep's time budget spent before the target" in n for n in notes)
+
+
+def test_a_passed_deadline_still_runs_the_planned_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.runner
+
+    clock = _Clock()
+    monkeypatch.setattr(harness.runner.time, "monotonic", clock.monotonic)
+    launcher = PlantedLauncher({"baseline": 100.0, "fast": 150.0}, noise=[1.0, 1.2, 0.8], contended=1)
+    _timed(launcher, clock, run_s=10.0)
+    run_experiment(_exp(), tmp_path / "r", launcher=launcher, deadline=clock.now - 1.0)
+    assert [(j.variant, j.repeat, j.attempt) for j in launcher.jobs] == \
+        [("baseline", r, 0) if i % 2 == 0 else ("fast", r, 0) for r in range(3) for i in range(2)]
+    notes = json.loads((tmp_path / "r" / PRECISION_FILE).read_text())["notes"]
+    assert any("still contended, not re-run (the sweep's time budget" in n for n in notes)
+
+
+def test_sweep_budget_must_not_be_negative(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    assert main(["sweep", "--budget-min", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--budget-min -1" in err[0] and "minutes >= 0" in err[0]
+
+
+class PairedLauncher(PlantedLauncher):
+    """Also answers group jobs (the engine's paired mode): per member its step times in one process."""
+
+    def launch(self, job: Job, workdir: Path) -> Outcome:
+        if not job.group:
+            return super().launch(job, workdir)
+        self.jobs.append(job)
+        members = []
+        for i, v in enumerate(job.group_variants):
+            sps = self.speed[v] * self.noise[job.repeat % len(self.noise)]
+            members.append({"metrics": {"samples_per_s": sps, "train_wall_s": 1.0, "measured_steps": 10},
+                            "step_ms": [100.0 / sps] * 10, "step_cpu_ms": [100.0 / sps] * 10,
+                            "contention": {}, "pairing": {"group": 2, "member": i, "process": 4242 + job.repeat}})
+        return Outcome({"status": "ok", "env": {"hostname": "h", "cpu_model": "c"}, "members": members},
+                       0, "", False, 0.02)
+
+
+def _wobbling(speed: dict[str, float]) -> PairedLauncher:
+    """Separate processes: the variant's speed swings +-20% by repeat, the baseline's does not."""
+    launcher = PairedLauncher(speed, noise=[1.0, 1.2, 0.8])
+    orig = launcher.launch
+
+    def launch(job: Job, workdir: Path) -> Outcome:
+        out = orig(job, workdir)
+        if not job.group and job.variant == "baseline":
+            out.result["metrics"]["samples_per_s"] = 100.0
+        return out
+
+    launcher.launch = launch
+    return launcher
+
+
+def test_added_rounds_pair_exact_variants_in_one_process(tmp_path: Path) -> None:
+    # an exact knob (sleep inside forward) can share the baseline's process; the planned repeats swing
+    # +-20% so the interval is wide, and every added round is one paired process
+    launcher = _wobbling({"baseline": 100.0, "slower": 80.0})
+    exp = build("prec", TOY, {}, {"slower": {"sleep_ms": 1.0}}, repeats=3, equivalence=False, max_repeats=5)
+    run_experiment(exp, tmp_path / "r", launcher=launcher)
+    added = launcher.jobs[6:]
+    assert [(j.group_variants, j.repeat) for j in added] == [(("baseline", "slower"), 3), (("baseline", "slower"), 4)]
+    recs = [r for r in load_records(tmp_path / "r") if r.repeat >= 3]
+    assert {r.variant for r in recs} == {"baseline", "slower"} and all(r.pairing["process"] for r in recs)
+    assert all(r.pairing["variants"] == ["baseline", "slower"] for r in recs)
+
+
+def test_a_quality_knob_never_shares_the_baselines_process(tmp_path: Path) -> None:
+    launcher = _wobbling({"baseline": 100.0, "fast": 150.0})
+    run_experiment(_exp(max_repeats=4), tmp_path / "r", launcher=launcher)  # fast changes n_samples
+    assert not any(j.group for j in launcher.jobs) and len(launcher.jobs) == 8
+
+
+def test_an_added_round_runs_paired_in_one_real_process(tmp_path: Path) -> None:
+    # a target no interval reaches: one round is added, and the exact variant shares the baseline's process
+    exp = build("pair", TOY, {"bench_steps": 3, "bench_warmup_steps": 1}, {"slow": {"sleep_ms": 2.0}}, repeats=3,
+                equivalence=False, target_half_width_pct=1e-6, max_repeats=4, budget_s=120.0, max_reruns=0)
+    run_experiment(exp, tmp_path / "r")
+    added = [r for r in load_records(tmp_path / "r") if r.repeat == 3]
+    assert sorted(r.variant for r in added) == ["baseline", "slow"] and all(r.status == "ok" for r in added)
+    assert len({r.pairing["process"] for r in added}) == 1 and all(len(r.step_ms) == 3 for r in added)
+    slow = next(r for r in added if r.variant == "slow")
+    base = next(r for r in added if r.variant == "baseline")
+    assert min(slow.step_ms) > max(0.0, min(base.step_ms)) + 1.5  # the 2 ms sleep is in the slow member's steps
