@@ -414,11 +414,12 @@ class _Sweep:
                 # one process, the baseline's and the variants' steps interleaved: the process's own
                 # speed drifts cancel in every step pair (the unit is still the repeat)
                 members = [exp.baseline_name, *unresolved]
-                cfgs = [exp.configs[v] for v in members]
+                cfgs = {v: exp.configs[v] for v in members}
                 self.planned += 1
-                self.run(group_job(exp.name, dict(zip(members, cfgs)), repeat=repeat,
-                                   rounds=max(c.bench_steps for c in cfgs),
-                                   warmup_rounds=max(c.bench_warmup_steps for c in cfgs), timeout_s=exp.timeout_s),
+                self.run(group_job(exp.name, cfgs, repeat=repeat,
+                                   rounds=max(c.bench_steps for c in cfgs.values()),
+                                   warmup_rounds=max(c.bench_warmup_steps for c in cfgs.values()),
+                                   timeout_s=exp.timeout_s),
                          extra=True)
             else:
                 self.planned += len(unresolved) + 1

@@ -43,7 +43,8 @@ def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "results"
     exp = build("lm-tiny", "lm", {"preset": "tiny", "bench_warmup_steps": 1, "bench_steps": 2},
                 {"per_sequence": {"forward": "per_sequence"}, "wide": {"d_model": 64}},
-                repeats=1, quality_epochs=1, timeout_s=300, target_half_width_pct=0.0, gates=("per_sequence.equivalent",))
+                repeats=1, quality_epochs=1, timeout_s=300, target_half_width_pct=0.0,
+                gates=("per_sequence.equivalent",))
     run_experiment(exp, out)
     return exp, out
 
