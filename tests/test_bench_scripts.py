@@ -67,12 +67,9 @@ def test_bad_usage_is_an_error_line_and_exit_2(script: str, args: list[str], mes
     assert "Traceback" not in proc.stderr
 
 
-def test_measure_overhead_prints_the_paired_interval_and_the_overhead_line() -> None:
-    os.environ["REPEATS"] = "3"
-    try:
-        lines = _ok(_run("measure_overhead.py", "bench_steps=20", "bench_warmup_steps=1", "batch_size=4"))
-    finally:
-        os.environ.pop("REPEATS")
+def test_measure_overhead_prints_the_paired_interval_and_the_overhead_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPEATS", "3")
+    lines = _ok(_run("measure_overhead.py", "bench_steps=20", "bench_warmup_steps=1", "batch_size=4"))
     assert lines[0].startswith("config: lm preset=tiny batch_size=4 threads=1 steps=20 x 3 alternating runs")
     assert lines[-2].startswith("instrumented / bare, paired by run: x") and "overhead" in lines[-2]
     words = lines[-1].split()  # overhead: X.X% of a Y.Y ms step (bare Z.Z ms)
