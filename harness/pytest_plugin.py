@@ -161,17 +161,14 @@ def counter_verdict(name: str, measured: Any, expected: Mapping[str, float]) -> 
 
 @dataclass(frozen=True, slots=True)
 class StepBench:
-    """What `train_bench(...)` measured: counters, throughput over the timed rounds, memory, the config."""
+    """What `train_bench(...)` measured: the step's counters, throughput over the timed rounds, memory, the
+    config. The counters' fields read as the result's own (`result.flops_per_step`, `result.param_count`)."""
 
-    label: str
+    counters: StepCounters
+    """What one optimizer step does, from the engine (`harness.engine.step_counters`)."""
     config: dict[str, Any]
     forward_calls_per_step: float
-    flops_per_step: int
-    reference_flops_per_step: int
-    param_count: int
-    samples_per_step: int
-    real_tokens_per_step: int
-    padded_tokens_per_step: int
+    """Over the timed rounds when timed (else the counters' figure)."""
     timed_steps: int
     step_ms_median: float | None
     samples_per_s: float | None
@@ -181,9 +178,15 @@ class StepBench:
     cuda_peak_allocated_gib: float | None
     torch_threads: int
 
+    def __getattr__(self, name: str) -> Any:
+        if name == "counters":  # not set yet (copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.counters, name)
+
     def extra_info(self) -> dict[str, Any]:
-        """The JSON-able figures pytest-benchmark stores with the timing."""
-        return asdict(self)
+        """The JSON-able figures pytest-benchmark stores with the timing (counters flattened in)."""
+        own = asdict(self)
+        return {**own.pop("counters"), **own}
 
 
 RoundRunner = Callable[[Callable[[], None], int, int], None]
@@ -236,12 +239,9 @@ class TrainBench:
         m = record.metrics
         timed = 0 if self.benchmark is None or self.benchmark.disabled else int(m.get("measured_steps") or 0)
         result = StepBench(
-            label=counters.label, config=cfg.to_dict(),
+            counters=counters, config=cfg.to_dict(),
             forward_calls_per_step=m["forward_calls_per_step"] if timed else counters.forward_calls_per_step,
-            flops_per_step=counters.flops_per_step, reference_flops_per_step=counters.reference_flops_per_step,
-            param_count=counters.param_count, samples_per_step=counters.samples_per_step,
-            real_tokens_per_step=counters.real_tokens_per_step,
-            padded_tokens_per_step=counters.padded_tokens_per_step, timed_steps=timed,
+            timed_steps=timed,
             step_ms_median=m.get("step_ms_median") if timed else None,
             samples_per_s=m.get("samples_per_s") if timed else None,
             tokens_per_s=m.get("tokens_per_s") if timed else None, peak_rss_gib=m.get("peak_rss_gib"),
