@@ -210,10 +210,10 @@ def machine_id(env: Mapping[str, Any]) -> str:
     return f"{env.get('hostname', '?')}/{env.get('cpu_model', '?')}/{env.get('gpu_name') or 'no-gpu'}"
 
 
-def _git(*args: str) -> str:
+def _git(*args: str, cwd: Path | None = None) -> str:
     try:
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+                             cwd=cwd or Path(__file__).resolve().parent)
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -238,6 +238,13 @@ def _ram_total_gib() -> float | None:
         return None
 
 
+def code_dirty(cwd: Path | None = None) -> bool:
+    """Uncommitted changes to tracked files of the checkout; what trainbench itself writes there
+    (`reports/`, `runs/`) does not count, so a regenerated report does not mark the next run dirty."""
+    return bool(_git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)reports",
+                     ":(top,exclude)runs", cwd=cwd))
+
+
 def collect_env() -> dict[str, Any]:
     """Versions, hardware and code identity of this process's environment."""
     import torch
@@ -255,7 +262,7 @@ def collect_env() -> dict[str, Any]:
         "gpu_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "gpu_driver": None,
         "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_dirty": code_dirty(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "ram_total_gib": _ram_total_gib(),
         "gpu_mem_total_gib": (torch.cuda.get_device_properties(0).total_memory / 1024**3

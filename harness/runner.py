@@ -212,8 +212,10 @@ def plan(exp: Experiment) -> tuple[list[Job], list[Record]]:
                                                 config=cfg.to_dict()), "ok", env=env, equivalence={
                     "passed": None, "reason": f"not checked: changes training ({changed}); compare quality instead",
                     "compared": []}))
+    names = list(exp.variants)
     for r in range(exp.repeats):
-        for v in exp.variants:
+        # round r starts at variant r (A B C, B C A, C A B, ...): no variant always runs first
+        for v in names[r % len(names):] + names[:r % len(names)]:
             jobs.append(Job(experiment=exp.name, variant=v, phase="speed", repeat=r,
                             config=exp.configs[v].replace(epochs=0).to_dict(), timeout_s=exp.timeout_s))
     if exp.quality_epochs > 0:
@@ -423,7 +425,8 @@ class _Sweep:
                          extra=True)
             else:
                 self.planned += len(unresolved) + 1
-                for v in [exp.baseline_name, *unresolved]:
+                members = [exp.baseline_name, *unresolved]
+                for v in members[repeat % len(members):] + members[:repeat % len(members)]:  # rotated, as planned
                     self.run(job_for(v, repeat), extra=True)
             repeat += 1
 
@@ -434,7 +437,7 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
                    deadline: float | None = None) -> list[Record]:
     """Run every job not already recorded; returns the records of this call (skipped included).
 
-    Equivalence checks, then the planned speed rounds (A B C, A B C, ...), each contended speed run run
+    Equivalence checks, then the planned speed rounds (A B C, B C A, C A B, ...), each contended speed run run
     again within the budget; then the quality runs; then added rounds for variants whose speedup
     interval is still wider than the target, within the experiment's budget and before `deadline`
     (`time.monotonic()`; a sweep-wide budget) when given. What was re-run or left unresolved, and why, goes to

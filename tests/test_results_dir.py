@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,23 @@ def test_load_ignores_records_that_never_ran(tmp_path):
     append(tmp_path, speed_record("baseline", 2, env={**speed_record("x", 0).env, "hostname": "elsewhere"}))
     with pytest.raises(ValueError, match="mixes records from 2 machines"):
         results.load(tmp_path)
+
+
+def test_regenerated_reports_do_not_mark_the_code_dirty(tmp_path: Path) -> None:
+    from harness.results import code_dirty
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "README.md").write_text("old report\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    assert not code_dirty(tmp_path)
+    (tmp_path / "reports" / "README.md").write_text("regenerated report\n")
+    assert not code_dirty(tmp_path)
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert code_dirty(tmp_path)

@@ -31,12 +31,13 @@ def test_crash_nan_and_timeout_become_records_while_others_finish(tmp_path) -> N
     assert by_variant["fine"].metrics["samples_per_s"] > 0
 
 
-def test_repeats_are_interleaved() -> None:
-    exp = build("order", TOY, BASE, {"b": {"dim": 4}, "c": {"dim": 2}}, repeats=2, equivalence=False,
+def test_repeats_are_interleaved_and_rotated() -> None:
+    exp = build("order", TOY, BASE, {"b": {"dim": 4}, "c": {"dim": 2}}, repeats=4, equivalence=False,
                 target_half_width_pct=0.0)
     jobs, _ = plan(exp)
-    assert [(j.variant, j.repeat) for j in jobs] == [
-        ("baseline", 0), ("b", 0), ("c", 0), ("baseline", 1), ("b", 1), ("c", 1)]
+    assert [(j.variant, j.repeat) for j in jobs] == [  # every round holds each variant; each leads one in turn
+        ("baseline", 0), ("b", 0), ("c", 0), ("b", 1), ("c", 1), ("baseline", 1),
+        ("c", 2), ("baseline", 2), ("b", 2), ("baseline", 3), ("b", 3), ("c", 3)]
 
 
 def test_existing_results_need_resume(tmp_path) -> None:
