@@ -19,7 +19,7 @@ from harness import registry
 from harness.config import knob_table, parse_overrides, resolve_device, runtime_warnings
 from harness.experiment import Experiment, SavedExperiment, build, load_experiment, load_saved_experiment
 from harness.registry import resolve
-from harness.results import Record, load_records
+from harness.results import Record, check_writable_dir, folder_name, load_records
 from harness.runner import Job, run_experiment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,16 @@ def _progress(i: int, n: int, job: Job, rec: Record | None) -> None:
     if rec.contention.get("verdict"):
         detail += f" CONTENDED: {rec.contention['verdict']}"
     print(f" {rec.status}{detail} ({rec.wall_s:.1f} s)", file=sys.stderr, flush=True)
+
+
+def _one_workload(command: str, positional: list[str]) -> None:
+    """`run` / `profile` take one workload and then key=value items; name what is wrong."""
+    if not positional:
+        raise ValueError(f"{command} needs a workload, e.g. `trainbench {command} lm preset=tiny` "
+                         "(`trainbench list` shows them)")
+    if len(positional) > 1:
+        raise ValueError(f"{command}: '{positional[1]}' is not key=value; write it as {positional[1]}=VALUE "
+                         f"(one workload, '{positional[0]}', then key=value knobs)")
 
 
 def _failed(records: Sequence[Record]) -> list[Record]:
@@ -199,8 +209,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Profile one config: `repeats` fresh processes, summary table."""
     positional, overrides = _split_args(args.items)
-    if len(positional) != 1:
-        raise ValueError("run takes one workload then key=value knobs, e.g. `trainbench run lm preset=tiny`")
+    _one_workload("run", positional)
     workload = positional[0]
     epochs = resolve(workload, overrides).epochs
     # A speed run by default; with epochs=N each repeat trains for quality (and is timed as it trains).
@@ -213,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = exp.configs[workload]
     for w in runtime_warnings(cfg, resolve_device(cfg)):
         print(f"warning: {w}", file=sys.stderr)
-    out = Path(args.out or f"runs/{workload}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or f"runs/{folder_name(workload)}-{time.strftime('%Y%m%d-%H%M%S')}")
     records = run_experiment(exp, out, resume=args.resume, progress=_progress)
     _report(out, None, exp, check=False)
     print(f"records: {out / 'records.jsonl'}")
@@ -249,6 +258,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         equivalence=False, allow_same=True, **exp.precision)
         _validate_gates(exp)
         exps.append(exp)
+    if args.out:
+        check_writable_dir(args.out)
+    check_writable_dir(args.reports, "--reports")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     status = 0
     print("machine check (trainbench doctor):\n" + _machine_text(), file=sys.stderr)
@@ -286,7 +298,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     results = Path(args.results)
     load_records(results)  # ValueError (exit 2) when there is nothing to report
     exp = load_saved_experiment(results)
-    out = Path(args.out) if args.out else Path("reports") / (exp.name if exp else results.name)
+    # by default beside the others under reports/, named after the results directory: re-rendering one
+    # run's results never overwrites another's report
+    out = check_writable_dir(args.out or Path("reports") / results.resolve().name)
     return _report(results, out, exp, check=args.check)
 
 
@@ -351,10 +365,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from harness.profiler import profile
 
     positional, overrides = _split_args(args.items)
-    if len(positional) != 1:
-        raise ValueError("profile takes one workload then key=value knobs, e.g. `trainbench profile lm preset=tiny`")
-    cfg = resolve(positional[0], overrides)
-    out = Path(args.out or f"runs/profile-{positional[0]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _one_workload("profile", positional)
+    cfg = resolve(positional[0], overrides)  # bad knobs (or a missing data file) stop here: nothing written
+    out = check_writable_dir(args.out or f"runs/profile-{folder_name(positional[0])}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(profile(cfg, out, steps=args.steps))
     return 0
 
@@ -370,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("run", help="profile one config (WORKLOAD key=value ...)")
-    s.add_argument("items", nargs="+", metavar="WORKLOAD|key=value")
+    s.add_argument("items", nargs="*", metavar="WORKLOAD|key=value")
     s.add_argument("--repeats", type=int, default=1)
     s.add_argument("--out")
     s.add_argument("--timeout", type=float, default=900.0, help="seconds per run before it is killed")
@@ -409,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_doctor)
 
     s = sub.add_parser("profile", help="torch.profiler traces and top operators for one config")
-    s.add_argument("items", nargs="+", metavar="WORKLOAD|key=value")
+    s.add_argument("items", nargs="*", metavar="WORKLOAD|key=value")
     s.add_argument("--steps", type=int, default=5)
     s.add_argument("--out")
     s.set_defaults(fn=cmd_profile)

@@ -111,5 +111,8 @@ def check_equivalence(base: RunConfig, variant: RunConfig, dtype: torch.dtype = 
     passed = not missing and max_rel <= tol
     reason = (f"parameters differ: {missing[:3]}" if missing else
               f"worst: {worst} (relative L2 error {max_rel:.2e} vs tolerance {tol:.0e})")
+    if not passed and base.batch_size != variant.batch_size:
+        reason += ("; only the micro-batching differs, so check that the workload's loss() is a sum over the "
+                   "batch's loss elements, not a mean (a mean is averaged again across micro-batches)")
     return {"passed": bool(passed), "max_abs_err": max_abs, "max_rel_err": max_rel, "tolerance": tol,
             "dtype": label, "compared": compared, "reason": reason}

@@ -267,7 +267,11 @@ def load_saved_experiment(out_dir: str | os.PathLike[str]) -> SavedExperiment | 
     path = Path(out_dir) / EXPERIMENT_FILE
     if not path.exists():
         return None
-    d = json.loads(path.read_text())
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"'{path}' is not valid JSON ({exc.msg}, line {exc.lineno}); restore it or re-run "
+                         "the sweep") from None
     try:
         return SavedExperiment(
             name=d["name"], workload=d["workload"], description=d.get("description", ""),

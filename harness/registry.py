@@ -18,15 +18,35 @@ from harness import config
 from harness.knobs import GENERIC_BY_NAME
 from harness.workload import Workload
 
+REQUIRED = {"name": str, "description": str, "presets": Mapping, "default_preset": str, "primary_metric": str}
+"""Class attributes every workload sets (see `harness.workload.Workload`)."""
+
 
 def _check(obj: object, where: str) -> Workload:
+    """The workload `obj` names, checked before anything runs: ValueError (one line naming the fix) for a
+    missing method or attribute, a preset that is not there, or a knob that clashes with a generic one."""
     if isinstance(obj, type) and issubclass(obj, Workload):
+        missing = sorted(getattr(obj, "__abstractmethods__", ()))
+        if missing:
+            raise ValueError(f"workload '{where}' does not implement {', '.join(missing)}; define "
+                             f"{'them' if len(missing) > 1 else 'it'} (see harness/workload.py) or use "
+                             "trainbench.SimpleWorkload")
         obj = obj()
     if not isinstance(obj, Workload):
         raise ValueError(f"workload '{where}' is a {type(obj).__name__}, not a harness.workload.Workload; "
-                         "point to a Workload instance or subclass")
-    clash = {k.name for k in obj.knobs} & set(GENERIC_BY_NAME)
-    assert not clash, f"workload {obj.name} redefines generic knobs {sorted(clash)}"
+                         "point to a Workload instance or subclass (or build one with trainbench.SimpleWorkload)")
+    for attr, kind in REQUIRED.items():
+        if not isinstance(getattr(obj, attr, None), kind):
+            raise ValueError(f"workload '{where}' has no {attr} ({kind.__name__}); set the class attribute {attr} "
+                             "(see harness/workload.py)")
+    if obj.default_preset not in obj.presets:
+        raise ValueError(f"workload '{where}': default_preset {obj.default_preset!r} is not one of its presets "
+                         f"({', '.join(obj.presets) or 'none'}); add it to presets or name an existing one")
+    clash = sorted({k.name for k in obj.knobs} & set(GENERIC_BY_NAME))
+    if clash:
+        raise ValueError(f"workload '{where}' declares knob(s) {', '.join(clash)}, which every workload already "
+                         f"has (generic knobs); rename {'them' if len(clash) > 1 else 'it'} or drop the declaration "
+                         "and read cfg." + clash[0])
     return obj
 
 

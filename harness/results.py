@@ -16,7 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,27 @@ def iter_records(directory: str | os.PathLike[str]) -> Iterator[Record]:
             if i == len(lines) - 1:
                 continue  # the writer died mid-line; the run will be redone by --resume
             raise ValueError(f"{path}:{i + 1} is not valid JSON; the file was edited or corrupted") from None
-        yield Record.from_dict(data)
+        yield _parse_record(data, f"{path}:{i + 1}")
+
+
+def _parse_record(data: Any, where: str) -> Record:
+    """One line of records.jsonl as a `Record`; ValueError naming the file, line and problem."""
+    fix = "the file was edited or corrupted: restore it or re-run the sweep"
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} is a JSON {type(data).__name__}, not a record object; {fix}")
+    required = [f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ValueError(f"{where} lacks the record field(s) {', '.join(missing)}; {fix}")
+    unknown = sorted(set(data) - {f.name for f in fields(Record)})
+    if unknown:
+        raise ValueError(f"{where} has unknown field(s) {', '.join(unknown)}; {fix}")
+    if data["status"] not in STATUSES:
+        raise ValueError(f"{where}: status {data['status']!r} is not one of {' | '.join(STATUSES)}; {fix}")
+    try:
+        return Record.from_dict(data)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def load_records(directory: str | os.PathLike[str]) -> list[Record]:
@@ -236,6 +256,25 @@ def _ram_total_gib() -> float | None:
         return psutil.virtual_memory().total / 1024**3
     except Exception:  # psutil missing or restricted: capacity unknown
         return None
+
+
+def check_writable_dir(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """`path` as a directory that exists or can be created; ValueError (one line) before anything is written."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what} '{p}' is a file, not a directory; name a directory (it is created if missing)")
+    ancestor = p
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} '{p}' cannot be created: '{ancestor}' is not a writable directory; "
+                         f"choose another {what}")
+    return p
+
+
+def folder_name(label: str) -> str:
+    """A workload name or ``module:object`` path as a folder name (no ':' or '/')."""
+    return label.replace(":", "-").replace("/", "-")
 
 
 def code_dirty(cwd: Path | None = None) -> bool:

@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.experiment import Experiment, knob_kinds, save_experiment
-from harness.results import PRECISION_FILE, RECORDS_FILE, Record, append, collect_env, iter_records
+from harness.results import (
+    PRECISION_FILE,
+    RECORDS_FILE,
+    Record,
+    append,
+    check_writable_dir,
+    collect_env,
+    iter_records,
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -387,48 +395,78 @@ class _Sweep:
         failed = {r.variant for r in self.records if r.phase == "speed" and r.status != "ok"}
         return variant not in failed and self.exp.baseline_name not in failed
 
+    def repeats_of(self, variant: str) -> int:
+        """Speed repeats of `variant` that ran (a re-run counts once)."""
+        return len({r.repeat for r in self.records if r.variant == variant and r.phase == "speed"})
+
     def adapt(self, first_repeat: int, job_for: Callable[[str, int], Job]) -> None:
-        """Add interleaved rounds (the baseline and every unresolved variant) until each speedup's
-        interval reaches the target half-width, `max_repeats` is reached, or the budget is spent.
-        When every unresolved variant is `pairable`, a round is one process in the engine's paired
-        mode; otherwise one fresh process per variant."""
+        """Add interleaved rounds (the baseline and unresolved variants) until each speedup's interval
+        reaches the target half-width, the variant has `max_repeats` repeats, or the budget is spent.
+        The unresolved variants that are `pairable` share one process per round (the engine's paired
+        mode: the process's own drifts cancel in every step pair; the unit is still the repeat); the
+        others get one fresh process each, in a round of their own with its own baseline run."""
         exp = self.exp
         if exp.target_half_width_pct <= 0 or len(exp.variants) < 2:
             return
-        repeat = first_repeat
+        repeat, capped = first_repeat, []
+        target = f"±{exp.target_half_width_pct:g}%"
         while True:
             unresolved = [v for v in exp.variants[1:] if self._measurable(v) and
                           self.half_width_pct(v) > exp.target_half_width_pct]
+            capped += [v for v in unresolved if self.repeats_of(v) >= exp.max_repeats and v not in capped]
+            unresolved = [v for v in unresolved if v not in capped]
             if not unresolved:
-                return
-            if repeat >= exp.max_repeats:
-                self.notes.append(f"max_repeats={exp.max_repeats} reached before the target "
-                                  f"±{exp.target_half_width_pct:g}% for: {', '.join(unresolved)}")
-                return
-            round_s = self.run_s() * (len(unresolved) + 1)  # the next round: the baseline and each unresolved
-            if self.extra_s + round_s > exp.budget_s or round_s > self.seconds_left():
-                budget = f"budget_s={exp.budget_s:g}" if self.extra_s + round_s > exp.budget_s else \
-                    "the sweep's time budget"
-                self.notes.append(f"{budget} spent before the target ±{exp.target_half_width_pct:g}% "
-                                  f"for: {', '.join(unresolved)}")
-                return
-            if all(self.pairable(v) for v in unresolved):
-                # one process, the baseline's and the variants' steps interleaved: the process's own
-                # speed drifts cancel in every step pair (the unit is still the repeat)
-                members = [exp.baseline_name, *unresolved]
-                cfgs = {v: exp.configs[v] for v in members}
-                self.planned += 1
-                self.run(group_job(exp.name, cfgs, repeat=repeat,
-                                   rounds=max(c.bench_steps for c in cfgs.values()),
-                                   warmup_rounds=max(c.bench_warmup_steps for c in cfgs.values()),
-                                   timeout_s=exp.timeout_s),
-                         extra=True)
-            else:
-                self.planned += len(unresolved) + 1
-                members = [exp.baseline_name, *unresolved]
-                for v in members[repeat % len(members):] + members[:repeat % len(members)]:  # rotated, as planned
-                    self.run(job_for(v, repeat), extra=True)
-            repeat += 1
+                break
+            paired = [v for v in unresolved if self.pairable(v)]
+            alone = [v for v in unresolved if v not in paired]
+            for members in [m for m in (paired, alone) if m]:
+                round_s = self.run_s() * (len(members) + 1)  # the baseline and each member
+                if self.extra_s + round_s > exp.budget_s or round_s > self.seconds_left():
+                    budget = f"budget_s={exp.budget_s:g}" if self.extra_s + round_s > exp.budget_s else \
+                        "the sweep's time budget"
+                    self.notes.append(f"{budget} spent before the target {target} for: {', '.join(unresolved)}")
+                    unresolved = []
+                    break
+                names = [exp.baseline_name, *members]
+                if members is paired:
+                    cfgs = {v: exp.configs[v] for v in names}
+                    self.planned += 1
+                    self.run(group_job(exp.name, cfgs, repeat=repeat,
+                                       rounds=max(c.bench_steps for c in cfgs.values()),
+                                       warmup_rounds=max(c.bench_warmup_steps for c in cfgs.values()),
+                                       timeout_s=exp.timeout_s), extra=True)
+                else:
+                    self.planned += len(names)
+                    for v in names[repeat % len(names):] + names[:repeat % len(names)]:  # rotated, as planned
+                        self.run(job_for(v, repeat), extra=True)
+                repeat += 1
+            if not unresolved:
+                break
+        if capped:
+            self.notes.append(f"max_repeats={exp.max_repeats} reached before the target {target} for: "
+                              f"{', '.join(capped)}")
+
+
+def preflight(exp: Experiment) -> None:
+    """Refuse (ValueError, before anything is written) what can be known before a run starts: a batch
+    larger than the training split. Missing data files are refused earlier, by the workload's
+    `validate` when the config is resolved."""
+    sizes: dict[str, int] = {}
+    for name, cfg in exp.configs.items():
+        data = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_DATA}
+        key = json.dumps(data, sort_keys=True, default=str)
+        if key not in sizes:
+            train, _ = cfg.get_workload().build_datasets(cfg)  # generated once, then read from the cache
+            sizes[key] = len(train)
+        if cfg.batch_size > sizes[key]:
+            raise ValueError(f"variant '{name}': batch_size={cfg.batch_size} exceeds the {sizes[key]:,} training "
+                             f"samples of {cfg.workload} preset={cfg.preset}; use batch_size <= {sizes[key]}")
+
+
+_NOT_DATA = frozenset({"batch_size", "grad_accum", "bench_steps", "bench_warmup_steps", "epochs", "threads",
+                       "num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "amp", "compile",
+                       "tf32", "device", "duplicate_forward", "grad_checkpointing", "lr", "optimizer"})
+"""Knobs that cannot change the training split's size (the preflight builds one split per other setting)."""
 
 
 def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: bool = False,
@@ -443,7 +481,8 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
     (`time.monotonic()`; a sweep-wide budget) when given. What was re-run or left unresolved, and why, goes to
     `precision.json` beside the records.
     """
-    out = Path(out_dir)
+    out = check_writable_dir(out_dir)
+    preflight(exp)
     prior = list(iter_records(out))
     existing = {r.key for r in prior}
     if existing and not resume:

@@ -25,7 +25,7 @@ from harness.data import effective_workers, make_loader
 from harness.optim import make_ema, make_optimizer, make_scheduler, update_ema
 from harness.probes.contention import default_threads
 from harness.probes.timers import PhaseClock
-from harness.workload import BatchCounts, Workload, upcast
+from harness.workload import BatchCounts, LossResult, Workload, upcast
 
 if TYPE_CHECKING:
     from harness.engine import TrainResult
@@ -84,7 +84,11 @@ def forward_backward(wl: Workload, cfg: RunConfig, handle: nn.Module, micro_batc
                 outputs = wl.forward(handle, batch, cfg)
             mark("forward")
         with autocast(cfg, device):
-            loss = upcast(wl.loss(outputs, batch, cfg).total) / total_elements
+            result = wl.loss(outputs, batch, cfg)
+            if not isinstance(result, LossResult):
+                raise TypeError(f"workload '{wl.name}': loss() returned a {type(result).__name__}; return "
+                                "harness.workload.LossResult(total=<sum over the batch's loss elements>)")
+            loss = upcast(result.total) / total_elements
         mark("loss")
         (scaler.scale(loss) if scaler is not None else loss).backward()
         mark("backward")

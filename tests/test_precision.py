@@ -229,3 +229,17 @@ def test_an_added_round_runs_paired_in_one_real_process(tmp_path: Path) -> None:
     slow = next(r for r in added if r.variant == "slow")
     base = next(r for r in added if r.variant == "baseline")
     assert min(slow.step_ms) > max(0.0, min(base.step_ms)) + 1.5  # the 2 ms sleep is in the slow member's steps
+
+
+def test_mixed_rounds_pair_what_can_share_a_process_and_run_the_rest_alone(tmp_path: Path) -> None:
+    launcher = _wobbling({"baseline": 100.0, "slower": 80.0, "fast": 150.0})
+    exp = build("prec", TOY, {}, {"slower": {"sleep_ms": 1.0}, "fast": {"n_samples": 128}}, repeats=3,
+                equivalence=False, max_repeats=5)
+    run_experiment(exp, tmp_path / "r", launcher=launcher)
+    added = [(j.repeat, j.group_variants or (j.variant,)) for j in launcher.jobs[9:]]
+    # repeat 3: the exact variant paired with the baseline in one process; repeat 4: the quality
+    # variant and its own baseline run, each alone; again at 5 and 6; then each has max_repeats=5
+    assert added == [(3, ("baseline", "slower")), (4, ("baseline",)), (4, ("fast",)),
+                     (5, ("baseline", "slower")), (6, ("baseline",)), (6, ("fast",))]
+    notes = json.loads((tmp_path / "r" / PRECISION_FILE).read_text())["notes"]
+    assert any("max_repeats=5 reached" in n and "slower" in n and "fast" in n for n in notes)

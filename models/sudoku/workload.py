@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -87,6 +88,9 @@ class SudokuWorkload(Workload):
         if cfg.curriculum != "none" and cfg.data_path:
             raise ValueError("knob 'curriculum': easy_to_hard needs generated puzzles; "
                              "unset data_path or set curriculum=none")
+        if cfg.data_path and not Path(cfg.data_path).is_file():  # refused before any run starts
+            raise ValueError(f"knob 'data_path': file '{cfg.data_path}' does not exist; give a sudoku.csv path "
+                             "or leave it empty (generated puzzles)")
 
     def build_model(self, cfg: RunConfig) -> nn.Module:
         """An RRN sized by the config; both forward modes share parameters and their init."""
