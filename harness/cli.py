@@ -37,6 +37,7 @@ def _split_args(items: Sequence[str]) -> tuple[list[str], dict[str, str]]:
 
 
 _STARTED = {"t": 0.0, "experiment": ""}
+_WARNED: set[tuple[str, str]] = set()
 _CLI_START = time.monotonic()  # a sweep's time budget counts from here (imports and the machine check included)
 
 
@@ -65,6 +66,10 @@ def _progress(i: int, n: int, job: Job, rec: Record | None) -> None:
     if rec.contention.get("verdict"):
         detail += f" CONTENDED: {rec.contention['verdict']}"
     print(f" {rec.status}{detail} ({rec.wall_s:.1f} s)", file=sys.stderr, flush=True)
+    for w in rec.warnings:  # each distinct warning once per experiment (the report lists them all)
+        if (job.experiment, w) not in _WARNED:
+            _WARNED.add((job.experiment, w))
+            print(f"      warning: {w}", file=sys.stderr, flush=True)
 
 
 def _one_workload(command: str, positional: list[str]) -> None:
@@ -266,13 +271,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print("machine check (trainbench doctor):\n" + _machine_text(), file=sys.stderr)
     # The sweep-wide time budget: each experiment may add repeats and re-runs until its share of the
     # time left (what is left over / the experiments still to run) is spent, less what writing the
-    # reports still to come is expected to take (the slowest so far; 10 s before the first).
+    # reports still to come is expected to take (1.5 x the slowest so far; 15 s before the first).
     end = _CLI_START + args.budget_min * 60 if args.budget_min > 0 else None
-    report_s = 10.0
+    report_s = 15.0
     for i, exp in enumerate(exps):
         left = len(exps) - i
         deadline = None if end is None else \
-            time.monotonic() + (end - time.monotonic() - report_s * left) / left
+            time.monotonic() + (end - time.monotonic() - 1.5 * report_s * left) / left
         out = Path(args.out) / exp.name if args.out and len(exps) > 1 else \
             Path(args.out or f"runs/{exp.name}-{stamp}")
         print(f"\n# {exp.name}: {len(exp.variants)} variants x {exp.repeats} repeats -> {out}", file=sys.stderr)
@@ -280,7 +285,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         report_dir = Path(args.reports) / exp.name
         start = time.monotonic()
         status = max(status, _report(out, report_dir, exp, check=args.check), 1 if _failed(records) else 0)
-        report_s = max(report_s if i else 0.0, time.monotonic() - start)
+        report_s = max(report_s if i else 0.0, time.monotonic() - start)  # (the measured one replaces 15 s)
     if not positional or args.index:
         from harness.report import write_index
 

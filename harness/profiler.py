@@ -11,7 +11,12 @@ warm-up, so one-time costs stay out of the trace.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,26 @@ def _operator_table(prof: Any, on_cuda: bool, steps: int) -> list[str]:
     return lines
 
 
+@contextlib.contextmanager
+def _without_usdt_lines() -> Iterator[None]:
+    """Kineto writes ``USDT: ... profiler_start`` / ``profiler_stop`` to the C-level stderr: catch fd 2
+    while the profiler runs and pass every other line on (warnings and errors stay visible)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if not line.startswith("USDT:")]
+            sys.stderr.write("".join(kept))
+
+
 def profile(cfg: RunConfig, out_dir: Path, steps: int = 5) -> str:
     """Profile `steps` optimizer steps of a config; write traces into out_dir; return the text report."""
     from harness.engine import Meter
@@ -64,9 +89,9 @@ def profile(cfg: RunConfig, out_dir: Path, steps: int = 5) -> str:
     meter = Meter(trainer)  # the engine measures; the profiler only records what ran
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     tb_dir = out_dir / TENSORBOARD_DIR
-    with torch.profiler.profile(activities=activities, record_shapes=True,
-                                schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
-                                on_trace_ready=tensorboard_trace_handler(str(tb_dir))) as prof:
+    with _without_usdt_lines(), torch.profiler.profile(
+            activities=activities, record_shapes=True, schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
+            on_trace_ready=tensorboard_trace_handler(str(tb_dir))) as prof:
         for i in range(steps + 1):  # step 0 is the profiler's warm-up: allocator, lazy init, first calls
             if i == 1:
                 meter.open()

@@ -45,3 +45,21 @@ def test_threshold_semantics():
 def test_bad_fail_on_specs(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_fail_on([spec], ["samples_per_s"])
+
+
+def test_a_constant_figure_changed_by_a_hair_is_not_significant(tmp_path):
+    # peak RSS identical in every run, 0.00001 GiB apart: an interval of width 0 must not read "yes"
+    old = [speed_record("a", r, peak_rss_gib=1.50000) for r in range(3)]
+    new = [speed_record("a", r, peak_rss_gib=1.49999) for r in range(3)]
+    text, _ = compare(write(tmp_path / "old", old), write(tmp_path / "new", new), fail_on=[])
+    row = next(line for line in text.splitlines() if line.startswith("| a | peak_rss_gib |"))
+    assert "-0.0%" in row and "no (below 0.1%)" in row
+
+
+def test_different_configs_are_said(tmp_path):
+    from tests.fixtures.synthetic import base_config
+
+    old = [speed_record("a", r) for r in range(3)]
+    new = [speed_record("a", r, config={**base_config(), "batch_size": 64}) for r in range(3)]
+    text, _ = compare(write(tmp_path / "old", old), write(tmp_path / "new", new), fail_on=[])
+    assert "**`a` ran different configs**: batch_size=" in text and "-> 64" in text

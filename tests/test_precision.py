@@ -167,31 +167,14 @@ def test_sweep_budget_must_not_be_negative(capsys: pytest.CaptureFixture[str]) -
     assert len(err) == 1 and "--budget-min -1" in err[0] and "minutes >= 0" in err[0]
 
 
-class PairedLauncher(PlantedLauncher):
-    """Also answers group jobs (the engine's paired mode): per member its step times in one process."""
-
-    def launch(self, job: Job, workdir: Path) -> Outcome:
-        if not job.group:
-            return super().launch(job, workdir)
-        self.jobs.append(job)
-        members = []
-        for i, v in enumerate(job.group_variants):
-            sps = self.speed[v] * self.noise[job.repeat % len(self.noise)]
-            members.append({"metrics": {"samples_per_s": sps, "train_wall_s": 1.0, "measured_steps": 10},
-                            "step_ms": [100.0 / sps] * 10, "step_cpu_ms": [100.0 / sps] * 10,
-                            "contention": {}, "pairing": {"group": 2, "member": i, "process": 4242 + job.repeat}})
-        return Outcome({"status": "ok", "env": {"hostname": "h", "cpu_model": "c"}, "members": members},
-                       0, "", False, 0.02)
-
-
-def _wobbling(speed: dict[str, float]) -> PairedLauncher:
-    """Separate processes: the variant's speed swings +-20% by repeat, the baseline's does not."""
-    launcher = PairedLauncher(speed, noise=[1.0, 1.2, 0.8])
+def _wobbling(speed: dict[str, float]) -> PlantedLauncher:
+    """The variants' speed swings +-20% by repeat, the baseline's does not: intervals stay wide."""
+    launcher = PlantedLauncher(speed, noise=[1.0, 1.2, 0.8])
     orig = launcher.launch
 
     def launch(job: Job, workdir: Path) -> Outcome:
         out = orig(job, workdir)
-        if not job.group and job.variant == "baseline":
+        if job.variant == "baseline":
             out.result["metrics"]["samples_per_s"] = 100.0
         return out
 
@@ -199,47 +182,12 @@ def _wobbling(speed: dict[str, float]) -> PairedLauncher:
     return launcher
 
 
-def test_added_rounds_pair_exact_variants_in_one_process(tmp_path: Path) -> None:
-    # an exact knob (sleep inside forward) can share the baseline's process; the planned repeats swing
-    # +-20% so the interval is wide, and every added round is one paired process
+def test_added_rounds_run_every_variant_in_its_own_process(tmp_path: Path) -> None:
+    # even an exact knob (sleep inside forward) that could share the baseline's process gets its own:
+    # paired rounds measured other ratios than separate processes, and one interval must not mix them
     launcher = _wobbling({"baseline": 100.0, "slower": 80.0})
     exp = build("prec", TOY, {}, {"slower": {"sleep_ms": 1.0}}, repeats=3, equivalence=False, max_repeats=5)
     run_experiment(exp, tmp_path / "r", launcher=launcher)
-    added = launcher.jobs[6:]
-    assert [(j.group_variants, j.repeat) for j in added] == [(("baseline", "slower"), 3), (("baseline", "slower"), 4)]
-    recs = [r for r in load_records(tmp_path / "r") if r.repeat >= 3]
-    assert {r.variant for r in recs} == {"baseline", "slower"} and all(r.pairing["process"] for r in recs)
-    assert all(r.pairing["variants"] == ["baseline", "slower"] for r in recs)
-
-
-def test_a_quality_knob_never_shares_the_baselines_process(tmp_path: Path) -> None:
-    launcher = _wobbling({"baseline": 100.0, "fast": 150.0})
-    run_experiment(_exp(max_repeats=4), tmp_path / "r", launcher=launcher)  # fast changes n_samples
-    assert not any(j.group for j in launcher.jobs) and len(launcher.jobs) == 8
-
-
-def test_an_added_round_runs_paired_in_one_real_process(tmp_path: Path) -> None:
-    # a target no interval reaches: one round is added, and the exact variant shares the baseline's process
-    exp = build("pair", TOY, {"bench_steps": 3, "bench_warmup_steps": 1}, {"slow": {"sleep_ms": 2.0}}, repeats=3,
-                equivalence=False, target_half_width_pct=1e-6, max_repeats=4, budget_s=120.0, max_reruns=0)
-    run_experiment(exp, tmp_path / "r")
-    added = [r for r in load_records(tmp_path / "r") if r.repeat == 3]
-    assert sorted(r.variant for r in added) == ["baseline", "slow"] and all(r.status == "ok" for r in added)
-    assert len({r.pairing["process"] for r in added}) == 1 and all(len(r.step_ms) == 3 for r in added)
-    slow = next(r for r in added if r.variant == "slow")
-    base = next(r for r in added if r.variant == "baseline")
-    assert min(slow.step_ms) > max(0.0, min(base.step_ms)) + 1.5  # the 2 ms sleep is in the slow member's steps
-
-
-def test_mixed_rounds_pair_what_can_share_a_process_and_run_the_rest_alone(tmp_path: Path) -> None:
-    launcher = _wobbling({"baseline": 100.0, "slower": 80.0, "fast": 150.0})
-    exp = build("prec", TOY, {}, {"slower": {"sleep_ms": 1.0}, "fast": {"n_samples": 128}}, repeats=3,
-                equivalence=False, max_repeats=5)
-    run_experiment(exp, tmp_path / "r", launcher=launcher)
-    added = [(j.repeat, j.group_variants or (j.variant,)) for j in launcher.jobs[9:]]
-    # repeat 3: the exact variant paired with the baseline in one process; repeat 4: the quality
-    # variant and its own baseline run, each alone; again at 5 and 6; then each has max_repeats=5
-    assert added == [(3, ("baseline", "slower")), (4, ("baseline",)), (4, ("fast",)),
-                     (5, ("baseline", "slower")), (6, ("baseline",)), (6, ("fast",))]
-    notes = json.loads((tmp_path / "r" / PRECISION_FILE).read_text())["notes"]
-    assert any("max_repeats=5 reached" in n and "slower" in n and "fast" in n for n in notes)
+    assert not any(j.group for j in launcher.jobs)
+    assert [(j.repeat, j.variant) for j in launcher.jobs[6:]] == [
+        (3, "slower"), (3, "baseline"), (4, "baseline"), (4, "slower")]

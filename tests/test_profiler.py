@@ -30,3 +30,15 @@ def test_profile_cpu_writes_traces_and_reports(tmp_path):
 def test_profile_rejects_zero_steps(tmp_path):
     with pytest.raises(ValueError, match="steps=0"):
         profile(resolve(TOY, {"preset": "tiny"}), tmp_path, steps=0)
+
+
+def test_kineto_usdt_lines_are_dropped_and_other_stderr_kept(capfd):
+    import os
+
+    from harness.profiler import _without_usdt_lines
+
+    with _without_usdt_lines():
+        os.write(2, b"USDT:2026 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"a real warning\n")
+    err = capfd.readouterr().err
+    assert "USDT" not in err and "a real warning" in err

@@ -111,3 +111,28 @@ def test_index_links_every_report(reports):
     assert "| Experiment | Headline | Device | When |" in text
     assert "[demo](demo/README.md)" in text and "[scaling](scaling/README.md)" in text
     assert "`batched` runs at x3.03" in text  # the headline: the fastest variant with its CI
+
+
+def test_recorded_warnings_are_listed_once_with_their_variants(tmp_path):
+    import dataclasses
+
+    warn = "num_workers=8 exceeds the 2 CPU cores here; capped at 2"
+    recs = [dataclasses.replace(speed_record(v, r), warnings=(warn,) if v == "b" else ())
+            for r in range(3) for v in ("a", "b")]
+    readme = write_report(write(tmp_path / "results", recs), tmp_path / "rep", plots=False)
+    text = readme.read_text()
+    assert text.count(warn) == 1 and "## Warnings" in text
+    assert f"| {warn} | `b` |" in text
+
+
+def test_the_console_shows_each_warning_once_per_experiment(capsys):
+    import dataclasses
+
+    from harness.cli import _progress
+    from harness.runner import Job
+
+    warn = "pin_memory=true has no effect on a CPU run (nothing is copied to a GPU)"
+    for r in range(2):
+        job = Job(experiment="warned", variant="b", phase="speed", repeat=r, config={})
+        _progress(r + 1, 2, job, dataclasses.replace(speed_record("b", r), warnings=(warn,)))
+    assert capsys.readouterr().err.count(f"warning: {warn}") == 1

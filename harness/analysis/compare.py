@@ -9,6 +9,7 @@ to settle before flagging a large drop; the table says which changes are within 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -51,6 +52,10 @@ def parse_fail_on(specs: Sequence[str], metrics: Sequence[str]) -> list[Threshol
     return out
 
 
+MIN_CHANGE_PCT = 0.1
+"""Changes smaller than this are never called significant (a constant figure has an interval of width 0)."""
+
+
 def _values(records: Sequence[Record], variant: str, metric: str, quality: bool) -> list[float]:
     phase = "quality" if quality else "speed"
     out = []
@@ -79,6 +84,15 @@ def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
     if machines[0] != machines[1]:
         lines += [f"> **Different machines** ({', '.join(sorted(machines[0]))} vs {', '.join(sorted(machines[1]))}):"
                   " speed changes mix code and hardware.", ""]
+    for v in variants:
+        configs = ({json.dumps(dict(r.config), sort_keys=True, default=str) for r in old if r.variant == v},
+                   {json.dumps(dict(r.config), sort_keys=True, default=str) for r in new if r.variant == v})
+        a, b = (json.loads(sorted(c)[0]) for c in configs)
+        changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+                   if a.get(k) != b.get(k) and k not in ("epochs",)}
+        if changed:
+            diff = ", ".join(f"{k}={x} -> {y}" for k, (x, y) in changed.items())
+            lines += [f"> **`{v}` ran different configs**: {diff}; its changes mix the code and the config.", ""]
     only = sorted({r.variant for r in [*old, *new]} - set(variants))
     if only:
         lines += [f"Variants in only one directory (not compared): {', '.join(only)}", ""]
@@ -94,7 +108,12 @@ def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
             est = stats.unpaired_ratio(b, a)
             change = (est.ratio - 1.0) * 100.0
             ci = f"[{est.ci_low:.3f}, {est.ci_high:.3f}]" if math.isfinite(est.ci_low) else "n/a (1 run)"
-            sig = "n/a" if not math.isfinite(est.ci_low) else ("yes" if est.significant else "no (within noise)")
+            if not math.isfinite(est.ci_low):
+                sig = "n/a"
+            elif abs(change) < MIN_CHANGE_PCT:  # e.g. the same peak RSS to the byte: an interval of width 0
+                sig = f"no (below {MIN_CHANGE_PCT:g}%)"
+            else:
+                sig = "yes" if est.significant else "no (within noise)"
             gate = ""
             for t in thresholds:
                 if t.metric == metric:

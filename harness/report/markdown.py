@@ -326,6 +326,20 @@ def _costs(s: pd.DataFrame, workload: WorkloadDescription | None) -> list[str]:
     return lines
 
 
+def _warnings(records: Sequence[Record]) -> list[str]:
+    """Each distinct warning the runs recorded (settings that do nothing or hurt here), with its variants."""
+    seen: dict[str, list[str]] = {}
+    for r in records:
+        for w in r.warnings:
+            names = seen.setdefault(w, [])
+            if r.variant not in names:
+                names.append(r.variant)
+    if not seen:
+        return []
+    return table(["Warning", "variants"], [[w.replace("|", "\\|"), ", ".join(f"`{v}`" for v in names)]
+                                            for w, names in seen.items()])
+
+
 def _failures(records: Sequence[Record]) -> list[str]:
     failed = [r for r in records if r.status != "ok"]
     if not failed:
@@ -367,7 +381,7 @@ def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | Save
     notes = json.loads(notes_path.read_text()) if notes_path.exists() else {}
     lines = _header(s, records, exp, results_dir)
     lines += [f"**Headline:** {headline(s, floor)}.", ""]
-    sections = [("Key changes", _key_changes(s, workload)), ("Speed", _speed(s)),
+    sections = [("Key changes", _key_changes(s, workload)), ("Warnings", _warnings(records)), ("Speed", _speed(s)),
                 ("Precision and contention", _precision(s, exp, notes)), ("Noise floor", _noise(records, base)),
                 ("Equivalence", _equivalence(s)), ("Quality", _quality(s)),
                 ("Phase breakdown", _phases(s)), ("Gates", _gates(s, exp)), ("Advisor", _advice(s)),
