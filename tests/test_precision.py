@@ -191,3 +191,11 @@ def test_added_rounds_run_every_variant_in_its_own_process(tmp_path: Path) -> No
     assert not any(j.group for j in launcher.jobs)
     assert [(j.repeat, j.variant) for j in launcher.jobs[6:]] == [
         (3, "slower"), (3, "baseline"), (4, "baseline"), (4, "slower")]
+
+
+def test_every_speed_round_starts_from_a_renewed_launcher(tmp_path: Path) -> None:
+    launcher = _wobbling({"baseline": 100.0, "fast": 150.0})
+    renewed: list[int] = []
+    launcher.renew = lambda: renewed.append(len(launcher.jobs))  # jobs launched before each renewal
+    run_experiment(_exp(max_repeats=5), tmp_path / "r", launcher=launcher)
+    assert renewed == [0, 2, 4, 6, 8]  # once per round (repeat), before its first run
