@@ -302,6 +302,8 @@ def collect_env() -> dict[str, Any]:
         "gpu_driver": None,
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": code_dirty(),
+        "malloc": " ".join(f"{k}={os.environ[k]}" for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+                           if k in os.environ) or "glibc defaults",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "ram_total_gib": _ram_total_gib(),
         "gpu_mem_total_gib": (torch.cuda.get_device_properties(0).total_memory / 1024**3

@@ -76,3 +76,19 @@ def test_resume_after_kill_reruns_nothing_finished(tmp_path) -> None:
     assert Counter(keys).most_common(1)[0][1] == 1, "a finished run was run again"
     assert len(keys) == 6 and keys[: len(before)] == before
     assert (out / RECORDS_FILE).read_text().endswith("\n")
+
+
+def test_runs_get_fixed_malloc_thresholds_unless_the_user_sets_them(monkeypatch) -> None:
+    from harness.runner import MALLOC_ENV, _child_env
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert _child_env()["MALLOC_MMAP_THRESHOLD_"] == MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"] == str(32 * 1024**2)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert _child_env()["MALLOC_MMAP_THRESHOLD_"] == "65536"  # the user's setting wins
+
+
+def test_a_record_says_which_malloc_settings_it_ran_under(tmp_path) -> None:
+    exp = build("malloc", TOY, {**BASE, "bench_steps": 2}, {}, repeats=1, equivalence=False, max_reruns=0)
+    run_experiment(exp, tmp_path)
+    (rec,) = load_records(tmp_path)
+    assert rec.env["malloc"].startswith("MALLOC_MMAP_THRESHOLD_=")
