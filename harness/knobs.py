@@ -125,7 +125,8 @@ GENERIC_KNOBS: tuple[Knob, ...] = (
     _k("device", str, "auto", "approx", "where to train: auto picks cuda when present",
        choices=("auto", "cpu", "cuda")),
     _k("seed", int, 0, "quality", "seed for weights, data order and dropout", min=0),
-    _k("threads", int, 0, "exact", "torch intra-op CPU threads (0 = torch's default, one per core)",
+    _k("threads", int, 0, "exact", "torch intra-op CPU threads (0 = auto: half the usable cores less DataLoader "
+       "workers, no more than other processes leave free; never oversubscribes)",
        min=0, max=1024),
     # batch and data pipeline
     _k("batch_size", int, 32, "quality", "samples per micro-batch (effective batch = batch_size x grad_accum)", min=1),
