@@ -424,10 +424,11 @@ class _Sweep:
         repeats, or the budget is spent.
 
         Added rounds do not use the engine's paired mode (two configs' steps in one process): measured
-        here, paired rounds gave systematically different ratios from separate processes for the same
-        comparison (the LM's duplicate forward x0.74-0.75 paired vs x0.85-0.89 alone, in one sweep), so
-        mixing the two in one interval would widen it with a bias, not with noise. Paired mode stays the
-        pytest plugin's (both sides of a gate are measured the same way there)."""
+        here, paired rounds gave other ratios than separate processes for the same comparison (the LM's
+        duplicate forward x0.74-0.75 paired vs x0.85-0.89 alone, in one sweep, measured before runs got
+        fixed malloc thresholds, which may have been the cause), so mixing the two in one interval would
+        widen it with a bias, not with noise. Paired mode stays the pytest plugin's (both sides of a gate
+        are measured the same way there)."""
         exp = self.exp
         if exp.target_half_width_pct <= 0 or len(exp.variants) < 2:
             return
