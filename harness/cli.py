@@ -49,8 +49,7 @@ def _progress(i: int, n: int, job: Job, rec: Record | None) -> None:
     # contention re-runs raise the count as they are scheduled).
     eta = f" ~{elapsed / (i - 1) * (n - i + 1) / 60:.1f} min left" if i > 1 and n >= i else ""
     again = f" (re-run {job.attempt}: contended)" if job.attempt else ""
-    variant = "+".join(job.group_variants) if job.group else job.variant  # a group: one process, paired steps
-    label = f"[{i:>3}/{n}{eta}] {job.experiment} {job.phase:<11} {variant:<24} #{job.repeat}{again}"
+    label = f"[{i:>3}/{n}{eta}] {job.experiment} {job.phase:<11} {job.variant:<24} #{job.repeat}{again}"
     if rec is None:
         print(f"{label} ...", end="", file=sys.stderr, flush=True)
         return

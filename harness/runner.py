@@ -162,10 +162,10 @@ class ForkServer(Launcher):
             raise RuntimeError("fork server did not start")
 
     def renew(self) -> None:
-        """A new server for the next round (~2 s). Every child inherits its server's memory layout, and
-        that shifts a run's speed as a whole: the LM's CPU preset ran at 104-110, 112-114, 114 and
-        120-122 samples/s from four servers, each within 2% across its own runs. One server per round
-        puts that variation between repeats, where the interval sees it, instead of between sweeps."""
+        """A new server for the next round (~2 s). Every child inherits its server's state: before runs got
+        fixed malloc thresholds (`MALLOC_ENV`) the LM's CPU preset ran at 104-110, 112-114, 114 and 120-122
+        samples/s from four servers, each within 2% across its own runs. One server per round puts whatever
+        a server still carries between repeats, where the interval sees it, instead of between sweeps."""
         self.close()
         self._start_server()
 
@@ -394,8 +394,7 @@ class _Sweep:
 
     def run_s(self) -> float:
         """Mean seconds of this experiment's speed runs so far (what one more is expected to take)."""
-        walls = [r.wall_s / len(r.pairing.get("variants") or [0]) for r in self.records  # a group: per member
-                 if r.phase == "speed" and r.status == "ok" and r.wall_s]
+        walls = [r.wall_s for r in self.records if r.phase == "speed" and r.status == "ok" and r.wall_s]
         return sum(walls) / len(walls) if walls else 0.0
 
     def half_width_pct(self, variant: str) -> float:
@@ -461,9 +460,14 @@ def preflight(exp: Experiment) -> None:
     """Refuse (ValueError, before anything is written) what can be known before a run starts: a batch
     larger than the training split. Missing data files are refused earlier, by the workload's
     `validate` when the config is resolved."""
+    from harness.config import all_knobs
+
     sizes: dict[str, int] = {}
     for name, cfg in exp.configs.items():
-        data = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_DATA}
+        # exact/approx/budget knobs and the micro-batching cannot change the training split: one build per rest
+        kinds = {k: knob.kind for k, knob in all_knobs(cfg.get_workload()).items()}
+        data = {k: v for k, v in cfg.to_dict().items()
+                if kinds.get(k) == "quality" and k not in ("batch_size", "grad_accum")}
         key = json.dumps(data, sort_keys=True, default=str)
         if key not in sizes:
             train, _ = cfg.get_workload().build_datasets(cfg)  # generated once, then read from the cache
@@ -471,12 +475,6 @@ def preflight(exp: Experiment) -> None:
         if cfg.batch_size > sizes[key]:
             raise ValueError(f"variant '{name}': batch_size={cfg.batch_size} exceeds the {sizes[key]:,} training "
                              f"samples of {cfg.workload} preset={cfg.preset}; use batch_size <= {sizes[key]}")
-
-
-_NOT_DATA = frozenset({"batch_size", "grad_accum", "bench_steps", "bench_warmup_steps", "epochs", "threads",
-                       "num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "amp", "compile",
-                       "tf32", "device", "duplicate_forward", "grad_checkpointing", "lr", "optimizer"})
-"""Knobs that cannot change the training split's size (the preflight builds one split per other setting)."""
 
 
 def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: bool = False,
