@@ -72,7 +72,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--budget-s", type=float, default=120.0, help="seconds of added runs per experiment")
     parser.add_argument("items", nargs="*", help="knob=value overrides of the tiny LM baseline")
     args = parser.parse_args(argv)
-    base: dict[str, object] = {"preset": "tiny", "bench_warmup_steps": 5, "bench_steps": 60,
+    # a window of ~0.5 s (300 steps of ~1.6 ms): the default sweep's windows are seconds long; a 0.1 s window
+    # measures how one scheduler hiccup moves a tiny run, not what the sweep resolves
+    base: dict[str, object] = {"preset": "tiny", "bench_warmup_steps": 10, "bench_steps": 300,
                                **parse_overrides(args.items)}
     precision = {"target_half_width_pct": args.target, "max_repeats": args.max_repeats, "budget_s": args.budget_s}
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
