@@ -33,15 +33,16 @@ def test_checkpointing_recomputes_the_forward(train_bench) -> None:
     plain = train_bench.counters("doctrans", **TINY)
     ckpt = train_bench.counters("doctrans", grad_checkpointing=True, **TINY)
     train_bench.expect(ckpt, param_count=plain.param_count)
-    assert ckpt.flops_per_step > plain.flops_per_step
+    train_bench.expect_above(ckpt, "flops_per_step", plain.flops_per_step,
+                             why="checkpointing no longer recomputes the forward in the backward (a no-op "
+                                 "checkpoint keeps every activation: its memory saving is gone)")
 
 
 @pytest.mark.gate
 @pytest.mark.parametrize(("baseline", "variant"), [(ACCUMULATED, ONE_BATCH), ({"grad_checkpointing": True}, {})],
                          ids=["accumulation", "checkpointing"])
 def test_variants_compute_the_same_function(train_bench, baseline: dict, variant: dict) -> None:
-    train_bench.equivalent("doctrans", baseline=baseline, variant=variant, **TINY)
-    train_bench.same_loss("doctrans", baseline=baseline, variant=variant, steps=3, **TINY)
+    train_bench.equivalent("doctrans", baseline=baseline, variant=variant, steps=3, **TINY)
 
 
 @pytest.mark.gate

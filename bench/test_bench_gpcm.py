@@ -38,8 +38,7 @@ def test_forward_modes_share_parameters(train_bench) -> None:
 @pytest.mark.gate
 @pytest.mark.parametrize("forward", ["parallel", "scan"])
 def test_modes_compute_the_same_function(train_bench, forward: str) -> None:
-    train_bench.equivalent("gpcm", baseline={"forward": "sequential"}, variant={"forward": forward}, **TINY)
-    train_bench.same_loss("gpcm", baseline={"forward": "sequential"}, variant={"forward": forward}, steps=3, **TINY)
+    train_bench.equivalent("gpcm", baseline={"forward": "sequential"}, variant={"forward": forward}, steps=3, **TINY)
 
 
 @pytest.mark.gate

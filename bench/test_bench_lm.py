@@ -28,7 +28,8 @@ def test_duplicate_forward_knob_is_counted(train_bench) -> None:
     # The seed-004 bug, switched on: the counter must see it (else the gate above proves nothing).
     bug = train_bench.counters("lm", duplicate_forward=True, **TINY)
     train_bench.expect(bug, forward_calls_per_step=2)
-    assert bug.flops_per_step > bug.reference_flops_per_step
+    train_bench.expect_above(bug, "flops_per_step", bug.reference_flops_per_step,
+                             why="the duplicate_forward knob no longer runs a second forward")
 
 
 @pytest.mark.gate
@@ -40,8 +41,7 @@ def test_forward_modes_share_parameters(train_bench) -> None:
 @pytest.mark.gate
 @pytest.mark.parametrize("baseline", [{"forward": "per_sequence"}, {"duplicate_forward": True}])
 def test_variants_compute_the_same_function(train_bench, baseline: dict) -> None:
-    train_bench.equivalent("lm", baseline=baseline, variant={}, **TINY)
-    train_bench.same_loss("lm", baseline=baseline, variant={}, steps=3, **TINY)
+    train_bench.equivalent("lm", baseline=baseline, variant={}, steps=3, **TINY)
 
 
 @pytest.mark.gate

@@ -27,13 +27,14 @@ def test_modes_share_parameters_and_dense_does_more_flops(train_bench) -> None:
     gather = train_bench.counters("sudoku", forward="gather", **TINY)
     dense = train_bench.counters("sudoku", forward="dense", **TINY)
     train_bench.expect(dense, param_count=gather.param_count)
-    assert dense.flops_per_step > 2 * gather.flops_per_step  # all 81x81 pairs vs the 1,620 peer edges
+    train_bench.expect_above(dense, "flops_per_step", 2 * gather.flops_per_step,  # 81x81 pairs vs 1,620 edges
+                             why="dense message passing should do over twice the gather FLOPs (all 81x81 "
+                                 "pairs vs the 1,620 peer edges): the two modes may now run the same code")
 
 
 @pytest.mark.gate
 def test_modes_compute_the_same_function(train_bench) -> None:
-    train_bench.equivalent("sudoku", baseline={"forward": "dense"}, variant={"forward": "gather"}, **TINY)
-    train_bench.same_loss("sudoku", baseline={"forward": "dense"}, variant={"forward": "gather"}, steps=3, **TINY)
+    train_bench.equivalent("sudoku", baseline={"forward": "dense"}, variant={"forward": "gather"}, steps=3, **TINY)
 
 
 @pytest.mark.gate

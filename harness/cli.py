@@ -1,4 +1,4 @@
-"""`trainbench run | sweep | report | compare | list | doctor | profile`.
+"""`trainbench run | sweep | report | compare | reference | list | doctor | profile`.
 
 User mistakes (bad knob, bad value, missing file, malformed TOML) print one ``error: ...`` line and
 exit 2 before anything is written; failed runs or failed gates exit 1; success exits 0.
@@ -309,11 +309,68 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Per variant and metric change between two result directories."""
+    """Per variant and metric change between two result directories, or (`--against REF`) this tree's code
+    measured against a base revision's."""
+    if args.against is not None:
+        return _compare_against(args)
     from harness.analysis.compare import compare
 
-    text, failed = compare(Path(args.old), Path(args.new), args.fail_on or [])
+    if len(args.items) != 2:
+        raise ValueError(f"compare takes two results directories (got {len(args.items)}: {' '.join(args.items)}); "
+                         "or measure this tree against a revision: trainbench compare --against main [WORKLOAD ...]")
+    if args.fail_on is None:
+        args.fail_on = []
+    text, failed = compare(Path(args.items[0]), Path(args.items[1]), args.fail_on)
     print(text)
+    return 1 if failed else 0
+
+
+def _compare_against(args: argparse.Namespace) -> int:
+    from harness import against
+
+    if args.fail_on:
+        raise ValueError("--fail-on applies to two results directories; --against decides on the interval "
+                         f"(--min-change, default {against.MIN_CHANGE_PCT:g}%)")
+    positional, overrides = _split_args(args.items)
+    workloads = positional or sorted(registry.builtin())
+    overrides = {"preset": "tiny", **overrides}
+    for w in workloads:
+        resolve(w, overrides)  # an unknown workload or knob: one line, before anything runs
+    base = against.resolve_base(args.against)
+    if not base.changed:
+        print(f"no code change against {base.short} ({base.ref}) under {', '.join(against.CODE_PATHS)}: "
+              "nothing to compare")
+        return 0
+    out = check_writable_dir(args.out or f"runs/against-{base.short}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"old: {base.short} ({base.ref}); new: this working tree ({len(base.changed)} code files differ: "
+          f"{', '.join(base.changed[:5])}{' ...' if len(base.changed) > 5 else ''})")
+    failed = 0
+    with against.exported(base) as root:
+        against.check_imports_from(root)
+        for w in workloads:
+            res = against.against(w, overrides, base, root, out / folder_name(w), min_change_pct=args.min_change)
+            print(("ok   " if res.passed else "FAIL ") + res.message)
+            failed += not res.passed
+    print(f"records: {out}")
+    return 1 if failed else 0
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    """Check (or with --update rewrite) each workload's stored training trajectory and counters."""
+    from harness import reference
+
+    workloads = args.workloads or sorted(registry.builtin())
+    for w in workloads:
+        registry.get(w)  # an unknown workload: one line, before anything runs
+    if args.update:
+        for line in reference.update(workloads):
+            print(line)
+        return 0
+    failed = 0
+    for w in workloads:
+        passed, message = reference.check(w)
+        print(("ok   " if passed else "FAIL ") + message)
+        failed += not passed
     return 1 if failed else 0
 
 
@@ -416,11 +473,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--check", action="store_true")
     s.set_defaults(fn=cmd_report)
 
-    s = sub.add_parser("compare", help="compare two results directories")
-    s.add_argument("old")
-    s.add_argument("new")
+    s = sub.add_parser("compare", help="compare two results directories, or this tree's code against a revision")
+    s.add_argument("items", nargs="*", metavar="OLD NEW | WORKLOAD key=value",
+                   help="two results directories; with --against: workloads (default: all, preset=tiny) and knobs")
     s.add_argument("--fail-on", action="append", metavar="METRIC:-10%")
+    s.add_argument("--against", metavar="REF", nargs="?", const="auto",
+                   help="measure this working tree's code against revision REF (default: the merge base with main), "
+                        "old and new interleaved; exit 1 on a resolved slowdown")
+    s.add_argument("--min-change", type=float, default=3.0, metavar="PCT",
+                   help="with --against: smallest slowdown that fails (default 3%%)")
+    s.add_argument("--out", help="with --against: results directory (default runs/against-SHA-TIME)")
     s.set_defaults(fn=cmd_compare)
+
+    s = sub.add_parser("reference", help="check each workload's stored loss trajectory, quality and counters "
+                                         "(bench/references/); --update rewrites them and prints what changed")
+    s.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="default: every built-in workload")
+    s.add_argument("--update", action="store_true", help="measure and rewrite the references")
+    s.set_defaults(fn=cmd_reference)
 
     s = sub.add_parser("doctor", help="what this machine can measure")
     s.set_defaults(fn=cmd_doctor)

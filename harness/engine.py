@@ -93,6 +93,7 @@ class Meter:
                                        children=trainer.loader.num_workers > 0) if sampler else None
         self.contention = ContentionProbe(children=trainer.loader.num_workers > 0)
         self.stream = batches_forever(trainer.loader)
+        self._watched = not instrument
         self.totals = {"samples": 0, "real": 0, "padded": 0}
         self.window_s = 0.0
         self.losses: list[torch.Tensor] = []
@@ -110,7 +111,11 @@ class Meter:
                 self.totals["samples"] += sum(c.samples for c in counts)
             return counts
         self.clock.start_step()
-        self.counter.enabled = measured
+        watch = not self._watched  # the first step also counts every parameter-owning submodule's calls
+        if watch:
+            self._watched = True
+            self.counter.watch()
+        self.counter.enabled = measured or watch
         try:
             if flops:
                 (loss, counts), n_flops = count_flops(lambda: self.tr.train_step(self.stream, self.clock, keep_host))
@@ -121,6 +126,10 @@ class Meter:
                 loss, counts = self.tr.train_step(self.stream, self.clock, keep_host)
         finally:
             self.counter.enabled = False
+            if watch:
+                self.counter.unwatch()  # back to the fast path; passes = root calls x what this step showed
+                if not measured:
+                    self.counter.reset()
         self.clock.end_step(keep=measured)
         self.losses.append(loss)
         if measured:
@@ -137,7 +146,7 @@ class Meter:
     def open(self) -> None:
         """Start the measured window: counters reset, memory peaks reset, sampler and clocks on."""
         if self.counter is not None:
-            self.counter.calls = 0
+            self.counter.reset()
         reset_peak_rss()
         if self.tr.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.tr.device)
@@ -194,7 +203,7 @@ class Meter:
         m["step_ms_mean"] = statistics.fmean(step_ms) if step_ms else None
         m["step_ms_p10"], m["step_ms_p90"] = _pct(step_ms, 10), _pct(step_ms, 90)
         m["step_cpu_ms_median"] = statistics.median(step_cpu_ms) if step_cpu_ms else None
-        m["forward_calls_per_step"] = self.counter.calls / (n * cfg.grad_accum) if n else None
+        m["forward_calls_per_step"] = self.counter.passes / (n * cfg.grad_accum) if n else None
         sps = m["samples_per_s"]
         m["achieved_tflops"] = m["flops_per_sample"] * sps / 1e12 if sps and m.get("flops_per_sample") else None
         gpu_name = torch.cuda.get_device_name(tr.device) if tr.device.type == "cuda" else None
@@ -359,7 +368,8 @@ class StepCounters:
     label: str
     """The config, e.g. ``lm preset=tiny duplicate_forward=True`` (knobs that differ from the preset)."""
     forward_calls_per_step: float
-    """Root-module forward calls per micro-step (1 for a correct loop)."""
+    """Forward passes per micro-step (1 for a correct loop): root-module calls, or more when a parameter-owning
+    submodule ran outside the root's forward (`harness.probes.counters.ForwardCounter`)."""
     flops_per_step: int
     """FLOPs of one optimizer step as the trainer runs it (torch's FLOP counter: matmul/conv/attention)."""
     reference_flops_per_step: int
@@ -399,7 +409,7 @@ def step_counters(cfg: RunConfig, label: str = "") -> StepCounters:
     meter.open()
     host: list[Any] = []
     counts = meter.step(True, flops=True, keep_host=host)
-    calls = meter.counter.calls
+    calls = meter.counter.passes
     meter.counter.remove()
     return StepCounters(
         label=label or config_label(cfg), forward_calls_per_step=calls / cfg.grad_accum,

@@ -78,8 +78,15 @@ def _err(a: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return float(diff.abs().max()), rel
 
 
-def check_equivalence(base: RunConfig, variant: RunConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """Compare one optimizer step of `variant` with `base` from the same seed and samples."""
+def check_equivalence(base: RunConfig, variant: RunConfig, dtype: torch.dtype = torch.float32,
+                      steps: int = 1) -> dict[str, Any]:
+    """Compare one optimizer step of `variant` with `base` from the same seed and samples; with `steps` > 1
+    also `steps` optimizer steps as the trainer runs them (`check_trajectory`)."""
+    if steps > 1:
+        one = check_equivalence(base, variant, dtype)
+        if not one["passed"]:
+            return one
+        return check_trajectory(base, variant, steps)
     if base.batch_size * base.grad_accum != variant.batch_size * variant.grad_accum:
         return {"passed": False, "reason": "effective batch differs (batch_size x grad_accum); "
                 "equivalence is defined only at equal effective batch", "compared": []}
@@ -116,3 +123,50 @@ def check_equivalence(base: RunConfig, variant: RunConfig, dtype: torch.dtype = 
                    "batch's loss elements, not a mean (a mean is averaged again across micro-batches)")
     return {"passed": bool(passed), "max_abs_err": max_abs, "max_rel_err": max_rel, "tolerance": tol,
             "dtype": label, "compared": compared, "reason": reason}
+
+
+MULTI_STEP_FACTOR = 10.0
+"""Multi-step tolerance = the dtype's one-step tolerance x this: after the first update two equivalent configs
+differ by rounding, and the optimizer (Adam divides by the gradient's running scale) amplifies that."""
+
+
+def _train_steps(cfg: RunConfig, steps: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    from harness.data import batches_forever
+    from harness.probes.timers import PhaseClock
+    from harness.trainer import Trainer
+
+    tr = Trainer(cfg)
+    clock = PhaseClock(tr.device, enabled=False)
+    stream = batches_forever(tr.loader)
+    losses = [float(tr.train_step(stream, clock)[0]) for _ in range(steps)]  # sync point: reads each loss
+    return losses, {n: p.detach().double().cpu() for n, p in tr.model.named_parameters()}
+
+
+def check_trajectory(base: RunConfig, variant: RunConfig, steps: int) -> dict[str, Any]:
+    """Run `steps` optimizer steps of both configs through the trainer (optimizer, scheduler, zero_grad and
+    all) from the same seed and sample order; compare each step's loss and the final parameters."""
+    if not 2 <= steps <= 50:
+        raise ValueError(f"steps: bad value {steps}; a multi-step equivalence check takes 2-50 optimizer steps")
+    losses_a, params_a = _train_steps(base, steps)
+    losses_b, params_b = _train_steps(variant, steps)
+    tol = tolerance_for(variant, torch.float32)[0] * MULTI_STEP_FACTOR
+    errors = {f"loss after step {i + 1}": _err(torch.tensor(b), torch.tensor(a))
+              for i, (a, b) in enumerate(zip(losses_a, losses_b, strict=True))}
+    missing = sorted(set(params_a) ^ set(params_b))
+    shared = sorted(set(params_a) & set(params_b))
+    if shared and all(params_a[n].shape == params_b[n].shape for n in shared):
+        # One error over all parameters: per tensor, Adam's update g / (sqrt(v) + eps) turns rounding in a
+        # near-zero gradient (a fresh bias) into a visible relative difference of that small tensor.
+        errors["parameters"] = _err(torch.cat([params_b[n].flatten() for n in shared]),
+                                    torch.cat([params_a[n].flatten() for n in shared]))
+    elif shared:
+        errors["parameters"] = (float("inf"), float("inf"))
+    worst = max(errors, key=lambda k: errors[k][1])
+    max_rel = errors[worst][1]
+    passed = not missing and max_rel <= tol
+    reason = (f"parameters differ: {missing[:3]}" if missing else
+              f"after {steps} optimizer steps, worst: {worst} (relative L2 error {max_rel:.2e} vs tolerance {tol:.0e})")
+    return {"passed": bool(passed), "max_abs_err": max(e[0] for e in errors.values()), "max_rel_err": max_rel,
+            "tolerance": tol, "dtype": tolerance_for(variant, torch.float32)[1],
+            "compared": [f"loss at each of {steps} steps", f"{len(params_a)} parameters after them"],
+            "reason": reason}

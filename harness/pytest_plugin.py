@@ -29,9 +29,11 @@ pytest session of an environment with trainbench installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -57,10 +59,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--trainbench-threads", type=int, default=1, metavar="N",
                     help="torch intra-op threads while train_bench times steps (default 1: on a shared runner more "
                          "threads spin against other jobs and make step times erratic; 0 leaves torch's setting)")
+    group.addoption("--trainbench-against", metavar="REF", nargs="?", const="auto", default=None,
+                    help="old-against-new gates: measure this working tree's code against revision REF (default: "
+                         "the merge base with main), old and new interleaved in fresh processes")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gate: a fast trainbench gate that CI runs (`pytest bench -m gate`)")
+
+
+def _against_base(config: pytest.Config) -> tuple[Any, Any]:
+    """(Base, exported root) of --trainbench-against, exported once per session; (None, reason) when off."""
+    from harness import against
+
+    ref = config.getoption("trainbench_against", None)
+    if ref is None:
+        return None, "old-against-new gate off: pass --trainbench-against REF (e.g. main) to measure against REF"
+    cached = getattr(config, "_trainbench_against", None)
+    if cached is None:
+        base = against.resolve_base(ref, config.rootpath)
+        if not base.changed:
+            cached = (None, f"no code change against {base.short} ({base.ref}): nothing to compare")
+        else:
+            stack = contextlib.ExitStack()
+            root = stack.enter_context(against.exported(base, config.rootpath))
+            config.add_cleanup(stack.close)
+            against.check_imports_from(root)
+            cached = (base, root)
+        config._trainbench_against = cached  # noqa: SLF001 (a per-session cache on the config)
+    return cached
 
 
 def xdist_active(config: pytest.Config) -> bool:
@@ -128,13 +155,14 @@ def _label(cfg: RunConfig, changed: Mapping[str, tuple[Any, Any]]) -> str:
     return f"{cfg.workload} {variant} vs {baseline}"
 
 
-def equivalence_verdict(base: RunConfig, variant: RunConfig) -> tuple[bool, str]:
-    """(passed, message) of the one-step equivalence check of two configs (`harness.analysis.gates`)."""
+def equivalence_verdict(base: RunConfig, variant: RunConfig, steps: int = 1) -> tuple[bool, str]:
+    """(passed, message) of the equivalence check of two configs over `steps` optimizer steps
+    (`harness.analysis.gates`)."""
     from harness.analysis import gates
     from harness.equivalence import check_equivalence
 
     changed = base.diff(variant)
-    return gates.equivalence_verdict(_label(base, changed), changed, check_equivalence(base, variant))
+    return gates.equivalence_verdict(_label(base, changed), changed, check_equivalence(base, variant, steps=steps))
 
 
 def loss_verdict(base: RunConfig, variant: RunConfig, steps: int, rel_tol: float) -> tuple[bool, str]:
@@ -260,6 +288,15 @@ class TrainBench:
         if not passed:
             pytest.fail(message, pytrace=False)
 
+    def expect_above(self, measured: StepCounters | StepBench, counter: str, than: float, *, why: str,
+                     name: str = "") -> None:
+        """Counter gate: `measured.<counter>` must exceed `than`; `why` says what it means when it does not."""
+        from harness.analysis import gates
+
+        passed, message = gates.counter_above_verdict(name or measured.label, measured, counter, than, why)
+        if not passed:
+            pytest.fail(message, pytrace=False)
+
     def compare(self, workload: str, *, baseline: Mapping[str, Any], variant: Mapping[str, Any],
                 min_speedup: float, pairs: int = DEFAULT_PAIRS, warmup_pairs: int = DEFAULT_WARMUP_PAIRS,
                 clock: str = "auto", **common: Any) -> Comparison:
@@ -284,10 +321,11 @@ class TrainBench:
         return result
 
     def equivalent(self, workload: str, *, baseline: Mapping[str, Any], variant: Mapping[str, Any],
-                   **common: Any) -> None:
-        """Equivalence gate: one step of both configs gives the same outputs, loss and gradients."""
+                   steps: int = 1, **common: Any) -> None:
+        """Equivalence gate: one step of both configs gives the same outputs, loss and gradients; with
+        `steps` > 1 also the same loss at each of that many optimizer steps and the same parameters after."""
         passed, message = equivalence_verdict(self._resolve(workload, common, baseline),
-                                              self._resolve(workload, common, variant))
+                                              self._resolve(workload, common, variant), steps)
         if not passed:
             pytest.fail(message, pytrace=False)
 
@@ -296,6 +334,35 @@ class TrainBench:
         """Quality gate at a fixed seed: both configs reach the same training loss after `steps` steps."""
         passed, message = loss_verdict(self._resolve(workload, common, baseline),
                                        self._resolve(workload, common, variant), steps, rel_tol)
+        if not passed:
+            pytest.fail(message, pytrace=False)
+
+    def against(self, workload: str, **knobs: Any) -> Any:
+        """Old-against-new gate: this tree's code against `--trainbench-against REF`'s, same config, fresh
+        processes alternating old/new; fails when new is resolved slower, naming where the time went.
+        Skips (saying why) when the option is off or no code changed."""
+        import tempfile
+
+        from harness import against
+
+        self._refuse_if_unreliable()
+        base, root = _against_base(self.config)
+        if base is None:
+            pytest.skip(root)
+        with tempfile.TemporaryDirectory(prefix="trainbench-against-") as tmp:
+            result = against.against(workload, knobs, base, root, Path(tmp) / "results")
+        if self.benchmark is not None and result.wall is not None:
+            self.benchmark.extra_info.update({**result.wall.extra_info(), "against": base.sha})
+        if not result.passed:
+            pytest.fail(result.message, pytrace=False)
+        return result
+
+    def reference(self, workload: str) -> None:
+        """Reference gate: the workload's loss after each of N steps, its quality and counters equal the
+        stored ones (`bench/references/`, `harness.reference`) within the dtype's tolerance."""
+        from harness import reference
+
+        passed, message = reference.check(workload)
         if not passed:
             pytest.fail(message, pytrace=False)
 

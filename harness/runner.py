@@ -94,8 +94,11 @@ class Launcher:
     torchrun for a future ``ddp=N`` knob (override `command`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
         self._procs: dict[int, subprocess.Popen] = {}
+        self.root = root
+        """Whose code the children import (None: this process's working directory; `harness.against` runs
+        a base revision's exported tree)."""
 
     def command(self, job_file: Path, result_file: Path) -> list[str]:
         """The command line of the child."""
@@ -105,7 +108,7 @@ class Launcher:
         """Start the child in its own session; returns its pid (= its process group id)."""
         with open(err_file, "wb") as err:
             proc = subprocess.Popen(self.command(job_file, result_file), stdout=subprocess.DEVNULL, stderr=err,
-                                    start_new_session=True, env=_child_env())
+                                    start_new_session=True, env=child_env(self.root), cwd=self.root)
         self._procs[proc.pid] = proc
         return proc.pid
 
@@ -148,15 +151,15 @@ class ForkServer(Launcher):
     same: a new process per (variant, repeat), its own session, killed as a group on timeout.
     """
 
-    def __init__(self, preload: list[str]) -> None:
-        super().__init__()
+    def __init__(self, preload: list[str], root: Path | None = None) -> None:
+        super().__init__(root)
         self.preload = preload
         self._start_server()
 
     def _start_server(self) -> None:
         self.server = subprocess.Popen([sys.executable, "-m", "harness.forkserver", *self.preload],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                       env=_child_env())
+                                       env=child_env(self.root), cwd=self.root)
         self._buf = b""
         if self._line(120.0) != "ready":
             raise RuntimeError("fork server did not start")
@@ -209,19 +212,40 @@ within 2%. Fixed at the top of glibc's range (32 MiB; the trim threshold at 1 Gi
 long training process reaches, six fresh servers gave 126.6-132.5 samples/s."""
 
 
-def _child_env() -> dict[str, str]:
+def child_env(root: Path | None = None) -> dict[str, str]:
+    """A child's environment: `MALLOC_ENV` unless set, and `root` (default: the working directory) first on
+    PYTHONPATH, so the child imports that tree's harness and models."""
     env = {**MALLOC_ENV, **os.environ}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root or os.getcwd()), env.get("PYTHONPATH", "")]))
     return env
 
 
-def default_launcher(exp: Experiment) -> Launcher:
+def default_launcher(exp: Experiment, root: Path | None = None) -> Launcher:
     """A fork server preloaded with the experiment's workload; plain processes if it cannot start."""
     module = exp.workload.partition(":")[0] if ":" in exp.workload else f"models.{exp.workload}"
     try:
-        return ForkServer([module])
+        return ForkServer([module], root)
     except (OSError, RuntimeError, subprocess.TimeoutExpired):
-        return Launcher()
+        return Launcher(root)
+
+
+class ByVariant(Launcher):
+    """Each variant's jobs through its own launcher (old code and new code, `harness.against`)."""
+
+    def __init__(self, launchers: Mapping[str, Launcher]) -> None:
+        super().__init__()
+        self.launchers = dict(launchers)
+
+    def launch(self, job: Job, workdir: Path) -> Outcome:
+        return self.launchers[job.variant].launch(job, workdir)
+
+    def renew(self) -> None:
+        for launcher in self.launchers.values():
+            launcher.renew()
+
+    def close(self) -> None:
+        for launcher in self.launchers.values():
+            launcher.close()
 
 
 def plan(exp: Experiment) -> tuple[list[Job], list[Record]]:
@@ -457,10 +481,13 @@ class _Sweep:
 
 
 def preflight(exp: Experiment) -> None:
-    """Refuse (ValueError, before anything is written) what can be known before a run starts: a batch
-    larger than the training split. Missing data files are refused earlier, by the workload's
-    `validate` when the config is resolved."""
+    """Refuse (ValueError / TypeError, before anything is written) what can be known before a run starts: a
+    batch larger than the training split; a workload whose loss() returns the wrong type (checked on one
+    batch for workloads from outside the project: the built-in ones are held to it by their tests).
+    Missing data files are refused earlier, by the workload's `validate` when the config is resolved."""
+    from harness import registry
     from harness.config import all_knobs
+    from harness.trainer import check_contract
 
     sizes: dict[str, int] = {}
     for name, cfg in exp.configs.items():
@@ -471,6 +498,8 @@ def preflight(exp: Experiment) -> None:
         key = json.dumps(data, sort_keys=True, default=str)
         if key not in sizes:
             train, _ = cfg.get_workload().build_datasets(cfg)  # generated once, then read from the cache
+            if not sizes and cfg.workload not in registry.builtin() and len(train):
+                check_contract(cfg, train)  # the first config only: one small model build
             sizes[key] = len(train)
         if cfg.batch_size > sizes[key]:
             raise ValueError(f"variant '{name}': batch_size={cfg.batch_size} exceeds the {sizes[key]:,} training "

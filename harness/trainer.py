@@ -104,6 +104,29 @@ def _fetch(stream: Iterator[tuple[int, Any]], wl: Workload, cfg: RunConfig, devi
     return host, [wl.to_device(b, device, non_blocking) for b in host], counts
 
 
+def check_contract(cfg: RunConfig, train_ds: Any) -> None:
+    """One batch of 1-2 training samples through the workload's collate, forward and loss on the CPU, without
+    gradients: TypeError (one line, naming the method and the fix) when `loss` does not return a
+    `LossResult` holding a scalar tensor, before any run starts."""
+    wl = cfg.get_workload()
+    cpu = cfg.replace(device="cpu", amp="off", compile=False)
+    seed_everything(cfg.seed)
+    model = wl.build_model(cpu)
+    collate = wl.collate(cpu) or torch.utils.data.default_collate
+    batch = collate([train_ds[i] for i in range(min(2, cfg.batch_size, len(train_ds)))])
+    with torch.no_grad():
+        result = wl.loss(wl.forward(model, batch, cpu), batch, cpu)
+    if not isinstance(result, LossResult):
+        raise TypeError(f"workload '{wl.name}': loss() returned a {type(result).__name__}; return "
+                        "harness.workload.LossResult(total=<sum over the batch's loss elements>)")
+    if not isinstance(result.total, torch.Tensor) or result.total.numel() != 1:
+        got = type(result.total).__name__
+        if isinstance(result.total, torch.Tensor):
+            got += f" of shape {tuple(result.total.shape)}"
+        raise TypeError(f"workload '{wl.name}': loss() returned LossResult(total=<{got}>); total must be a scalar "
+                        "tensor: the sum over the batch's loss elements")
+
+
 class Trainer:
     """Builds everything for a config; `train_step` runs one optimizer step, `evaluate` measures quality."""
 

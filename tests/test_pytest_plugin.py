@@ -187,7 +187,7 @@ def test_scan_replaced_by_sequential_fails_the_ratio_gate(monkeypatch: pytest.Mo
     assert not passed, message
     assert "gpcm forward=scan vs forward=sequential" in message
     assert "knobs changed: forward sequential -> scan" in message
-    assert "time went in compute" in message or "not enough" in message
+    assert "both settings may now run the same code path" in message  # the likeliest cause leads
 
 
 def test_pick_clock_uses_cpu_time_only_when_all_work_is_in_this_process() -> None:

@@ -66,3 +66,31 @@ def test_a_loss_that_is_not_a_loss_result_names_the_fix() -> None:
     cfg = resolve(BareTensorLoss(), {}, name="tests.test_registry_checks:BareTensorLoss")
     with pytest.raises(TypeError, match=r"loss\(\) returned a Tensor; return harness.workload.LossResult\(total="):
         engine.run(cfg)
+
+
+def test_a_wrong_loss_is_refused_before_anything_runs(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "tests.test_registry_checks:BareTensorLoss", "--repeats", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "loss() returned a Tensor" in err[0] and "LossResult(total=" in err[0]
+    assert not out.exists()  # refused in the parent: no run started, nothing written
+
+
+class VectorLoss(ToyWorkload):
+    def loss(self, outputs: Any, batch: Any, cfg: Any) -> Any:
+        from harness.workload import LossResult
+
+        return LossResult(total=(outputs - batch[1]) ** 2)  # per element, not summed
+
+
+def test_a_loss_total_that_is_not_a_scalar_is_named() -> None:
+    from harness.config import resolve
+    from harness.trainer import check_contract
+
+    wl = VectorLoss()
+    cfg = resolve(wl, {}, name="tests.test_registry_checks:VectorLoss")
+    train, _ = wl.build_datasets(cfg)
+    with pytest.raises(TypeError, match=r"LossResult\(total=<Tensor of shape \(2,\)>\); total must be a scalar"):
+        check_contract(cfg, train)

@@ -79,12 +79,12 @@ def test_resume_after_kill_reruns_nothing_finished(tmp_path) -> None:
 
 
 def test_runs_get_fixed_malloc_thresholds_unless_the_user_sets_them(monkeypatch) -> None:
-    from harness.runner import MALLOC_ENV, _child_env
+    from harness.runner import MALLOC_ENV, child_env
 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    assert _child_env()["MALLOC_MMAP_THRESHOLD_"] == MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"] == str(32 * 1024**2)
+    assert child_env()["MALLOC_MMAP_THRESHOLD_"] == MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"] == str(32 * 1024**2)
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert _child_env()["MALLOC_MMAP_THRESHOLD_"] == "65536"  # the user's setting wins
+    assert child_env()["MALLOC_MMAP_THRESHOLD_"] == "65536"  # the user's setting wins
 
 
 def test_a_record_says_which_malloc_settings_it_ran_under(tmp_path) -> None:

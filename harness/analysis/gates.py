@@ -308,13 +308,21 @@ def ratio_verdict(c: Comparison, min_speedup: float) -> tuple[bool, str]:
         return False, f"ratio gate {c.label}: cannot decide: {measured}"
     cause = "knobs changed: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in c.changed.items()) if c.changed \
         else "no knob differs, so the code (or the machine) made the difference"
+    e = c.estimate
+    if c.changed and min_speedup > 1.05 and e.ci_low <= 1.05 and e.ci_high >= 0.95:
+        # Lead with the likeliest cause: a gain that used to be large is now about nothing.
+        return False, (f"ratio gate failed: {c.label}: the two settings now run at the same speed ({measured}), "
+                       f"required >= {min_speedup:g}x: both settings may now run the same code path (check that "
+                       f"{', '.join(c.changed)} still selects its own implementation); {cause}")
     return False, (f"ratio gate failed: {c.label}: {measured}, required >= {min_speedup:g}x "
                    f"({WHOLE_INTERVAL_RULE}); {_where_time_went(c)}; {cause}")
 
 
 _CAUSES = {
-    "forward_calls_per_step": "the model's root forward ran {value:g}x per micro-step: a duplicate forward "
-                              "(e.g. logits from one forward, the loss from another)",
+    "forward_calls_per_step": "the model's layers ran {value:g} forward passes per micro-step (root-module calls, or "
+                              "parameter-owning submodules called outside the root's forward): a duplicate "
+                              "forward (e.g. logits from one pass, the loss from another, or a helper method "
+                              "running the layers again)",
     "flops_per_step": "the step does {value:,} FLOPs instead of {expected:,}: extra forward/backward work "
                       "(a duplicate forward, recomputation) or a changed model",
     "reference_flops_per_step": "one forward + backward costs {value:,} FLOPs instead of {expected:,}: "
@@ -337,6 +345,14 @@ def counter_verdict(name: str, measured: Any, expected: Mapping[str, float]) -> 
     if failures:
         return False, f"counter gate failed: {name}: " + "; ".join(failures)
     return True, f"counter gate {name}: " + ", ".join(f"{k} = {v}" for k, v in expected.items())
+
+
+def counter_above_verdict(name: str, measured: Any, counter: str, than: float, why: str) -> tuple[bool, str]:
+    """(passed, message) of ``measured.<counter> > than``; the message says what the excess would mean."""
+    value = getattr(measured, counter)
+    if value is not None and value > than:
+        return True, f"counter gate {name}: {counter} = {value:,} > {than:,.0f}"
+    return False, f"counter gate failed: {name}: {counter} = {value:,} but must exceed {than:,.0f}: {why}"
 
 
 def equivalence_verdict(label: str, changed: Mapping[str, tuple[Any, Any]], result: Mapping[str, Any]

@@ -16,20 +16,105 @@ GIB = 1024**3
 
 
 class ForwardCounter:
-    """Counts calls of a module's forward through a pre-hook on the module the trainer calls."""
+    """Counts forward passes through a model: calls of the module the trainer calls (the root) and, while
+    `watch()`ed, calls of every parameter-owning submodule, inside and outside the root's forward.
+
+    Root calls alone miss a second pass that goes around the root's `__call__` (``model.encode(x)``,
+    ``model.blocks(h)``). A submodule run k times per root forward (weight sharing, message-passing rounds)
+    and 2k times per micro-step means two passes; `passes` is the largest such count. Calls during the
+    backward (gradient checkpointing recomputes the forward there) are not passes. Hooks on every
+    submodule take each call off PyTorch's fast path (+3% on the DocTrans tiny step), so the engine
+    watches one measured step and scales the root's count over the window by what it saw (`unwatch`).
+    """
 
     def __init__(self, module: nn.Module) -> None:
+        self.module = module
         self.calls = 0
+        """Calls of the root module's forward (while enabled)."""
         self.enabled = True
-        self._handle = module.register_forward_pre_hook(self._hook)
+        self._depth = 0
+        self._inside: dict[str, int] = {}
+        self._total: dict[str, int] = {}
+        self._factor = 1.0
+        self._handles = [module.register_forward_pre_hook(self._enter), module.register_forward_hook(self._leave)]
+        self._watching: list[Any] = []
 
-    def _hook(self, module: nn.Module, args: Any) -> None:
+    def _enter(self, module: nn.Module, args: Any) -> None:
+        self._depth += 1
         if self.enabled:
             self.calls += 1
 
+    def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._depth -= 1
+
+    def _counter(self, name: str) -> Callable[[nn.Module, Any], None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            if self.enabled and _current_graph_task_id() == -1:  # not a backward's recomputation
+                self._total[name] += 1
+                if self._depth > 0:
+                    self._inside[name] += 1
+        return hook
+
+    def watch(self) -> None:
+        """Count parameter-owning submodules too, from now until `unwatch` (root calls restart from 0)."""
+        if self._watching or hasattr(self.module, "_orig_mod"):  # compiled: its submodules run inside a graph
+            return
+        self.calls = 0
+        for name, sub in self.module.named_modules():
+            if name and any(True for _ in sub.parameters(recurse=False)):
+                self._inside[name] = self._total[name] = 0
+                self._watching.append(sub.register_forward_pre_hook(self._counter(name)))
+
+    def unwatch(self) -> None:
+        """Stop counting submodules; from now on `passes` = root calls x (passes per root call while watched)."""
+        if not self._watching:
+            return
+        passes = self._watched_passes()
+        self._factor = passes / self.calls if self.calls else max(passes, 1.0)
+        for h in self._watching:
+            h.remove()
+        self._watching = []
+        self._inside, self._total = {}, {}
+
+    def _watched_passes(self) -> float:
+        worst = float(self.calls)
+        for name, total in self._total.items():
+            inside = self._inside[name]
+            worst = max(worst, total * self.calls / inside if inside and self.calls else float(total))
+        return worst
+
+    @property
+    def passes(self) -> float:
+        """Forward passes: root calls, or more when a parameter-owning submodule ran more often than the root's
+        forwards account for (its calls per root forward times the root's calls)."""
+        return self._watched_passes() if self._watching else self.calls * self._factor
+
+    def extra_passes(self) -> dict[str, float]:
+        """While watched: submodules that ran more passes than the root did (name -> passes)."""
+        out = {}
+        for name, total in self._total.items():
+            inside = self._inside[name]
+            passes = total * self.calls / inside if inside and self.calls else float(total)
+            if passes > self.calls:
+                out[name] = passes
+        return out
+
+    def reset(self) -> None:
+        """Zero the root's count (the measured window starts); a watched step's factor is kept."""
+        self.calls = 0
+        self._inside = dict.fromkeys(self._inside, 0)
+        self._total = dict.fromkeys(self._total, 0)
+
     def remove(self) -> None:
-        """Detach the hook."""
-        self._handle.remove()
+        """Detach the hooks."""
+        self.unwatch()
+        for h in self._handles:
+            h.remove()
+
+
+def _current_graph_task_id() -> int:
+    """-1 outside a backward pass (the autograd engine's current graph task)."""
+    return torch._C._current_graph_task_id()  # noqa: SLF001 (what torch.utils.checkpoint itself asks)
 
 
 def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
