@@ -71,6 +71,12 @@ class Base:
     def short(self) -> str:
         return self.sha[:10]
 
+    def touches(self, workload: str) -> bool:
+        """Whether the changed code can change `workload`: anything outside `models/` does, and under `models/`
+        only its own package (the built-in workloads import the harness, never each other)."""
+        return any(not f.startswith("models/") or f.startswith(f"models/{workload}/") or f == "models/__init__.py"
+                   for f in self.changed)
+
 
 def resolve_base(ref: str | None = None, root: str | Path = ".") -> Base:
     """`ref` (any git revision; None or "auto": the merge base of HEAD with the main branch, or HEAD where there

@@ -341,6 +341,11 @@ def _compare_against(args: argparse.Namespace) -> int:
         print(f"no code change against {base.short} ({base.ref}) under {', '.join(against.CODE_PATHS)}: "
               "nothing to compare")
         return 0
+    if not positional:  # every built-in workload whose code the change can reach
+        untouched = [w for w in workloads if not base.touches(w)]
+        workloads = [w for w in workloads if base.touches(w)]
+        if untouched:
+            print(f"skipped {', '.join(untouched)}: none of their code changed")
     out = check_writable_dir(args.out or f"runs/against-{base.short}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"old: {base.short} ({base.ref}); new: this working tree ({len(base.changed)} code files differ: "
           f"{', '.join(base.changed[:5])}{' ...' if len(base.changed) > 5 else ''})")

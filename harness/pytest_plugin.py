@@ -349,6 +349,8 @@ class TrainBench:
         base, root = _against_base(self.config)
         if base is None:
             pytest.skip(root)
+        if not base.touches(workload):
+            pytest.skip(f"no code of {workload} changed against {base.short} (changed: {', '.join(base.changed[:4])})")
         with tempfile.TemporaryDirectory(prefix="trainbench-against-") as tmp:
             result = against.against(workload, knobs, base, root, Path(tmp) / "results")
         if self.benchmark is not None and result.wall is not None:

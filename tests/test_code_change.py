@@ -120,6 +120,13 @@ def test_verdict_fails_only_a_resolved_slowdown_beyond_the_threshold(ratio, low,
         assert "SLOWER by 10.0%" in message and "data loading" in message and "models/lm/data.py" in message
 
 
+def test_a_change_under_one_model_package_touches_only_that_workload() -> None:
+    lm_only = against.Base(ref="main", sha="0" * 40, changed=("models/lm/data.py",))
+    assert lm_only.touches("lm") and not lm_only.touches("gpcm")
+    harness = against.Base(ref="main", sha="0" * 40, changed=("models/lm/data.py", "harness/trainer.py"))
+    assert harness.touches("gpcm") and harness.touches("sudoku")
+
+
 def test_verdict_says_waiting_when_cpu_time_did_not_grow() -> None:
     wall = _comparison(0.73, 0.71, 0.75, "wall", 1.6, 2.2)
     cpu = _comparison(0.97, 0.95, 0.99, "cpu", 1.5, 1.55)
