@@ -7,7 +7,7 @@ tiny LM's step (measured here first). Each repetition is one full `against` run,
 alternating old/new, contended runs re-run, repeats added to the target half-width, and the verdict
 (fail = new resolved slower by more than the threshold).
 
-    python bench/measure_against_rates.py [--reps 10] [--busy]
+    python bench/measure_against_rates.py [--reps 10] [--busy] [--max-repeats 10] [key=value ...]
 
 The last line reads ``old == new: false alarms in X% of N; 10% slowdown caught in Y% of N; 5% slowdown
 caught in Z% of N; median half-width W%``.
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from harness import against
+from harness.config import parse_overrides
 from harness.engine import run
 from harness.registry import resolve
 
@@ -49,19 +50,27 @@ LMWorkload.forward = _slower_forward
 '''
 
 
-def one(base: against.Base, old: Path, frac: float, step_ms: float, tmp: Path, i: int) -> against.AgainstResult:
+def one(base: against.Base, old: Path, frac: float, step_ms: float, tmp: Path, i: int, knobs: dict,
+        max_repeats: int) -> against.AgainstResult:
     with against.exported(base) as new:
         if frac:
             path = new / "models" / "lm" / "workload.py"
             path.write_text(path.read_text() + PLANT.format(ms=f"{frac * step_ms:.4f}"))
-        return against.against("lm", KNOBS, base, old, tmp / f"{frac}-{i}", new_root=new)
+        return against.against("lm", knobs, base, old, tmp / f"{frac}-{i}", new_root=new, max_repeats=max_repeats)
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10, help="against runs per condition")
     parser.add_argument("--busy", action="store_true", help="one busy-loop process beside the measurement")
+    parser.add_argument("--max-repeats", type=int, default=10, help="repeats per against run, at most")
+    parser.add_argument("items", nargs="*", help="knob=value overrides of the tiny LM (default: windows of ~0.5 s)")
     args = parser.parse_args(argv)
+    if args.reps < 1 or args.max_repeats < 3:
+        print(f"error: --reps {args.reps} / --max-repeats {args.max_repeats}: use --reps >= 1 and --max-repeats >= 3 "
+              "(an interval needs 3 repeats)", file=sys.stderr)
+        sys.exit(2)
+    knobs = {**KNOBS, **parse_overrides(args.items)}
     head = against.resolve_base("HEAD")
     base = against.Base(ref="HEAD", sha=head.sha, changed=("models/lm/workload.py (planted)",))
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
@@ -69,12 +78,12 @@ def main(argv: list[str]) -> None:
     caught: dict[str, list[bool]] = {k: [] for k in SLOWDOWNS}
     halves: list[float] = []
     try:
-        step_ms = float(run(resolve("lm", {**KNOBS, "bench_steps": 200})).metrics["step_ms_median"])
+        step_ms = float(run(resolve("lm", {**knobs, "bench_steps": 200})).metrics["step_ms_median"])
         print(f"tiny LM step {step_ms:.2f} ms; machine {'with one busy process' if busy else 'as it is'}", flush=True)
         with against.exported(base) as old, tempfile.TemporaryDirectory(prefix="trainbench-rates-") as tmp:
             for i in range(args.reps):
                 for name, frac in SLOWDOWNS.items():  # conditions alternate, so drift hits all alike
-                    res = one(base, old, frac, step_ms, Path(tmp), i)
+                    res = one(base, old, frac, step_ms, Path(tmp), i, knobs, args.max_repeats)
                     caught[name].append(not res.passed)
                     if res.wall is not None:
                         halves.append(res.wall.estimate.half_width_pct)

@@ -60,6 +60,8 @@ def test_gate_rates_prints_both_clocks_tables_and_a_verdict_line() -> None:
     ("measure_gpcm_modes.py", ["--modes", "sequential,warp"], "--modes: bad value warp"),
     ("measure_doctrans_checkpointing.py", ["--shapes", "8by4"], "--shapes: bad value '8by4'"),
     ("measure_gate_rates.py", ["--pairs", "1"], "--pairs >= 2"),
+    ("measure_against_rates.py", ["--reps", "0"], "use --reps >= 1"),
+    ("regressions.py", ["--only", "no_such_regression"], "no_such_regression"),
 ])
 def test_bad_usage_is_an_error_line_and_exit_2(script: str, args: list[str], message: str) -> None:
     proc = _run(script, *args, timeout=120)
@@ -76,3 +78,19 @@ def test_measure_overhead_prints_the_paired_interval_and_the_overhead_line(monke
     assert words[0] == "overhead:" and words[2:4] == ["of", "a"] and words[5:8] == ["ms", "step", "(bare"]
     float(words[1].rstrip("%"))
     assert float(words[4]) > 0 and float(words[8]) > 0 and words[9] == "ms)"
+
+
+def test_against_rates_runs_each_condition_through_the_against_path() -> None:
+    lines = _ok(_run("measure_against_rates.py", "--reps", "1", "--max-repeats", "3", "bench_steps=30",
+                     timeout=600))
+    assert lines[0].startswith("tiny LM step ")
+    reps = [line for line in lines if line.startswith("rep  1/1 ")]
+    assert [r.split()[2] for r in reps] == ["same:", "slow10:", "slow5:"]
+    assert all(r.endswith(("-> pass", "-> FAIL")) for r in reps)
+    assert lines[-1].startswith("old == new: false alarms in ") and "5% slowdown caught in" in lines[-1]
+
+
+def test_every_planted_regression_applies_to_the_committed_tree() -> None:
+    lines = _ok(_run("regressions.py", "--check", timeout=300))
+    applied = [line for line in lines if ": applies (" in line]
+    assert len(applied) == 10, lines
