@@ -210,20 +210,43 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def grid_items(workload: str, overrides: dict[str, str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(fixed knobs, swept knobs): a value with commas sweeps the knob (``batch_size=8,16,32``) unless the knob
+    is free text (a str knob without a list of allowed values keeps its commas)."""
+    from harness.config import all_knobs
+
+    knobs = all_knobs(registry.get(workload))
+    fixed, grid = {}, {}
+    for key, value in overrides.items():
+        knob = knobs.get(key)
+        if "," in value and not (knob is not None and knob.type is str and not knob.choices):
+            grid[key] = [v.strip() for v in value.split(",")]
+            if not all(grid[key]):
+                raise ValueError(f"{key}={value}: an empty value in the list; write e.g. {key}=8,16,32")
+        else:
+            fixed[key] = value
+    return fixed, grid
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Profile one config: `repeats` fresh processes, summary table."""
+    """Profile one config (or a grid: ``batch_size=8,16,32``): `repeats` fresh processes, summary table."""
+    from harness.experiment import expand_grid, point_name
+
     positional, overrides = _split_args(args.items)
     _one_workload("run", positional)
     workload = positional[0]
-    epochs = resolve(workload, overrides).epochs
+    overrides, grid = grid_items(workload, overrides)
+    points = expand_grid(grid) if grid else [{}]
+    baseline_name = point_name(points[0]) if grid else workload
+    epochs = resolve(workload, overrides, points[0]).epochs
     # A speed run by default; with epochs=N each repeat trains for quality (and is timed as it trains).
-    exp = build("run", workload, overrides, {}, baseline_name=workload, repeats=0 if epochs else args.repeats,
-                timeout_s=args.timeout, quality_epochs=epochs, equivalence=False,
-                max_repeats=max(args.repeats, 10))
+    exp = build("run", workload, {**overrides, **points[0]}, {point_name(p): p for p in points[1:]},
+                baseline_name=baseline_name, repeats=0 if epochs else args.repeats, timeout_s=args.timeout,
+                quality_epochs=epochs, equivalence=False, max_repeats=max(args.repeats, 10))
     if epochs and args.repeats > 1:
         print("warning: --repeats applies to speed runs; a quality run trains once per config "
               "(same seed, same result)", file=sys.stderr)
-    cfg = exp.configs[workload]
+    cfg = exp.configs[baseline_name]
     for w in runtime_warnings(cfg, resolve_device(cfg)):
         print(f"warning: {w}", file=sys.stderr)
     out = Path(args.out or f"runs/{folder_name(workload)}-{time.strftime('%Y%m%d-%H%M%S')}")

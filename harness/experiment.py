@@ -25,7 +25,9 @@ duplicate_forward = true
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 
 _TOP_KEYS = {"workload", "description", "baseline_name", "repeats", "timeout_s", "quality_epochs",
              "quality_target", "equivalence", "gates", "baseline", "variants", "name", "target_half_width_pct",
-             "max_repeats", "budget_s", "max_reruns"}
+             "max_repeats", "budget_s", "max_reruns", "grid", "max_grid_points"}
 PRECISION_KEYS = ("target_half_width_pct", "max_repeats", "budget_s", "max_reruns")
 
 
@@ -146,6 +148,8 @@ def build(name: str, workload: str, baseline: Mapping[str, Any], variants: Mappi
             raise ValueError(f"variant '{vname}' overrides nothing; give it at least one knob, e.g. "
                              f"[variants.{vname}] amp = \"bf16\"")
         cfg = resolve(wl, baseline, vover, forced, name=workload)
+        if not base_cfg.diff(cfg) and "=" in vname:
+            continue  # the grid point the baseline already is
         if not base_cfg.diff(cfg) and not allow_same:
             raise ValueError(f"variant '{vname}' overrides nothing: every knob it sets equals the baseline's "
                              f"({', '.join(f'{k}={v}' for k, v in vover.items())}); change a value or drop it")
@@ -153,6 +157,37 @@ def build(name: str, workload: str, baseline: Mapping[str, Any], variants: Mappi
         overrides[vname] = dict(vover)
     return Experiment(name=name, workload=workload, baseline_name=baseline_name, configs=configs,
                       overrides=overrides, description=kw.pop("description", ""), **kw)
+
+
+MAX_GRID_POINTS = 24
+"""A grid of more points is refused unless the experiment raises `max_grid_points`: each point is a variant
+with its repeats, so a grid's cost is its size times a variant's."""
+
+
+def point_name(point: Mapping[str, Any]) -> str:
+    """A grid point's variant name, e.g. ``batch_size=8,amp=bf16``."""
+    return ",".join(f"{k}={v}" for k, v in point.items())
+
+
+def expand_grid(grid: Mapping[str, Any], max_points: int = MAX_GRID_POINTS,
+                where: str = "grid") -> list[dict[str, Any]]:
+    """Every combination of the grid's values, first knob slowest: ``{"a": [1, 2], "b": ["x", "y"]}`` ->
+    a=1,b=x; a=1,b=y; a=2,b=x; a=2,b=y. ValueError (one line) for an empty grid, a knob without values,
+    or more points than `max_points` (saying how many)."""
+    if not isinstance(grid, Mapping) or not grid:
+        raise ValueError(f"{where} is empty; give each swept knob a list, e.g. batch_size = [8, 16, 32]")
+    sizes = []
+    for knob, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: '{knob}' has no values ({values!r}); give a list, e.g. {knob} = [8, 16, 32]")
+        if len(set(map(repr, values))) != len(values):
+            raise ValueError(f"{where}: '{knob}' lists a value twice ({values!r}); list each value once")
+        sizes.append(len(values))
+    total = math.prod(sizes)
+    if total > max_points:
+        raise ValueError(f"{where}: {' x '.join(map(str, sizes))} = {total} points exceeds the maximum of "
+                         f"{max_points}; shorten a list or raise max_grid_points")
+    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
 
 
 def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Experiment:
@@ -169,6 +204,17 @@ def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] |
     variants = data.get("variants", {})
     if not isinstance(variants, Mapping):
         raise ValueError(f"{where}: 'variants' must be tables, e.g. [variants.fast] amp = \"bf16\"")
+    if "grid" in data:
+        max_points = data.get("max_grid_points", MAX_GRID_POINTS)
+        if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+            raise ValueError(f"{where}: 'max_grid_points' must be a positive integer, got {max_points!r}")
+        points = expand_grid(data["grid"], max_points, where=f"{where}: [grid]")
+        variants = dict(variants)
+        for point in points:
+            name = point_name(point)
+            if name in variants:
+                raise ValueError(f"{where}: grid point '{name}' is also a named variant; drop one")
+            variants[name] = point
     gates = data.get("gates", [])
     if not isinstance(gates, list) or not all(isinstance(g, str) for g in gates):
         raise ValueError(f"{where}: 'gates' must be a list of strings, e.g. gates = [\"fast.speedup >= 1.5\"]")

@@ -193,46 +193,72 @@ def timeline(records: Sequence[Record], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def scaling_knob(summary: pd.DataFrame) -> str | None:
-    """The one numeric knob every variant changes (and nothing else), with >= 3 distinct values."""
-    knobs = {k for changed in summary["changed"] for k in changed}
-    if len(knobs) != 1:
+def _numeric(knob: str, values: Sequence[object]) -> bool:
+    if knob in GENERIC_BY_NAME:
+        return GENERIC_BY_NAME[knob].type in (int, float)
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
+
+
+def scaling_axes(summary: pd.DataFrame) -> tuple[str, list[str]] | None:
+    """(x knob, line knobs) of a sweep: the numeric knob with the most values (>= 3) on the x axis, one line per
+    combination of the other changed knobs (a grid); None when no knob is swept that way."""
+    knobs = list(dict.fromkeys(k for changed in summary["changed"] for k in changed))
+    candidates = []
+    for knob in knobs:
+        values = [cfg.get(knob) for cfg in summary["config"]]
+        if _numeric(knob, values) and len(set(values)) >= 3:
+            candidates.append((len(set(values)), knob))
+    if not candidates:
         return None
-    knob = knobs.pop()
-    values = [cfg.get(knob) for cfg in summary["config"]]
-    numeric = GENERIC_BY_NAME[knob].type in (int, float) if knob in GENERIC_BY_NAME else \
-        all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
-    return knob if numeric and len(set(values)) >= 3 else None
+    x = max(candidates)[1]
+    return x, [k for k in knobs if k != x]
+
+
+def scaling_knob(summary: pd.DataFrame) -> str | None:
+    """The x knob of `scaling_axes` (None when nothing is swept)."""
+    axes = scaling_axes(summary)
+    return axes[0] if axes else None
 
 
 def scaling(summary: pd.DataFrame, path: Path) -> Path | None:
-    """Throughput against the swept knob (samples/s, and tokens/s when tokens are counted)."""
-    knob = scaling_knob(summary)
-    if knob is None:
+    """Curves against the swept knob: samples/s (with each point's min-max over repeats), tokens/s when tokens are
+    counted, and peak memory; one line per value of the other swept knobs (a grid)."""
+    axes_knobs = scaling_axes(summary)
+    if axes_knobs is None:
         return None
+    knob, others = axes_knobs
     rows = summary[[_finite(v) for v in summary["samples_per_s"]]]
-    rows = rows.assign(_x=[cfg[knob] for cfg in rows["config"]]).sort_values("_x")
+    rows = rows.assign(_x=[cfg[knob] for cfg in rows["config"]],
+                       _line=[", ".join(f"{k}={cfg.get(k)}" for k in others) for cfg in rows["config"]])
+    rows = rows.sort_values("_x")
     with_tokens = bool(np.nansum(rows["tokens_per_s"].to_numpy(float)) > 0)
-    fig, axes = _figure(10 if with_tokens else 6, 4, ncols=2 if with_tokens else 1)
-    x = rows["_x"].to_numpy(float)
-    panels = [("samples_per_s", "samples/s")] + ([("tokens_per_s", "real tokens/s")] if with_tokens else [])
+    mem_col = "cuda_peak_allocated_gib" if np.isfinite(rows["cuda_peak_allocated_gib"].to_numpy(float)).any() \
+        else "peak_rss_gib"
+    panels = [("samples_per_s", "samples/s")] + ([("tokens_per_s", "real tokens/s")] if with_tokens else []) + \
+        [(mem_col, "peak GPU memory allocated, GiB" if mem_col.startswith("cuda") else "peak RSS, GiB")]
+    fig, axes = _figure(5 * len(panels), 4, ncols=len(panels))
     for ax, (col, label) in zip(axes, panels, strict=True):
-        y = rows[col].to_numpy(float)
-        if col == "samples_per_s":
-            err = [y - rows["samples_per_s_min"].to_numpy(float), rows["samples_per_s_max"].to_numpy(float) - y]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label="measured (min-max)")
-            if knob == "batch_size":  # perfect batching: samples/s proportional to the batch
-                ax.plot(x, y[0] * x / x[0], linestyle=":", color="grey", label="linear in batch_size")
-        else:
-            ax.plot(x, y, marker="o", label="measured")
-        if x.max() / max(x.min(), 1e-12) >= 8:
+        for line, group in rows.groupby("_line", sort=False):
+            x, y = group["_x"].to_numpy(float), group[col].to_numpy(float)
+            name = line or "measured"
+            if col == "samples_per_s":
+                err = [y - group["samples_per_s_min"].to_numpy(float), group["samples_per_s_max"].to_numpy(float) - y]
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=f"{name} (min-max)")
+            else:
+                ax.plot(x, y, marker="o", label=name)
+        if col == "samples_per_s" and knob == "batch_size" and not others:  # perfect batching: linear
+            x, y = rows["_x"].to_numpy(float), rows["samples_per_s"].to_numpy(float)
+            ax.plot(x, y[0] * x / x[0], linestyle=":", color="grey", label="linear in batch_size")
+        x_all = rows["_x"].to_numpy(float)
+        if x_all.max() / max(x_all.min(), 1e-12) >= 8:
             ax.set_xscale("log", base=2)
-            ax.set_xticks(x, [f"{v:g}" for v in x])
+            ticks = sorted(set(x_all))
+            ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
         ax.set_xlabel(knob)
-        ax.set_ylabel(f"throughput ({label})")
+        ax.set_ylabel(label)
         ax.set_title(f"{label} vs {knob}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 
