@@ -1,4 +1,4 @@
-"""`trainbench run | sweep | report | compare | reference | list | doctor | profile`.
+"""`trainbench run | sweep | report | compare | reference | fit | list | doctor | profile`.
 
 User mistakes (bad knob, bad value, missing file, malformed TOML) print one ``error: ...`` line and
 exit 2 before anything is written; failed runs or failed gates exit 1; success exits 0.
@@ -449,6 +449,32 @@ def _machine_text() -> str:
     return "\n".join(lines)
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    """The largest batch_size (or --knob) within a memory budget."""
+    from harness import fit
+
+    positional, overrides = _split_args(args.items)
+    _one_workload("fit", positional)
+    workload = positional[0]
+    cfg = resolve(workload, overrides)  # bad knobs stop here
+    memory = args.memory
+    if memory is None:
+        device = resolve_device(cfg)
+        if device.type != "cuda":
+            raise ValueError("fit on a CPU needs --memory GiB (there is no device memory to default to), "
+                             "e.g. trainbench fit lm --memory 0.5")
+        import torch
+
+        memory = torch.cuda.get_device_properties(device).total_memory / 1024**3
+    result = fit.fit(workload, overrides, memory, knob=args.knob, timeout_s=args.timeout)
+    if result.answer is None:
+        first = result.probes[-1]
+        raise ValueError(f"nothing fits in {memory:g} GiB ({result.memory}): even {args.knob}=1 peaked at "
+                         f"{first.peak_gib if first.peak_gib is not None else '?'} GiB ({first.why}); raise --memory")
+    print(fit.describe(result, workload))
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     """A few steps under torch.profiler: traces, top operators, advisor findings."""
     from harness.profiler import profile
@@ -521,6 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("doctor", help="what this machine can measure")
     s.set_defaults(fn=cmd_doctor)
+
+    s = sub.add_parser("fit", help="the largest batch_size (or --knob) whose run stays within --memory GiB")
+    s.add_argument("items", nargs="*", metavar="WORKLOAD|key=value")
+    s.add_argument("--memory", type=float, metavar="GiB",
+                   help="the budget (default on a GPU: its memory; required on a CPU, compared with peak RSS)")
+    s.add_argument("--knob", default="batch_size", help="the integer knob to search (default batch_size)")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds per probe before it is killed")
+    s.set_defaults(fn=cmd_fit)
 
     s = sub.add_parser("profile", help="torch.profiler traces and top operators for one config")
     s.add_argument("items", nargs="*", metavar="WORKLOAD|key=value")

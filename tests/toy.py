@@ -63,6 +63,8 @@ class ToyWorkload(Workload):
         Knob(name="fail", type=str, default="none", kind="exact", doc="planted failure",
              choices=("none", "raise", "nan", "hang")),
         Knob(name="init_shift", type=float, default=0.0, kind="exact", doc="planted change of initialisation"),
+        Knob(name="mib_per_sample", type=int, default=0, kind="exact", min=0,
+             doc="a transient allocation of this many MiB per sample in every forward (grows with the batch)"),
         Knob(name="metric_script", type=str, default="", kind="budget",
              doc="comma-separated primary-metric values returned by successive evaluations"),
     )
@@ -86,6 +88,9 @@ class ToyWorkload(Workload):
             torch.utils.data.Subset(data, range(cfg.n_samples, len(x)))
 
     def forward(self, model: nn.Module, batch: Any, cfg: Any) -> torch.Tensor:
+        if cfg.mib_per_sample:  # touched, so every page is resident at the peak; freed after the forward
+            buf = torch.ones(len(batch[0]) * cfg.mib_per_sample * 1024**2 // 4)
+            del buf
         return model(batch[0])
 
     def loss(self, outputs: torch.Tensor, batch: Any, cfg: Any) -> LossResult:
