@@ -45,6 +45,11 @@ def test_variants_compute_the_same_function(train_bench, baseline: dict) -> None
 
 
 @pytest.mark.gate
+def test_explicit_attention_computes_what_sdpa_computes(train_bench) -> None:
+    train_bench.equivalent("lm", baseline={"attention": "math"}, variant={"attention": "sdpa"}, steps=3, **TINY)
+
+
+@pytest.mark.gate
 def test_duplicate_forward_fix_speedup(train_bench) -> None:
     train_bench.compare("lm", baseline={"duplicate_forward": True}, variant={},
                         min_speedup=MIN_SPEEDUP_DUPLICATE_FIX, **TINY)

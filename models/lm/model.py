@@ -11,6 +11,8 @@ Both compute the same logits at every real position, so outputs, loss and gradie
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,9 +22,10 @@ from torch.utils.checkpoint import checkpoint
 class Block(nn.Module):
     """Pre-norm transformer block: causal self-attention then a 4x MLP."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, dropout: float, attention: str = "sdpa") -> None:
         super().__init__()
         self.n_heads = n_heads
+        self.attention = attention
         self.ln1 = nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
@@ -34,23 +37,34 @@ class Block(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p) if self.attention == "sdpa" \
+            else math_attention(q, k, v, p, self.training)
         x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
         return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, training: bool) -> torch.Tensor:
+    """Causal attention written out: softmax(q k^T / sqrt(d) + causal mask) v (what SDPA's math backend does)."""
+    T = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    weights = F.dropout(scores.masked_fill(~causal, float("-inf")).softmax(dim=-1), dropout, training)
+    return weights @ v
 
 
 class TransformerLM(nn.Module):
     """Token + position embeddings, `n_layers` blocks, final norm, output tied to the token embedding."""
 
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, n_heads: int, max_positions: int,
-                 dropout: float = 0.0, forward_mode: str = "batched", grad_checkpointing: bool = False) -> None:
+                 dropout: float = 0.0, forward_mode: str = "batched", grad_checkpointing: bool = False,
+                 attention: str = "sdpa") -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"knob 'd_model': {d_model} is not divisible by n_heads={n_heads}")
         self.tok = nn.Embedding(vocab_size, d_model)
         self.pos = nn.Embedding(max_positions, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout, attention) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.forward_mode = forward_mode
         self.grad_checkpointing = grad_checkpointing

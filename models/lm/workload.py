@@ -41,6 +41,9 @@ class LMWorkload(Workload):
     knobs = (
         _k("forward", str, "batched", "exact", "per_sequence: one unpadded sequence at a time; batched: padded batch",
            choices=("per_sequence", "batched")),
+        _k("attention", str, "sdpa", "approx", "sdpa: torch's scaled_dot_product_attention (fused kernels where the "
+           "device has them); math: the explicit softmax(QK^T / sqrt(d)) V with a causal mask",
+           choices=("sdpa", "math")),
         _k("vocab_size", int, 10000, "quality", "vocabulary size (token 0 is padding)", min=8, max=1_000_000),
         _k("d_model", int, 256, "quality", "model width", min=8),
         _k("n_layers", int, 2, "quality", "transformer blocks", min=1),
@@ -86,7 +89,7 @@ class LMWorkload(Workload):
 
     def build_model(self, cfg: RunConfig) -> nn.Module:
         return TransformerLM(cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads, self.max_positions(cfg),
-                             cfg.dropout, cfg.forward, cfg.grad_checkpointing)
+                             cfg.dropout, cfg.forward, cfg.grad_checkpointing, cfg.attention)
 
     def build_datasets(self, cfg: RunConfig) -> tuple[TokenDataset, TokenDataset]:
         params = dict(n=cfg.n_sequences, vocab_size=cfg.vocab_size, length_scale=cfg.length_scale,
