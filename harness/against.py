@@ -19,7 +19,7 @@ import math
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ MAIN_BRANCHES = ("main", "origin/main", "master", "origin/master")
 MIN_CHANGE_PCT = 3.0
 """A slowdown fails the gate when its interval excludes 1 and the ratio is below 1 - 3%: changes smaller
 than this are within what this machine resolves between fresh processes (bench/measure_against_rates.py)."""
-PHASES = ("data", "forward", "loss", "backward", "optimizer")
 PHASE_CAUSES = {
     "data": "data loading (DataLoader fetch / collate)",
     "forward": "the forward pass",
@@ -151,13 +150,10 @@ class AgainstResult:
     out_dir: Path | None = None
 
 
-def phase_deltas(old: Sequence[Any], new: Sequence[Any]) -> dict[str, float]:
-    """Per phase, median over repeats of the mean ms per step, new minus old."""
-    from harness.analysis import stats
-
-    names = dict.fromkeys(p for r in [*old, *new] for p in r.phase_ms)
-    return {p: stats.median([r.phase_ms.get(p, 0.0) for r in new]) - stats.median([r.phase_ms.get(p, 0.0) for r in old])
-            for p in names}
+def phase_deltas(wall: Any) -> dict[str, float]:
+    """Per phase, new's ms per step minus old's (`Comparison.median_ms`: medians over repeats)."""
+    names = dict.fromkeys(p for r in [*wall.baseline, *wall.variant] for p in r.phase_ms)
+    return {p: wall.median_ms("variant", p) - wall.median_ms("baseline", p) for p in names}
 
 
 def where_time_went(deltas: Mapping[str, float], step_delta_ms: float) -> str:
@@ -244,11 +240,11 @@ def against(workload: str, knobs: Mapping[str, Any], base: Base, base_root: Path
     if failed:
         r = failed[0]
         side = "base" if r.variant == "old" else "working tree"
+        last = (r.error or "").strip().splitlines()[-1:] or ["(no error text)"]
         return AgainstResult(workload, label, base, None, None, {}, False,
-                             f"old against new: {label}: a run of the {side} failed ({r.status}): "
-                             f"{(r.error or '').strip().splitlines()[-1:] or ''}", out_dir)
+                             f"old against new: {label}: a run of the {side} failed ({r.status}): {last[0]}", out_dir)
     wall = compare(old, new, clock="wall", label=label)
     cpu = compare(old, new, clock="cpu", label=label) if all(r.step_cpu_ms for r in old + new) else None
-    deltas = phase_deltas(old, new)
+    deltas = phase_deltas(wall)
     passed, message = verdict(label, base, wall, cpu, deltas, min_change_pct)
     return AgainstResult(workload, label, base, wall, cpu, deltas, passed, message, out_dir)

@@ -131,14 +131,10 @@ differ by rounding, and the optimizer (Adam divides by the gradient's running sc
 
 
 def _train_steps(cfg: RunConfig, steps: int) -> tuple[list[float], dict[str, torch.Tensor]]:
-    from harness.data import batches_forever
-    from harness.probes.timers import PhaseClock
     from harness.trainer import Trainer
 
     tr = Trainer(cfg)
-    clock = PhaseClock(tr.device, enabled=False)
-    stream = batches_forever(tr.loader)
-    losses = [float(tr.train_step(stream, clock)[0]) for _ in range(steps)]  # sync point: reads each loss
+    losses = tr.run_steps(steps)
     return losses, {n: p.detach().double().cpu() for n, p in tr.model.named_parameters()}
 
 

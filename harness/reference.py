@@ -41,17 +41,13 @@ def measure(workload: str, steps: int = STEPS) -> dict[str, Any]:
     """The workload's reference figures, measured now."""
     import torch
 
-    from harness.data import batches_forever
     from harness.engine import step_counters
-    from harness.probes.timers import PhaseClock
     from harness.registry import resolve
     from harness.trainer import Trainer
 
     cfg = resolve(workload, KNOBS)
     tr = Trainer(cfg)
-    clock = PhaseClock(tr.device, enabled=False)
-    stream = batches_forever(tr.loader)
-    losses = [float(tr.train_step(stream, clock)[0]) for _ in range(steps)]  # sync point: reads each loss
+    losses = tr.run_steps(steps)
     quality = tr.evaluate()
     counters = step_counters(cfg)
     wl = cfg.get_workload()

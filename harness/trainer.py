@@ -195,6 +195,16 @@ class Trainer:
         clock.mark("optimizer")
         return loss, counts
 
+    def run_steps(self, steps: int) -> list[float]:
+        """`steps` optimizer steps from the loader's start, untimed; each step's loss (a sync point: read on the
+        host every step). The multi-step equivalence check and the stored references train through this."""
+        from harness.data import batches_forever
+        from harness.probes.timers import PhaseClock
+
+        clock = PhaseClock(self.device, enabled=False)
+        stream = batches_forever(self.loader)
+        return [float(self.train_step(stream, clock)[0]) for _ in range(steps)]
+
     def check_finite(self, losses: list[torch.Tensor], step: int) -> None:
         """Raise NonFiniteLoss when the last step's loss is NaN or infinite."""
         # Sync point on a GPU (reads the loss on the host): done every step on a CPU, but only every

@@ -76,12 +76,17 @@ class ForwardCounter:
         self._watching = []
         self._inside, self._total = {}, {}
 
-    def _watched_passes(self) -> float:
-        worst = float(self.calls)
+    def _module_passes(self) -> dict[str, float]:
+        """While watched: per submodule, its calls per micro-step over its calls per root forward, times the
+        root's calls (a submodule only ever called outside the root: its calls)."""
+        out = {}
         for name, total in self._total.items():
             inside = self._inside[name]
-            worst = max(worst, total * self.calls / inside if inside and self.calls else float(total))
-        return worst
+            out[name] = total * self.calls / inside if inside and self.calls else float(total)
+        return out
+
+    def _watched_passes(self) -> float:
+        return max([float(self.calls), *self._module_passes().values()])
 
     @property
     def passes(self) -> float:
@@ -91,13 +96,7 @@ class ForwardCounter:
 
     def extra_passes(self) -> dict[str, float]:
         """While watched: submodules that ran more passes than the root did (name -> passes)."""
-        out = {}
-        for name, total in self._total.items():
-            inside = self._inside[name]
-            passes = total * self.calls / inside if inside and self.calls else float(total)
-            if passes > self.calls:
-                out[name] = passes
-        return out
+        return {name: p for name, p in self._module_passes().items() if p > self.calls}
 
     def reset(self) -> None:
         """Zero the root's count (the measured window starts); a watched step's factor is kept."""
