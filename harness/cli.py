@@ -82,7 +82,8 @@ def _one_workload(command: str, positional: list[str]) -> None:
 
 
 def _failed(records: Sequence[Record]) -> list[Record]:
-    return [r for r in records if r.status != "ok"]
+    """Runs that failed (a run skipped for a reason, e.g. no torch.compile on this machine, did not fail)."""
+    return [r for r in records if r.status not in ("ok", "skipped")]
 
 
 def _validate_gates(exp: Experiment) -> None:
@@ -466,13 +467,31 @@ def cmd_fit(args: argparse.Namespace) -> int:
         import torch
 
         memory = torch.cuda.get_device_properties(device).total_memory / 1024**3
-    result = fit.fit(workload, overrides, memory, knob=args.knob, timeout_s=args.timeout)
+    effective = args.effective_batch
+    if effective is not None:
+        from harness.experiment import effective_batch_points
+
+        if args.knob != "batch_size":
+            raise ValueError(f"--effective-batch ranks batch_size x grad_accum; drop --knob {args.knob}")
+        effective_batch_points(effective, where="--effective-batch")  # a bad value stops here
+        out = Path(args.out or f"runs/{folder_name(workload)}-effective{effective}-{time.strftime('%Y%m%d-%H%M%S')}")
+        check_writable_dir(out)
+    probe_knobs = {**overrides, "grad_accum": 1} if effective is not None else overrides
+    result = fit.fit(workload, probe_knobs, memory, knob=args.knob, timeout_s=args.timeout, limit=effective)
     if result.answer is None:
         first = result.probes[-1]
         raise ValueError(f"nothing fits in {memory:g} GiB ({result.memory}): even {args.knob}=1 peaked at "
                          f"{first.peak_gib if first.peak_gib is not None else '?'} GiB ({first.why}); raise --memory")
     print(fit.describe(result, workload))
-    return 0
+    if effective is None:
+        return 0
+    print(f"\nranking every batch_size x grad_accum = {effective} with batch_size <= {result.answer} (fits) ...",
+          file=sys.stderr)
+    exp, records = fit.rank_effective_batch(workload, overrides, effective, result.answer, out,
+                                            timeout_s=args.timeout, progress=_progress)
+    _report(out, out / "report", exp, check=False)
+    print(f"records: {out / 'records.jsonl'}")
+    return 1 if _failed(records) else 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -554,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the budget (default on a GPU: its memory; required on a CPU, compared with peak RSS)")
     s.add_argument("--knob", default="batch_size", help="the integer knob to search (default batch_size)")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds per probe before it is killed")
+    s.add_argument("--effective-batch", type=int, metavar="B",
+                   help="then measure every batch_size x grad_accum = B that fits, ranked by samples/s")
+    s.add_argument("--out", help="results of the --effective-batch ranking (report in OUT/report)")
     s.set_defaults(fn=cmd_fit)
 
     s = sub.add_parser("profile", help="torch.profiler traces and top operators for one config")

@@ -118,6 +118,9 @@ def resolve(workload: Workload, *layers: Mapping[str, Any], name: str | None = N
             supported = ", ".join(sorted(wl.supports)) or "none of them"
             raise ValueError(f"knob '{name}' is not supported by workload '{wl.name}' "
                              f"(it supports: {supported}); remove '{name}={values[name]}'")
+    if values["compile_mode"] != "default" and not values["compile"]:
+        raise ValueError(f"knob 'compile_mode': {values['compile_mode']} applies only to a compiled model; "
+                         "add compile=true or drop compile_mode")
     if values["device"] == "cuda" and not torch.cuda.is_available():
         raise ValueError("knob 'device': bad value 'cuda': no CUDA GPU is visible to torch here; "
                          "use device=cpu or device=auto")

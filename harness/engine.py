@@ -34,8 +34,10 @@ import torch
 from harness.config import RunConfig
 from harness.data import batches_forever
 from harness.peaks import mfu
+from harness.probes.compiled import CompileClock
 from harness.probes.contention import ContentionProbe, verdict
 from harness.probes.counters import (
+    AttentionKernels,
     ForwardCounter,
     count_flops,
     cuda_peaks_gib,
@@ -93,7 +95,11 @@ class Meter:
                                        children=trainer.loader.num_workers > 0) if sampler else None
         self.contention = ContentionProbe(children=trainer.loader.num_workers > 0)
         self.stream = batches_forever(trainer.loader)
+        self.compiles = CompileClock() if trainer.cfg.compile else None
+        """torch.compile's work: before the first step, after it, when the window opens and closes."""
         self._watched = not instrument
+        self.kernels: set[str] = set()
+        """The fused-attention kernels SDPA picked in the FLOP-counted step (`AttentionKernels`)."""
         self.totals = {"samples": 0, "real": 0, "padded": 0}
         self.window_s = 0.0
         self.losses: list[torch.Tensor] = []
@@ -118,7 +124,10 @@ class Meter:
         self.counter.enabled = measured or watch
         try:
             if flops:
-                (loss, counts), n_flops = count_flops(lambda: self.tr.train_step(self.stream, self.clock, keep_host))
+                with AttentionKernels() as kernels:
+                    (loss, counts), n_flops = count_flops(
+                        lambda: self.tr.train_step(self.stream, self.clock, keep_host))
+                self.kernels = kernels.kernels
                 samples = sum(c.samples for c in counts)
                 self.metrics.update(samples_per_step=samples, flops_per_step=n_flops,
                                     flops_per_sample=n_flops / max(samples, 1))
@@ -131,6 +140,8 @@ class Meter:
                 if not measured:
                     self.counter.reset()
         self.clock.end_step(keep=measured)
+        if self.compiles is not None and "first" not in self.compiles.marks:
+            self.compiles.mark("first")
         self.losses.append(loss)
         if measured:
             self.totals["samples"] += sum(c.samples for c in counts)
@@ -150,6 +161,8 @@ class Meter:
         reset_peak_rss()
         if self.tr.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.tr.device)
+        if self.compiles is not None:
+            self.compiles.mark("open")
         if self.sampler is not None:
             self.sampler.start()
         self.contention.start()
@@ -221,14 +234,34 @@ class Meter:
         m["energy_j_per_sample"] = energy / totals["samples"] if energy is not None and totals["samples"] else None
         m["param_count"] = sum(p.numel() for p in tr.model.parameters())
         m["torch_threads"] = tr.threads
+        self._compile_metrics()
         tail = self.losses[-max(1, min(10, len(self.losses))):]
         m["final_loss"] = float(torch.stack(tail).mean()) if tail else None  # sync: once, after the window
         return TrainResult(
             metrics=m, step_ms=step_ms, step_cpu_ms=step_cpu_ms, warnings=list(tr.warnings),
             phase_ms={p: statistics.fmean(v) if v else 0.0 for p, v in phases.items()},
             timeline={k: list(v) for k, v in s.items() if v},
-            notes={"nvml": sampler.nvml_status if sampler else "not sampled", "threads": tr.threads_reason},
+            notes={"nvml": sampler.nvml_status if sampler else "not sampled", "threads": tr.threads_reason,
+                   **({"attention_kernels": ", ".join(sorted(self.kernels))} if self.kernels else {})},
             contention={**evidence, "verdict": verdict(evidence)})
+
+    def _compile_metrics(self) -> None:
+        """compile_s: torch.compile's seconds before the window (excluded from it); recompiles: frames compiled
+        after the first step; compile_in_window_s: compiling inside the window (warned: it is timed)."""
+        clock, m = self.compiles, self.metrics
+        if clock is None:
+            return
+        clock.mark("end")
+        clock.marks.setdefault("first", clock.marks["end"])
+        clock.marks.setdefault("open", clock.marks["end"])
+        m["compile_s"], _ = clock.between("start", "open")
+        m["recompiles"] = float(clock.between("first", "end")[1])
+        m["compile_in_window_s"], in_window = clock.between("open", "end")
+        if in_window:
+            self.tr.warnings.append(
+                f"torch.compile compiled {in_window} frame(s) inside the measured window "
+                f"({m['compile_in_window_s']:.2f} s timed as training): shapes changed after the warmup; "
+                "raise bench_warmup_steps or pad to fixed shapes")
 
 
 def _pct(values: Sequence[float], q: float) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from harness.config import RunConfig, resolve_device
-from harness.trainer import autocast, forward_backward, seed_everything
+from harness.trainer import autocast, compiled, forward_backward, seed_everything
 from harness.workload import map_tensors
 
 # Tolerance on the scale-free error, by the dtype the variant computes in.
@@ -38,7 +38,7 @@ def _step(cfg: RunConfig, device: torch.device, samples: list[Any], dtype: torch
     seed_everything(cfg.seed)
     model = wl.build_model(cfg).to(device=device, dtype=dtype)
     model.train()
-    handle = torch.compile(model) if cfg.compile else model
+    handle = compiled(model, cfg)
     collate = wl.collate(cfg) or torch.utils.data.default_collate
     host = [collate(samples[i:i + cfg.batch_size]) for i in range(0, len(samples), cfg.batch_size)]
     if dtype != torch.float32:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 _TOP_KEYS = {"workload", "description", "baseline_name", "repeats", "timeout_s", "quality_epochs",
              "quality_target", "equivalence", "gates", "baseline", "variants", "name", "target_half_width_pct",
-             "max_repeats", "budget_s", "max_reruns", "grid", "max_grid_points"}
+             "max_repeats", "budget_s", "max_reruns", "grid", "max_grid_points", "effective_batch"}
 PRECISION_KEYS = ("target_half_width_pct", "max_repeats", "budget_s", "max_reruns")
 
 
@@ -190,6 +190,41 @@ def expand_grid(grid: Mapping[str, Any], max_points: int = MAX_GRID_POINTS,
     return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
 
 
+def effective_batch_points(effective: Any, largest: int | None = None, where: str = "effective_batch"
+                           ) -> list[dict[str, int]]:
+    """Every batch_size x grad_accum whose product is `effective`, the largest micro-batch first (a micro-batch
+    above `largest`, e.g. what fits in memory, left out). They compute the same gradient (the trainer divides
+    every micro-batch's summed loss by the whole step's element count), so only their speed and memory differ."""
+    if isinstance(effective, bool) or not isinstance(effective, int) or effective < 1:
+        raise ValueError(f"{where}={effective!r}: give the effective batch (batch_size x grad_accum) as a positive "
+                         "integer, e.g. effective_batch = 32")
+    sizes = [b for b in range(effective, 0, -1) if effective % b == 0 and (largest is None or b <= largest)]
+    if not sizes:
+        raise ValueError(f"{where}={effective}: no micro-batch of at most {largest} divides it; raise the memory "
+                         "budget or choose an effective batch with a small divisor")
+    return [{"batch_size": b, "grad_accum": effective // b} for b in sizes]
+
+
+def effective_name(point: Mapping[str, Any]) -> str:
+    """``16x2`` for batch_size 16 x grad_accum 2."""
+    return f"{point['batch_size']}x{point['grad_accum']}"
+
+
+def effective_batch_variants(effective: Any, baseline: Mapping[str, Any], largest: int | None = None,
+                             where: str = "effective_batch") -> tuple[dict[str, Any], str, dict[str, dict[str, int]]]:
+    """(baseline knobs, baseline name, variants) of an effective-batch ranking: the baseline is the pair the
+    baseline section sets when its product is `effective` (your current setup), else the largest micro-batch."""
+    points = effective_batch_points(effective, largest, where)
+    mine = {"batch_size": int(baseline.get("batch_size", 0)), "grad_accum": int(baseline.get("grad_accum", 1))}
+    if "batch_size" in baseline and mine["batch_size"] * mine["grad_accum"] != effective:
+        raise ValueError(f"{where}={effective}: the baseline's batch_size x grad_accum = {mine['batch_size']} x "
+                         f"{mine['grad_accum']} is not {effective}; drop them or set a pair whose product is "
+                         f"{effective}")
+    base = mine if mine in points else points[0]  # yours, unless its micro-batch does not fit
+    variants = {effective_name(p): p for p in points if p != base}
+    return {**baseline, **base}, effective_name(base), variants
+
+
 def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Experiment:
     """Parse and validate an experiment TOML file (plus command-line overrides for every variant)."""
     from harness.config import load_toml
@@ -215,6 +250,13 @@ def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] |
             if name in variants:
                 raise ValueError(f"{where}: grid point '{name}' is also a named variant; drop one")
             variants[name] = point
+    baseline = data.get("baseline", {})
+    baseline_name = str(data.get("baseline_name", "baseline"))
+    if "effective_batch" in data:
+        baseline, base_name, points = effective_batch_variants(data["effective_batch"], baseline,
+                                                               where=f"{where}: effective_batch")
+        baseline_name = str(data.get("baseline_name", base_name))
+        variants = {**variants, **points}
     gates = data.get("gates", [])
     if not isinstance(gates, list) or not all(isinstance(g, str) for g in gates):
         raise ValueError(f"{where}: 'gates' must be a list of strings, e.g. gates = [\"fast.speedup >= 1.5\"]")
@@ -238,8 +280,8 @@ def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] |
         raise ValueError(f"{where}: 'equivalence' must be true or false, got {data['equivalence']!r}")
     try:
         return build(
-            str(data.get("name", Path(path).stem)), str(data["workload"]), data.get("baseline", {}), variants,
-            baseline_name=str(data.get("baseline_name", "baseline")), forced=overrides,
+            str(data.get("name", Path(path).stem)), str(data["workload"]), baseline, variants,
+            baseline_name=baseline_name, forced=overrides,
             description=str(data.get("description", "")), repeats=int(data.get("repeats", 3)),
             timeout_s=float(data.get("timeout_s", 600)), quality_epochs=int(data.get("quality_epochs", 0)),
             quality_target=None if target is None else float(target),

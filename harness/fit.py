@@ -129,8 +129,8 @@ def run_probe(cfg_knobs: Mapping[str, Any], workload: str, knob: str, value: int
 
 
 def fit(workload: str, knobs: Mapping[str, Any], budget_gib: float, *, knob: str = "batch_size",
-        timeout_s: float = 600.0) -> FitResult:
-    """Search the largest `knob` value within `budget_gib` (see the module docstring)."""
+        timeout_s: float = 600.0, limit: int | None = None) -> FitResult:
+    """Search the largest `knob` value within `budget_gib` (see the module docstring), at most `limit`."""
     from harness.config import all_knobs, resolve_device
     from harness.experiment import build
     from harness.registry import get, resolve
@@ -142,10 +142,12 @@ def fit(workload: str, knobs: Mapping[str, Any], budget_gib: float, *, knob: str
         raise ValueError(f"--knob {knob}: fit searches an integer knob of {workload} (e.g. batch_size, max_length)")
     if not budget_gib > 0:
         raise ValueError(f"--memory {budget_gib:g}: give the budget in GiB, a positive number, e.g. --memory 2")
-    limit = int(spec.max) if spec.max is not None else 1 << 16
+    cap, limit = limit, int(spec.max) if spec.max is not None else 1 << 16
     if knob == "batch_size":
         train, _ = cfg.get_workload().build_datasets(cfg)
         limit = min(limit, len(train) // max(cfg.grad_accum, 1))
+    if cap is not None:
+        limit = min(limit, cap)
     start = int(getattr(cfg, knob)) or 1
     on_gpu = resolve_device(cfg).type == "cuda"
     exp = build("fit", workload, dict(knobs), {}, equivalence=False)
@@ -160,6 +162,22 @@ def fit(workload: str, knobs: Mapping[str, Any], budget_gib: float, *, knob: str
     return FitResult(knob=knob, answer=answer_of(probes), budget_gib=budget_gib,
                      memory="CUDA peak reserved" if on_gpu else "peak RSS", probes=tuple(probes),
                      slope_gib=slope, intercept_gib=intercept, limit=limit)
+
+
+def rank_effective_batch(workload: str, knobs: Mapping[str, Any], effective: int, largest: int, out_dir: Path,
+                         *, timeout_s: float = 600.0, progress: Any = None) -> tuple[Any, list[Any]]:
+    """Every batch_size x grad_accum = `effective` with a micro-batch of at most `largest` (what fits), measured
+    side by side as one experiment (interleaved fresh processes, repeats to the precision target, each pair
+    checked equivalent to the baseline): (the experiment, its records). The baseline is the knobs' own pair
+    when its product is `effective`, else the largest micro-batch that fits."""
+    from harness.experiment import build, effective_batch_variants
+    from harness.runner import run_experiment
+
+    baseline, name, variants = effective_batch_variants(effective, knobs, largest, where="--effective-batch")
+    exp = build(f"effective-batch-{effective}", workload, baseline, variants, baseline_name=name,
+                description=f"every batch_size x grad_accum = {effective} within the memory budget", repeats=3,
+                timeout_s=timeout_s)
+    return exp, run_experiment(exp, out_dir, progress=progress)
 
 
 def describe(res: FitResult, workload: str) -> str:

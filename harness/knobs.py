@@ -141,7 +141,10 @@ GENERIC_KNOBS: tuple[Knob, ...] = (
     # the step
     _k("amp", str, "off", "approx", "autocast dtype: bf16, or fp16 with a GradScaler", choices=("off", "bf16", "fp16")),
     _k("tf32", bool, False, "approx", "allow TF32 matmuls on Ampere+ GPUs"),
-    _k("compile", bool, False, "approx", "torch.compile the model"),
+    _k("compile", bool, False, "approx",
+       "torch.compile the model (compile time is recorded apart, outside the window)"),
+    _k("compile_mode", str, "default", "approx", "torch.compile mode (with compile=true)",
+       choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
     _k("grad_checkpointing", bool, False, "exact", "recompute activations in backward to save memory"),
     _k("duplicate_forward", bool, False, "exact",
        "reproduce the seed-004 bug: the loss comes from a second forward of the same batch"),

@@ -23,7 +23,7 @@ from typing import Any
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 """Version 2 added step_cpu_ms, contention, pairing and attempt (defaults make a version-1 line valid)."""
-STATUSES = ("ok", "oom", "nan", "crash", "timeout")
+STATUSES = ("ok", "oom", "nan", "crash", "timeout", "skipped")
 PHASES = ("speed", "quality", "equivalence")
 RECORDS_FILE = "records.jsonl"
 EXPERIMENT_FILE = "experiment.json"
@@ -42,7 +42,7 @@ METRICS = (
     "gpu_util_pct", "gpu_mem_used_gib", "gpu_power_w", "energy_j_per_sample", "cpu_util_pct",
     "samples_per_step", "real_tokens_per_step", "padded_tokens_per_step", "param_count",
     "train_wall_s", "measured_steps", "final_loss", "best_epoch", "epochs_run", "instrument_overhead_pct",
-    "step_cpu_ms_median", "torch_threads",
+    "step_cpu_ms_median", "torch_threads", "compile_s", "recompiles", "compile_in_window_s",
 )
 PHASE_NAMES = ("data", "forward", "loss", "backward", "optimizer", "other")
 

@@ -97,6 +97,14 @@ def forward_backward(wl: Workload, cfg: RunConfig, handle: nn.Module, micro_batc
     return step_loss
 
 
+def compiled(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    """The module the step calls: `model` itself, or torch.compile(model) in the config's mode. Compiling is lazy
+    (at the first call); the engine's `CompileClock` measures it."""
+    if not cfg.compile:
+        return model
+    return torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+
+
 def _fetch(stream: Iterator[tuple[int, Any]], wl: Workload, cfg: RunConfig, device: torch.device,
            non_blocking: bool) -> tuple[list[Any], list[Any], list[BatchCounts]]:
     host = [next(stream)[1] for _ in range(cfg.grad_accum)]
@@ -143,7 +151,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
             torch.backends.cudnn.allow_tf32 = cfg.tf32
-        self.handle = torch.compile(self.model) if cfg.compile else self.model
+        self.handle = compiled(self.model, cfg)
         self.loader = make_loader(self.train_ds, cfg, self.wl, self.device)
         steps_per_epoch = len(self.loader) // cfg.grad_accum
         if steps_per_epoch == 0:

@@ -104,3 +104,37 @@ def test_memory_near_capacity():
 def test_accepts_plain_mapping():
     found = advise({"forward_calls_per_step": 3, "config": {}, "env": {}})
     assert rules(found) == {"duplicate_forward"}
+
+
+def _row(batch: int, accum: int, **kw):
+    return {"config": {"batch_size": batch, "grad_accum": accum}, "env": {}, "variant": f"{batch}x{accum}", **kw}
+
+
+def test_faster_at_the_same_effective_batch():
+    base = _row(16, 4, step_ms=100.0)
+    fast = _row(64, 1, changed={"batch_size": (16, 64), "grad_accum": (4, 1)}, speedup=1.3, speedup_ci_low=1.2,
+                speedup_ci_high=1.4, equiv_status="pass")
+    (f,) = advise(fast, baseline=base)
+    assert f.rule == "faster_at_same_effective_batch"
+    assert "batch 64 x 1 fits and is x1.30 faster than your 16 x 4 at the same effective batch 64" in f.message
+    assert "equivalence checked" in f.message
+    unresolved = {**fast, "speedup_ci_low": 0.98}
+    assert "faster_at_same_effective_batch" not in rules(advise(unresolved, baseline=base))
+    other_product = {**fast, "config": {"batch_size": 32, "grad_accum": 1}}  # effective 32, not 64
+    assert "faster_at_same_effective_batch" not in rules(advise(other_product, baseline=base))
+    plus_amp = {**fast, "changed": {**fast["changed"], "amp": ("off", "bf16")}}  # not only the batch split
+    assert "faster_at_same_effective_batch" not in rules(advise(plus_amp, baseline=base))
+
+
+def test_compile_break_even_or_never():
+    base = {"config": {}, "env": {}, "variant": "baseline", "step_ms": 100.0}
+    pays = {"config": {"compile": True}, "env": {}, "variant": "compiled", "compile_s": 30.0, "step_ms": 70.0,
+            "break_even_steps": 1000.0, "speedup": 1.43, "speedup_ci_low": 1.4, "speedup_ci_high": 1.46}
+    (f,) = advise(pays, baseline=base)
+    assert f.rule == "compile_break_even" and "pays off after 1,000 optimizer steps" in f.message
+    assert "30.00 ms saved per step" in f.message
+    never = {**pays, "step_ms": 110.0, "break_even_steps": float("inf"), "speedup": 0.91, "speedup_ci_low": 0.88,
+             "speedup_ci_high": 0.94}
+    (g,) = advise(never, baseline=base)
+    assert g.rule == "compile_never_pays_off" and "never pays back" in g.message
+    assert advise({**pays, "speedup_ci_low": 0.99}, baseline=base) == []  # not resolved faster: no claim

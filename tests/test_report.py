@@ -15,7 +15,7 @@ from tests.fixtures.synthetic import RECORDED_DIR, demo_records, scaling_records
 
 TOY = "tests.fixtures.toy_workload:WORKLOAD"
 SECTIONS = ["## Key changes", "## Speed", "## Noise floor", "## Equivalence", "## Quality", "## Phase breakdown",
-            "## Gates", "## Advisor", "## Plots", "## Failed runs", "## Reproduce"]
+            "## Gates", "## Advisor", "## Plots", "## Failed and skipped runs", "## Reproduce"]
 
 
 def assert_png(path: Path) -> None:

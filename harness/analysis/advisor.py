@@ -2,7 +2,8 @@
 measurements), each finding carrying the numbers it was decided on and what to try.
 
 Rules: input-bound, launch/host-bound, duplicate forward, padding waste, AMP slower than fp32, it/s
-compared across batch sizes, a speedup that cost quality (seed 000), memory near capacity. Rules that
+compared across batch sizes, a speedup that cost quality (seed 000), memory near capacity, a faster
+batch_size x grad_accum at the same effective batch, torch.compile's break-even (or never). Rules that
 compare against the baseline need `baseline=` (the baseline's row); the others read the run alone.
 """
 
@@ -161,6 +162,45 @@ def _it_per_s_across_batch(f: Mapping[str, Any], base: Mapping[str, Any] | None)
                    f"samples per step {theirs:g} -> {mine:g}: it/s x{it_ratio:.2f} but samples/s x{sps_ratio:.2f}")
 
 
+def _faster(f: Mapping[str, Any]) -> bool:
+    """Resolved faster than the baseline: the interval's low end above 1."""
+    return _num(f, "speedup_ci_low") > 1.0
+
+
+def _same_effective_batch(f: Mapping[str, Any], base: Mapping[str, Any] | None) -> Finding | None:
+    """A batch_size x grad_accum with the baseline's product that is resolved faster: the same gradient, sooner."""
+    if base is None or not f.get("changed") or set(f["changed"]) - {"batch_size", "grad_accum"} or not _faster(f):
+        return None
+    cfg, bcfg = f.get("config") or {}, base.get("config") or {}
+    b, a = int(cfg.get("batch_size", 0)), int(cfg.get("grad_accum", 1))
+    b0, a0 = int(bcfg.get("batch_size", 0)), int(bcfg.get("grad_accum", 1))
+    if b * a != b0 * a0:
+        return None
+    checked = {"pass": "equivalence checked", "fail": "but the equivalence check FAILED: find out why first"}.get(
+        str(f.get("equiv_status", "")), "equivalence not checked")
+    fits = " fits and" if b > b0 else ""
+    return Finding("faster_at_same_effective_batch",
+                   f"batch {b} x {a}{fits} is x{_num(f, 'speedup'):.2f} faster than your {b0} x {a0} at the same "
+                   f"effective batch {b * a}: the same gradient per optimizer step ({checked}); switch to "
+                   f"batch_size={b} grad_accum={a}", _speedup_text(f))
+
+
+def _compile_break_even(f: Mapping[str, Any], base: Mapping[str, Any] | None) -> Finding | None:
+    """torch.compile against an uncompiled baseline: after how many steps compiling pays off, or never."""
+    compile_s, steps = _num(f, "compile_s"), _num(f, "break_even_steps")
+    if base is None or not math.isfinite(compile_s) or math.isfinite(_num(base, "compile_s")):
+        return None
+    if steps == math.inf:
+        return Finding("compile_never_pays_off", f"torch.compile is not faster per step here, so its "
+                       f"{compile_s:.1f} s of compiling never pays back; keep compile=false on this device "
+                       "(try it where kernels dominate: a GPU, larger batches)", _speedup_text(f))
+    if not (math.isfinite(steps) and _faster(f)):
+        return None
+    return Finding("compile_break_even", f"torch.compile pays off after {math.ceil(steps):,} optimizer steps "
+                   f"({compile_s:.1f} s of compiling, {_num(base, 'step_ms') - _num(f, 'step_ms'):.2f} ms saved per "
+                   "step); worth it for runs longer than that", _speedup_text(f))
+
+
 def _quality_loss(f: Mapping[str, Any], primary: str | None, higher_is_better: bool) -> Finding | None:
     if not primary:
         return None
@@ -205,7 +245,7 @@ def advise(record_or_summary_row: Record | pd.Series | Mapping[str, Any], *,
     found = [
         _input_bound(f), _launch_bound(f, kernel_launches_per_step), _duplicate_forward(f), _padding_waste(f),
         _amp_slower(f, base), _it_per_s_across_batch(f, base), _quality_loss(f, primary_metric, higher_is_better),
-        _memory_near_capacity(f, capacity_gib),
+        _memory_near_capacity(f, capacity_gib), _same_effective_batch(f, base), _compile_break_even(f, base),
     ]
     return [x for x in found if x is not None]
 

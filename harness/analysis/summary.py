@@ -8,7 +8,7 @@ gates (`scan.speedup >= 3`) and reports read them directly; `summary.attrs` carr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -185,6 +185,48 @@ def _quality_columns(row: dict[str, Any], ok: Sequence[Record], meta: QualityMet
                                if target is not None and meta.primary else np.nan)
 
 
+def effective_batch(config: Mapping[str, Any]) -> int:
+    """batch_size x grad_accum of a config."""
+    return int(config.get("batch_size", 0)) * int(config.get("grad_accum", 1))
+
+
+def same_effective_batch(s: pd.DataFrame) -> list[str]:
+    """Variants that differ from the baseline only in batch_size x grad_accum with the same product (the same
+    gradient), the baseline included, fastest (median samples/s) first; empty when there are fewer than two."""
+    base = s.attrs["baseline"]
+    target = effective_batch(s.at[base, "config"])
+    same = [v for v, r in s.iterrows() if v == base or (set(r["changed"]) <= {"batch_size", "grad_accum"}
+                                                         and effective_batch(r["config"]) == target)]
+    speed = {v: float(s.at[v, "samples_per_s"]) for v in same}
+    return sorted(same, key=lambda v: -speed[v] if np.isfinite(speed[v]) else np.inf) if len(same) >= 2 else []
+
+
+def break_even_steps(compile_s: float, base_step_ms: float, step_ms: float, base_compile_s: float = 0.0) -> float:
+    """Optimizer steps after which compiling has paid for itself: the extra compile time over the time each
+    step saves (inf when a step saves nothing; nan without the figures)."""
+    extra = compile_s - (base_compile_s if np.isfinite(base_compile_s) else 0.0)
+    saved_s = (base_step_ms - step_ms) / 1000.0
+    if not (np.isfinite(extra) and np.isfinite(saved_s)):
+        return float("nan")
+    if extra <= 0:
+        return 0.0
+    return extra / saved_s if saved_s > 0 else float("inf")
+
+
+def _compile_columns(df: pd.DataFrame, baseline: str) -> None:
+    """compile_s_max (the slowest, usually the first, cold-cache compile) and break_even_steps against the
+    baseline, for variants that compiled."""
+    def slowest(recs: Sequence[Record]) -> float:
+        seconds = [r.metrics["compile_s"] for r in recs if r.metrics.get("compile_s") is not None]
+        return max(seconds) if seconds else np.nan
+
+    df["compile_s_max"] = [slowest(recs) for recs in df["speed_records"]]
+    base = df.loc[baseline]
+    df["break_even_steps"] = [
+        break_even_steps(float(r["compile_s"]), float(base["step_ms"]), float(r["step_ms"]), float(base["compile_s"]))
+        if np.isfinite(r["compile_s"]) and v != baseline else np.nan for v, r in df.iterrows()]
+
+
 def summarize(records: list[Record], baseline: str, *, target: float | None = None,
               primary_metric: str | None = None, higher_is_better: bool | None = None,
               workload: WorkloadDescription | None = None) -> pd.DataFrame:
@@ -242,6 +284,7 @@ def summarize(records: list[Record], baseline: str, *, target: float | None = No
         rows.append(row)
 
     df = pd.DataFrame(rows).set_index("variant")
+    _compile_columns(df, baseline)
     for m in meta.metrics:
         df[f"{m}_delta"] = df[m] - df.at[baseline, m]
     curves = {v: c for v, c in df["curve"].items() if c}

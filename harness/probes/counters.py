@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 GIB = 1024**3
@@ -125,6 +126,25 @@ def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
     with FlopCounterMode(display=False) as counter:
         out = fn()
     return out, int(counter.get_total_flops())
+
+
+class AttentionKernels(TorchDispatchMode):
+    """Which fused-attention kernels ran while active: `torch.nn.functional.scaled_dot_product_attention` picks
+    one per call (flash, memory-efficient, cuDNN, or the math fallback) by device, dtype and shape, and the pick
+    reaches the dispatcher as its own aten op (`aten._scaled_dot_product_flash_attention_for_cpu`, ...).
+    `kernels` holds the names without the ``_scaled_dot_product_`` prefix (backward ops folded into theirs)."""
+
+    PREFIX = "_scaled_dot_product_"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels: set[str] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = func.overloadpacket.__name__
+        if name.startswith(self.PREFIX):
+            self.kernels.add(name[len(self.PREFIX):].removesuffix("_backward"))
+        return func(*args, **(kwargs or {}))
 
 
 def peak_rss_self_gib() -> float:

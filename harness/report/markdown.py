@@ -22,7 +22,7 @@ import pandas as pd
 
 from harness.analysis import advisor, cost, gates
 from harness.analysis.stats import RatioEstimate
-from harness.analysis.summary import noise_floor, summarize
+from harness.analysis.summary import effective_batch, noise_floor, same_effective_batch, summarize
 from harness.description import WorkloadDescription, load_description
 from harness.experiment import load_saved_experiment
 from harness.knobs import GENERIC_BY_NAME
@@ -205,6 +205,11 @@ def _speed(s: pd.DataFrame) -> list[str]:
               "measured step; speedup: geometric mean of paired samples/s ratios (repeat i vs repeat i of the "
               "baseline, each a fresh process) with a Student-t 95% interval across the repeats (\"insufficient\" "
               "below 3 pairs); peak mem: CUDA allocated, else the process's peak RSS over the measured window.", ""]
+    kernels = {v: next((rec.env.get("note_attention_kernels", "") for rec in r["speed_records"]), "")
+               for v, r in s.iterrows()}
+    if any(kernels.values()):
+        lines += ["Attention kernels torch's scaled_dot_product_attention ran (seen in the FLOP-counted step): " +
+                  "; ".join(f"`{v}`: {k or 'none (no SDPA call)'}" for v, k in kernels.items()), ""]
     for v, r in s.iterrows():
         if r["unstable"]:
             lines.append(f"- ⚠️ `{v}` is unstable: {r['advice']}")
@@ -234,6 +239,58 @@ def _precision(s: pd.DataFrame, exp: Any, notes: Mapping[str, Any]) -> list[str]
                    "lrrrl")
     lines += [f"- {n}" for n in notes.get("notes", [])]
     return lines + [""]
+
+
+def _effective_batch(s: pd.DataFrame) -> list[str]:
+    """The ranking of every batch_size x grad_accum at one effective batch, with intervals and equivalence."""
+    ranked = same_effective_batch(s)
+    if not ranked:
+        return []
+    base = s.attrs["baseline"]
+    cfg = s.at[base, "config"]
+    rows = []
+    for i, v in enumerate(ranked, 1):
+        r = s.loc[v]
+        mem = r["cuda_peak_allocated_gib"] if math.isfinite(float(r["cuda_peak_allocated_gib"])) else r["peak_rss_gib"]
+        rows.append([i, f"`{v}`", r["config"].get("batch_size"), r["config"].get("grad_accum", 1),
+                     f"{fmt(r['samples_per_s'])} ({fmt(r['samples_per_s_min'])}–{fmt(r['samples_per_s_max'])})",
+                     "baseline" if v == base else _ci(r), fmt(mem), _equiv_mark(r), r["status"]])
+    effective = effective_batch(cfg)
+    best = ranked[0]
+    if best == base:
+        verdict = f"the baseline `{base}` is the fastest measured"
+    elif resolved(s.loc[best], None) and float(s.at[best, "speedup_ci_low"]) > 1:
+        verdict = f"`{best}` is the fastest, {_ci(s.loc[best])} against `{base}`"
+    else:
+        verdict = f"`{best}` measured fastest, but its interval against `{base}` includes 1: not resolved"
+    lines = [f"Every batch_size x grad_accum = {effective} that ran, ranked by samples/s: the same gradient each "
+             f"(checked against the baseline), so only speed and memory differ. **{verdict}.**", ""]
+    return lines + table(["rank", "variant", "batch_size", "grad_accum", "samples/s (min–max)", "speedup [95% CI]",
+                          "peak mem GiB", "equivalence", "runs"], rows, "rlrrrlrll") + [""]
+
+
+def _compile(s: pd.DataFrame) -> list[str]:
+    """Variants that ran torch.compile: what compiling cost, outside the window, and when it pays off."""
+    rows = []
+    base = s.loc[s.attrs["baseline"]]
+    for v, r in s.iterrows():
+        if not math.isfinite(float(r.get("compile_s", math.nan))):
+            continue
+        steps = float(r["break_even_steps"])
+        even = "(baseline)" if v == s.attrs["baseline"] else "never (not faster per step)" if steps == math.inf \
+            else f"after {math.ceil(steps):,} steps" if math.isfinite(steps) else "-"
+        rows.append([f"`{v}`", r["config"].get("compile_mode", "default"), fmt(r["compile_s"]), fmt(r["compile_s_max"]),
+                     fmt(r["recompiles"]), fmt(r["compile_in_window_s"]), fmt(r["step_ms"]), fmt(base["step_ms"]),
+                     "baseline" if v == s.attrs["baseline"] else _ci(r), even])
+    if not rows:
+        return []
+    lines = table(["Variant", "mode", "compile s (median)", "compile s (max)", "recompiles", "compile s in window",
+                   "step ms", "baseline step ms", "speedup [95% CI]", "break-even"], rows, "llrrrrrrll")
+    return lines + ["compile s: torch.compile's own frame-compilation time (dynamo, AOT autograd, inductor) in the "
+                    "warmup, excluded from the measured window (importing the compiler, once per process, is not "
+                    "in it); the max is usually the first run's, with cold "
+                    "caches. recompiles: frames compiled again after the first step. break-even: compile seconds "
+                    "over the seconds each optimizer step saves against the baseline's median step.", ""]
 
 
 def _noise(records: Sequence[Record], base: str) -> list[str]:
@@ -382,6 +439,7 @@ def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | Save
     lines = _header(s, records, exp, results_dir)
     lines += [f"**Headline:** {headline(s, floor)}.", ""]
     sections = [("Key changes", _key_changes(s, workload)), ("Warnings", _warnings(records)), ("Speed", _speed(s)),
+                ("Same effective batch", _effective_batch(s)), ("torch.compile", _compile(s)),
                 ("Precision and contention", _precision(s, exp, notes)), ("Noise floor", _noise(records, base)),
                 ("Equivalence", _equivalence(s)), ("Quality", _quality(s)),
                 ("Phase breakdown", _phases(s)), ("Gates", _gates(s, exp)), ("Advisor", _advice(s)),
@@ -395,7 +453,7 @@ def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | Save
                     "quality": "Quality vs wall-clock time and epochs", "timeline": "Utilisation and memory",
                     "scaling": "Scaling"}
         lines += [f"![{captions[k]}]({p.name})\n" for k, p in figures.items()]
-    lines += ["## Failed runs", "", *_failures(records)]
+    lines += ["## Failed and skipped runs", "", *_failures(records)]
     source = getattr(exp, "source", "")
     lines += ["## Reproduce", "", "```", f"trainbench sweep {source}" if source else
               f"trainbench report {results_dir}", "```", ""]

@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from models.attention import attend
 
 
 def init_weights(module: nn.Module) -> None:
@@ -56,6 +57,8 @@ class Attention(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(context_dim or dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.kernel = "sdpa"
+        """`models.attention.attend`'s kernel (the model's `attention` switch sets every module's)."""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
@@ -67,7 +70,7 @@ class Attention(nn.Module):
         k, v = self.kv(ctx).view(B, S, 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # 2 x (B, h, S, hd)
         if attn_mask is not None and attn_mask.is_floating_point():
             attn_mask = attn_mask.to(q.dtype)  # under autocast q is half precision, an additive mask is not
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        y = attend(q, k, v, kernel=self.kernel, attn_mask=attn_mask, is_causal=is_causal)
         return self.proj(y.transpose(1, 2).reshape(B, T, d))
 
 

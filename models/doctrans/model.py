@@ -9,6 +9,7 @@ from torch import nn
 
 from models.doctrans.decoder import TextDecoder
 from models.doctrans.encoders import PatchEncoder, WindowEncoder
+from models.doctrans.layers import Attention
 from models.doctrans.qformer import GatedFusion, QFormer
 
 
@@ -44,7 +45,7 @@ class ModelSizes:
 class DocTranslator(nn.Module):
     """Page image + target prefix -> next-token logits."""
 
-    def __init__(self, sizes: ModelSizes, grad_checkpointing: bool = False) -> None:
+    def __init__(self, sizes: ModelSizes, grad_checkpointing: bool = False, attention: str = "sdpa") -> None:
         super().__init__()
         s = sizes
         self.vit = PatchEncoder(image_hw=s.image_hw, patch_px=s.patch_px, width=s.vit_width, depth=s.vit_depth,
@@ -60,6 +61,9 @@ class DocTranslator(nn.Module):
                                    head_dim=s.head_dim, max_positions=s.max_positions)
         for part in (self.vit, self.swin, self.decoder):
             part.checkpointing = grad_checkpointing
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.kernel = attention  # models.attention.attend's kernel, in every attention layer
 
     def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image (B, 1, H, W) -> fused memory (B, N, dec_width), gate alpha (B, N, 1)."""

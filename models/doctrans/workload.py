@@ -19,6 +19,7 @@ from torch import nn
 
 from harness.knobs import Knob
 from harness.workload import BatchCounts, LossResult, Preset, Workload, eval_batches, move_to
+from models.attention import attention_knob, check_device
 from models.doctrans.data import BOS, EOS, FIRST_TOKEN, PAD, PageCollate, PageSpec, build_splits
 from models.doctrans.model import DocTranslator, ModelSizes
 
@@ -31,6 +32,7 @@ def _q(name: str, type_: type, default: Any, doc: str, **kw: Any) -> Knob:
 
 
 _KNOBS = (
+    attention_knob(),
     _q("image_h", int, 64, "page height in pixels", min=8),
     _q("image_w", int, 128, "page width in pixels", min=8),
     _q("patch_px", int, 8, "ViT (patch encoder) patch side in pixels", min=1),
@@ -143,6 +145,8 @@ class DocTransWorkload(Workload):
 
     def validate(self, cfg: RunConfig) -> None:
         """One-line ValueErrors for sizes the model or the page layout cannot take."""
+        check_device(cfg.attention, "cuda" if cfg.device == "cuda" or cfg.device == "auto" and torch.cuda.is_available()
+                     else "cpu")
         depths = swin_depths(cfg)
         for side in ("image_h", "image_w"):
             _check_divisible(side, getattr(cfg, side), cfg.patch_px, f"patch_px={cfg.patch_px}")
@@ -171,7 +175,7 @@ class DocTransWorkload(Workload):
 
     def build_model(self, cfg: RunConfig) -> nn.Module:
         """DocTranslator at the config's sizes; checkpointing is a build-time switch on the blocks."""
-        return DocTranslator(model_sizes(cfg), grad_checkpointing=cfg.grad_checkpointing)
+        return DocTranslator(model_sizes(cfg), grad_checkpointing=cfg.grad_checkpointing, attention=cfg.attention)
 
     def build_datasets(self, cfg: RunConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
         """Rendered (train, eval) pages, cached on disk."""

@@ -11,12 +11,12 @@ Both compute the same logits at every real position, so outputs, loss and gradie
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from models.attention import attend
 
 
 class Block(nn.Module):
@@ -38,19 +38,9 @@ class Block(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p) if self.attention == "sdpa" \
-            else math_attention(q, k, v, p, self.training)
+        y = attend(q, k, v, kernel=self.attention, is_causal=True, dropout_p=p)
         x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
         return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
-
-
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, training: bool) -> torch.Tensor:
-    """Causal attention written out: softmax(q k^T / sqrt(d) + causal mask) v (what SDPA's math backend does)."""
-    T = q.shape[-2]
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    weights = F.dropout(scores.masked_fill(~causal, float("-inf")).softmax(dim=-1), dropout, training)
-    return weights @ v
 
 
 class TransformerLM(nn.Module):

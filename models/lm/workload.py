@@ -12,6 +12,7 @@ from torch import nn
 
 from harness.knobs import Knob
 from harness.workload import BatchCounts, LossResult, Preset, Workload, cached, eval_batches, upcast
+from models.attention import attention_knob, check_device
 from models.lm.data import (
     IGNORE,
     SEED_MAX_LEN,
@@ -41,9 +42,7 @@ class LMWorkload(Workload):
     knobs = (
         _k("forward", str, "batched", "exact", "per_sequence: one unpadded sequence at a time; batched: padded batch",
            choices=("per_sequence", "batched")),
-        _k("attention", str, "sdpa", "approx", "sdpa: torch's scaled_dot_product_attention (fused kernels where the "
-           "device has them); math: the explicit softmax(QK^T / sqrt(d)) V with a causal mask",
-           choices=("sdpa", "math")),
+        attention_knob(),
         _k("vocab_size", int, 10000, "quality", "vocabulary size (token 0 is padding)", min=8, max=1_000_000),
         _k("d_model", int, 256, "quality", "model width", min=8),
         _k("n_layers", int, 2, "quality", "transformer blocks", min=1),
@@ -77,6 +76,8 @@ class LMWorkload(Workload):
     quality_metrics = ("token_acc", "loss", "perplexity")
 
     def validate(self, cfg: RunConfig) -> None:
+        check_device(cfg.attention, "cuda" if cfg.device == "cuda" or cfg.device == "auto" and torch.cuda.is_available()
+                     else "cpu")
         if cfg.d_model % cfg.n_heads:
             raise ValueError(f"knob 'n_heads': bad value {cfg.n_heads}: it must divide d_model={cfg.d_model}")
         if cfg.max_length == 1:
