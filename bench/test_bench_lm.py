@@ -50,6 +50,12 @@ def test_explicit_attention_computes_what_sdpa_computes(train_bench) -> None:
 
 
 @pytest.mark.gate
+def test_compiled_model_computes_the_same_function(train_bench) -> None:
+    # torch.compile (inductor's fused kernels) within the compiled tolerance; skipped where nothing compiles.
+    train_bench.equivalent("lm", baseline={}, variant={"compile": True}, **TINY)
+
+
+@pytest.mark.gate
 def test_duplicate_forward_fix_speedup(train_bench) -> None:
     train_bench.compare("lm", baseline={"duplicate_forward": True}, variant={},
                         min_speedup=MIN_SPEEDUP_DUPLICATE_FIX, **TINY)
