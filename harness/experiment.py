@@ -206,8 +206,8 @@ def effective_batch_points(effective: Any, largest: int | None = None, where: st
 
 
 def effective_name(point: Mapping[str, Any]) -> str:
-    """``16x2`` for batch_size 16 x grad_accum 2."""
-    return f"{point['batch_size']}x{point['grad_accum']}"
+    """``b16x2`` for batch_size 16 x grad_accum 2 (a name gates can address: it starts with a letter)."""
+    return f"b{point['batch_size']}x{point['grad_accum']}"
 
 
 def effective_batch_variants(effective: Any, baseline: Mapping[str, Any], largest: int | None = None,

@@ -123,3 +123,16 @@ def test_pointless_settings_warn_but_run() -> None:
     assert any("pin_memory" in w for w in warnings)
     assert any("amp=fp16 on a CPU" in w for w in warnings)
     assert any("num_workers=64 exceeds" in w for w in warnings)
+
+
+BUNDLED = sorted((Path(__file__).resolve().parent.parent / "bench" / "experiments").rglob("*.toml"))
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.name)
+def test_every_bundled_experiment_loads_and_its_gates_parse(path: Path) -> None:
+    from harness.cli import _validate_gates
+    from harness.experiment import load_experiment
+
+    exp = load_experiment(path)
+    assert len(exp.variants) >= 2
+    _validate_gates(exp)

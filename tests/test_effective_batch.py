@@ -23,12 +23,12 @@ def test_points_are_every_split_of_the_effective_batch_largest_micro_batch_first
 
 def test_the_baseline_is_your_pair_when_its_product_matches() -> None:
     knobs, name, variants = effective_batch_variants(8, {"preset": "tiny", "batch_size": 2, "grad_accum": 4})
-    assert name == "2x4" and knobs["batch_size"] == 2 and knobs["grad_accum"] == 4
-    assert list(variants) == ["8x1", "4x2", "1x8"]
+    assert name == "b2x4" and knobs["batch_size"] == 2 and knobs["grad_accum"] == 4
+    assert list(variants) == ["b8x1", "b4x2", "b1x8"]
     _, name, _ = effective_batch_variants(8, {"batch_size": "2", "grad_accum": "4"}, largest=1)  # yours does not fit
-    assert name == "1x8"
+    assert name == "b1x8"
     _, name, variants = effective_batch_variants(8, {})
-    assert name == "8x1" and list(variants) == ["4x2", "2x4", "1x8"]
+    assert name == "b8x1" and list(variants) == ["b4x2", "b2x4", "b1x8"]
     with pytest.raises(ValueError, match=r"batch_size x grad_accum = 4 x 1 is not 8; drop them"):
         effective_batch_variants(8, {"batch_size": 4})
 
@@ -39,7 +39,7 @@ def test_a_toml_effective_batch_becomes_exact_variants(tmp_path: Path) -> None:
     path = tmp_path / "e.toml"
     path.write_text('workload = "lm"\neffective_batch = 8\n[baseline]\npreset = "tiny"\n')
     exp = load_experiment(path)
-    assert exp.baseline_name == "8x1" and exp.variants == ["8x1", "4x2", "2x4", "1x8"]
+    assert exp.baseline_name == "b8x1" and exp.variants == ["b8x1", "b4x2", "b2x4", "b1x8"]
     assert all(knob_kinds(exp, v) == {"exact"} for v in exp.variants[1:])  # same gradient: checked equivalent
     path.write_text('workload = "lm"\neffective_batch = 0\n')
     with pytest.raises(ValueError, match="e.toml: effective_batch=0: give the effective batch"):
@@ -57,9 +57,9 @@ def test_fit_ranks_every_pair_that_fits(tmp_path: Path, capsys: pytest.CaptureFi
     assert "largest batch_size within 1 GiB" in printed and ": 4" in printed  # everything up to 4 fits
     records = load_records(out)
     speed = {r.variant for r in records if r.phase == "speed" and r.status == "ok"}
-    assert speed == {"4x1", "2x2", "1x4"}
+    assert speed == {"b4x1", "b2x2", "b1x4"}
     equivalence = {r.variant: r.equivalence.get("passed") for r in records if r.phase == "equivalence"}
-    assert equivalence == {"2x2": True, "1x4": True}
+    assert equivalence == {"b2x2": True, "b1x4": True}
     report = (out / "report" / "README.md").read_text()
     assert "## Same effective batch" in report and "Every batch_size x grad_accum = 4 that ran" in report
     ranking = report.split("## Same effective batch")[1].split("\n## ")[0]
