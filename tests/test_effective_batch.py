@@ -79,3 +79,21 @@ def test_bad_effective_batch_is_one_line(argv: list[str], message: str, capsys: 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_the_ranking_plots_against_batch_size_and_advises_only_the_fastest() -> None:
+    from harness.analysis import summarize
+    from harness.analysis.advisor import advise_summary
+    from harness.report.plots import scaling_axes
+    from tests.fixtures.synthetic import base_config, speed_record
+
+    splits = {"b8x1": (8, 1, 1.0), "b4x2": (4, 2, 1.5), "b2x4": (2, 4, 1.3), "b1x8": (1, 8, 0.7)}
+    noise = (0.0, 0.01, -0.01, 0.005)
+    records = [speed_record(name, rep, speedup=speed, noise=noise[rep], config=base_config(batch_size=b, grad_accum=a))
+               for rep in range(4) for name, (b, a, speed) in splits.items()]
+    s = summarize(records, "b8x1")
+    assert scaling_axes(s) == ("batch_size", [])  # grad_accum follows from batch_size: no line of its own
+    found = advise_summary(s)
+    advised = [v for v, fs in found.items() if any(f.rule == "faster_at_same_effective_batch" for f in fs)]
+    assert advised == ["b4x2"]  # b2x4 is resolved faster too, but b4x2 is the fastest
+    assert float(s.at["b2x4", "speedup_ci_low"]) > 1

@@ -251,9 +251,15 @@ def advise(record_or_summary_row: Record | pd.Series | Mapping[str, Any], *,
 
 
 def advise_summary(summary: pd.DataFrame) -> dict[str, list[Finding]]:
-    """Findings per variant of a `summarize` DataFrame (context from its attrs)."""
+    """Findings per variant of a `summarize` DataFrame (context from its attrs). Of the batch splits faster at
+    the same effective batch only the fastest is advised (the report ranks them all)."""
+    from harness.analysis.summary import same_effective_batch
+
     baseline = summary.attrs.get("baseline", summary.index[0])
     base_row = summary.loc[baseline]
-    return {v: advise(row, baseline=base_row, primary_metric=summary.attrs.get("primary_metric"),
-                      higher_is_better=summary.attrs.get("higher_is_better", True))
-            for v, row in summary.iterrows()}
+    found = {v: advise(row, baseline=base_row, primary_metric=summary.attrs.get("primary_metric"),
+                       higher_is_better=summary.attrs.get("higher_is_better", True))
+             for v, row in summary.iterrows()}
+    fastest = (same_effective_batch(summary) or [None])[0]
+    return {v: [f for f in fs if f.rule != "faster_at_same_effective_batch" or v == fastest]
+            for v, fs in found.items()}

@@ -200,18 +200,25 @@ def _numeric(knob: str, values: Sequence[object]) -> bool:
 
 
 def scaling_axes(summary: pd.DataFrame) -> tuple[str, list[str]] | None:
-    """(x knob, line knobs) of a sweep: the numeric knob with the most values (>= 3) on the x axis, one line per
-    combination of the other changed knobs (a grid); None when no knob is swept that way."""
+    """(x knob, line knobs) of a sweep: the numeric knob with the most values (>= 3) on the x axis (the first
+    changed one on a tie), one line per combination of the other changed knobs (a grid); a knob whose value
+    follows from x (grad_accum at a fixed effective batch) makes no lines of its own. None when no knob is
+    swept that way."""
     knobs = list(dict.fromkeys(k for changed in summary["changed"] for k in changed))
+    configs = list(summary["config"])
     candidates = []
-    for knob in knobs:
-        values = [cfg.get(knob) for cfg in summary["config"]]
+    for i, knob in enumerate(knobs):
+        values = [cfg.get(knob) for cfg in configs]
         if _numeric(knob, values) and len(set(values)) >= 3:
-            candidates.append((len(set(values)), knob))
+            candidates.append((len(set(values)), -i, knob))
     if not candidates:
         return None
-    x = max(candidates)[1]
-    return x, [k for k in knobs if k != x]
+    x = max(candidates)[2]
+
+    def follows_from_x(knob: str) -> bool:
+        return all(len({repr(c.get(knob)) for c in configs if c.get(x) == v}) == 1 for v in {c.get(x) for c in configs})
+
+    return x, [k for k in knobs if k != x and not follows_from_x(k)]
 
 
 def scaling_knob(summary: pd.DataFrame) -> str | None:
@@ -246,7 +253,8 @@ def scaling(summary: pd.DataFrame, path: Path) -> Path | None:
                 ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=f"{name} (min-max)")
             else:
                 ax.plot(x, y, marker="o", label=name)
-        if col == "samples_per_s" and knob == "batch_size" and not others:  # perfect batching: linear
+        one_accum = len({cfg.get("grad_accum") for cfg in rows["config"]}) == 1
+        if col == "samples_per_s" and knob == "batch_size" and not others and one_accum:  # perfect batching: linear
             x, y = rows["_x"].to_numpy(float), rows["samples_per_s"].to_numpy(float)
             ax.plot(x, y[0] * x / x[0], linestyle=":", color="grey", label="linear in batch_size")
         x_all = rows["_x"].to_numpy(float)
@@ -256,7 +264,10 @@ def scaling(summary: pd.DataFrame, path: Path) -> Path | None:
             ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
         ax.set_xlabel(knob)
         ax.set_ylabel(label)
-        ax.set_title(f"{label} vs {knob}", fontsize=10)
+        products = {cfg.get("batch_size", 0) * cfg.get("grad_accum", 1) for cfg in rows["config"]}
+        fixed = f" (batch_size x grad_accum = {products.pop()})" if knob == "batch_size" and not one_accum \
+            and len(products) == 1 else ""
+        ax.set_title(f"{label} vs {knob}{fixed}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
