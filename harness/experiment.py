@@ -248,18 +248,23 @@ def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] |
         raise ValueError(f"{where}: {exc}") from None
 
 
+BATCH_SPLIT_KNOBS = ("batch_size", "grad_accum", "ddp", "nnodes")
+"""How the global batch is split: a change of these at an equal global batch (batch_size x grad_accum x ddp x
+nnodes) is exact; otherwise it changes training (quality)."""
+
+
 def knob_kinds(exp: Experiment, variant: str) -> set[str]:
-    """Kinds of the knobs a variant changes; micro-batch x accumulation at equal effective batch is exact."""
+    """Kinds of the knobs a variant changes; micro-batch x accumulation x ranks at equal global batch is exact."""
     from harness.config import all_knobs
+    from harness.distributed import global_batch
 
     changed = exp.changed_knobs(variant)
     knobs = all_knobs(exp.configs[variant].get_workload())
     base, var = exp.configs[exp.baseline_name], exp.configs[variant]
     kinds = set()
     for name in changed:
-        if name in ("batch_size", "grad_accum") and \
-                base.batch_size * base.grad_accum == var.batch_size * var.grad_accum:
-            kinds.add("exact")
+        if name in BATCH_SPLIT_KNOBS:
+            kinds.add("exact" if global_batch(base) == global_batch(var) else "quality")
         else:
             kinds.add(knobs.get(name, GENERIC_BY_NAME.get(name)).kind)
     return kinds

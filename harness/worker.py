@@ -33,7 +33,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch._dynamo  # noqa: F401  (imported lazily by checkpointing/compile: ~85 MiB of RSS; paid
 
     # here by every run so that peak memory compares variants, not who imported it first)
-    from harness import engine
+    from harness import distributed, engine
+    from harness.config import resolve_device
     from harness.registry import resolve
     from harness.results import collect_env
     from harness.trainer import NonFiniteLoss
@@ -42,6 +43,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     try:
         config = job["config"]
         cfg = resolve(config["workload"], config)
+        if distributed.rank_env()[1] > 1:  # one rank under torchrun: join its process group
+            distributed.init(resolve_device(cfg))
         if job["phase"] == "equivalence":
             from harness.equivalence import check_equivalence
 
@@ -78,8 +81,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """Read the job, run it, write the result atomically."""
+    """Read the job, run it, write the result atomically. One rank of several (under torchrun) writes its own
+    files and exits with 1 when its run failed, so that torchrun stops the other ranks at once instead of
+    leaving them blocked in a collective until the timeout."""
+    from harness import distributed
+
     job_path, result_path = Path(argv[1]), Path(argv[2])
+    ranks = distributed.rank_env()[1]
+    if ranks > 1:
+        result_path = distributed.prepare_rank(result_path)
     job = json.loads(job_path.read_text())
     start = time.perf_counter()
     result = run_job(job)
@@ -87,6 +97,11 @@ def main(argv: list[str]) -> int:
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, allow_nan=True, default=str))
     os.replace(tmp, result_path)
+    if ranks > 1:
+        sys.stderr.flush()
+        if result["status"] != "ok":
+            os._exit(1)  # no process-group teardown: the peers may be blocked in a collective with this rank
+        distributed.shutdown()
     return 0
 
 

@@ -289,7 +289,7 @@ def _phases(s: pd.DataFrame) -> list[str]:
             for v, r in s.iterrows() if math.isfinite(float(r["phase_pct_forward"]))]
     if not rows:
         return ["No phase timings recorded.", ""]
-    return table(["Variant", *(f"{p} %" for p in PHASE_NAMES), "step ms"], rows, "l" + "r" * 7)
+    return table(["Variant", *(f"{p} %" for p in PHASE_NAMES), "step ms"], rows, "l" + "r" * (len(PHASE_NAMES) + 1))
 
 
 def _gates(s: pd.DataFrame, exp: Any) -> list[str]:
