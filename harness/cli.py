@@ -17,7 +17,13 @@ from pathlib import Path
 
 from harness import registry
 from harness.config import knob_table, parse_overrides, resolve_device, runtime_warnings
-from harness.experiment import Experiment, SavedExperiment, build, load_experiment, load_saved_experiment
+from harness.experiment import (
+    Experiment,
+    SavedExperiment,
+    build,
+    load_experiments,
+    load_saved_experiment,
+)
 from harness.registry import resolve
 from harness.results import Record, check_writable_dir, folder_name, load_records
 from harness.runner import Job, run_experiment
@@ -269,8 +275,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         overrides = {"preset": "tiny", **overrides}
     # Validate every experiment before running any, so a typo in the third file costs nothing.
     exps = []
-    for f in files:
-        exp = load_experiment(f, overrides)
+    for exp in (e for f in files for e in load_experiments(f, overrides)):
         if args.repeats:  # exactly N repeats: no adaptive ones
             exp = _with(exp, repeats=args.repeats, max_repeats=max(args.repeats, exp.max_repeats),
                         target_half_width_pct=0.0)

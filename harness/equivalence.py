@@ -102,8 +102,8 @@ def check_equivalence(base: RunConfig, variant: RunConfig, dtype: torch.dtype = 
             return one
         return check_trajectory(base, variant, steps)
     if global_batch(base) != global_batch(variant):
-        return {"passed": False, "reason": "global batch differs (batch_size x grad_accum x ddp x nnodes); "
-                "equivalence is defined only at equal global batch", "compared": []}
+        return {"passed": False, "reason": "effective batch differs (batch_size x grad_accum x ddp x nnodes); "
+                "equivalence is defined only at equal effective batch", "compared": []}
     device = rank_device(resolve_device(base))
     wl = base.get_workload()
     seed_everything(base.seed)

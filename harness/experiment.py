@@ -190,11 +190,37 @@ def expand_grid(grid: Mapping[str, Any], max_points: int = MAX_GRID_POINTS,
     return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
 
 
+def load_experiments(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> list[Experiment]:
+    """Every experiment of a TOML file: one, or one per ``[experiments.<name>]`` table (several workloads in one
+    file, e.g. the same ddp question for two models). Keys at the top level are shared defaults that each
+    table's keys override; each experiment is called ``<file stem>-<name>``."""
+    from harness.config import load_toml
+
+    data = load_toml(path)
+    if "experiments" not in data:
+        return [load_experiment(path, overrides)]
+    where = Path(path).name
+    tables = data["experiments"]
+    if not isinstance(tables, Mapping) or not tables or not all(isinstance(t, Mapping) for t in tables.values()):
+        raise ValueError(f"{where}: 'experiments' must hold tables, e.g. [experiments.lm] workload = \"lm\"")
+    shared = {k: v for k, v in data.items() if k != "experiments"}
+    return [_from_data({**shared, "name": f"{Path(path).stem}-{name}", **table}, path, overrides)
+            for name, table in tables.items()]
+
+
 def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Experiment:
     """Parse and validate an experiment TOML file (plus command-line overrides for every variant)."""
     from harness.config import load_toml
 
     data = load_toml(path)
+    if "experiments" in data:
+        raise ValueError(f"{Path(path).name} holds several experiments ([experiments.*]); load it with "
+                         "load_experiments")
+    return _from_data(data, path, overrides)
+
+
+def _from_data(data: Mapping[str, Any], path: str | os.PathLike[str],
+               overrides: Mapping[str, Any] | None) -> Experiment:
     where = Path(path).name
     unknown = set(data) - _TOP_KEYS
     if unknown:
