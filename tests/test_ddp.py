@@ -205,3 +205,31 @@ def test_raising_killed_and_hanging_ranks_end_as_records_with_nothing_left(tmp_p
     assert hung.wall_s < timeout + 15
     assert _our_processes(str(work)) == []
     assert all(asdict(r) for r in recs.values())
+
+
+def test_scaling_table_and_advisor_on_known_records(tmp_path: Path) -> None:
+    from harness.analysis import advise, summarize
+    from harness.analysis.scaling import scaling_table
+    from harness.report import write_report
+    from harness.results import append
+    from tests.fixtures.synthetic import base_config, speed_record
+
+    two = base_config(ddp=2)
+    recs = [speed_record("ddp1", i) for i in range(3)] + [
+        speed_record("ddp2", i, speedup=1.5, config=two, world_size=2, communication_pct=40.0, rank_skew_pct=20.0,
+                     rank_skew_ms=4.0, allreduce_busbw_gbps=0.9) for i in range(3)]
+    s = summarize(recs, "ddp1")
+    t = scaling_table(s)
+    assert list(t["ranks"]) == [1, 2] and t.loc["ddp2", "global_batch"] == 2 * t.loc["ddp1", "global_batch"]
+    assert t.loc["ddp2", "efficiency"] == pytest.approx(s.loc["ddp2", "speedup"] / 2)
+    assert t.loc["ddp2", "efficiency_ci_low"] == pytest.approx(s.loc["ddp2", "speedup_ci_low"] / 2)
+    assert t.loc["ddp2", "communication_pct"] == 40.0
+    rules = {f.rule for f in advise(s.loc["ddp2"])}
+    assert {"communication_bound", "stragglers"} <= rules
+    assert not {"communication_bound", "stragglers"} & {f.rule for f in advise(s.loc["ddp1"])}
+    assert scaling_table(summarize(recs[:3], "ddp1")) is None  # nothing varies the ranks
+    for r in recs:
+        append(tmp_path / "res", r)
+    text = write_report(tmp_path / "res", tmp_path / "rep").read_text()
+    assert "## Data-parallel scaling" in text and "| `ddp2` | 2 |" in text
+    assert (tmp_path / "rep" / "ddp_scaling.png").exists()
