@@ -148,22 +148,24 @@ class CommProbe:
 
     def exposed_span(self) -> tuple[object, object] | None:
         """(last bucket ready, last all-reduce done) of the backward that just returned; None without overlap."""
-        if not self.ready or not self.done:
-            return None
-        ready, done = self.ready[-1], self.done[-1]
-        if not self.cuda:
-            ready, done = max(self.ready), max(self.done)  # gloo's threads may finish buckets out of order
-            if done <= ready:
-                return None
+        readies, dones = list(self.ready), list(self.done)
         self.ready.clear()
         self.done.clear()
-        return ready, done
+        if not readies or not dones:
+            return None
+        if self.cuda:
+            return readies[-1], dones[-1]  # one NCCL stream: the last bucket launched completes last
+        ready, done = max(readies), max(dones)  # gloo's threads may finish buckets out of order
+        return (ready, done) if done > ready else None
 
 
 class Parallel:
     """What one rank of a data-parallel run adds to the training step (`harness.trainer.forward_backward`)."""
 
     def __init__(self, model: nn.Module, cfg: Any, device: torch.device, now: Callable[[], object]) -> None:
+        if not active():
+            raise ValueError(f"knob 'ddp': ddp={cfg.ddp} nnodes={cfg.nnodes} needs torchrun's ranks, which `trainbench "
+                             "run` and `sweep` launch; this face trains in one process: use ddp=1 here")
         self.world = torch.distributed.get_world_size()
         self.rank = torch.distributed.get_rank()
         self.device = device

@@ -168,7 +168,7 @@ class Trainer:
         self.parallel: Parallel | None = None
         """One rank of a data-parallel run (`harness.distributed`); None in a single process."""
         rank, world = 0, 1
-        if distributed.active():
+        if distributed.world_of(cfg.values) > 1:
             self.parallel = Parallel(self.model, cfg, self.device, partial(reading, self.device.type == "cuda"))
             rank, world = self.parallel.rank, self.parallel.world
         handle = self.parallel.handle if self.parallel else self.model

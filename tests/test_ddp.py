@@ -233,3 +233,10 @@ def test_scaling_table_and_advisor_on_known_records(tmp_path: Path) -> None:
     text = write_report(tmp_path / "res", tmp_path / "rep").read_text()
     assert "## Data-parallel scaling" in text and "| `ddp2` | 2 |" in text
     assert (tmp_path / "rep" / "ddp_scaling.png").exists()
+
+
+def test_an_in_process_face_refuses_ddp() -> None:
+    from harness.trainer import Trainer
+
+    with pytest.raises(ValueError, match="knob 'ddp': ddp=2 nnodes=1 needs torchrun's ranks"):
+        Trainer(resolve(TOY, {"ddp": 2, "batch_size": 8}))
