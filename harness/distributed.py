@@ -288,9 +288,10 @@ def rank_summary(r: int, res: Mapping[str, Any]) -> dict[str, Any]:
     comm_ms = float((res.get("phase_ms") or {}).get("communication", 0.0))
     wall, sps = m.get("train_wall_s"), m.get("samples_per_s")
     return {"rank": r, "status": res.get("status", "crash"), "error": res.get("error", ""),
-            "window_s": wall, "samples": sps * wall if sps is not None and wall else None,
-            "real_tokens": (m.get("tokens_per_s") or 0.0) * (wall or 0.0),
-            "padded_tokens": (m.get("padded_tokens_per_s") or 0.0) * (wall or 0.0),
+            # counts, recovered from the rank's rates over its window (exact up to float rounding)
+            "window_s": wall, "samples": round(sps * wall) if sps is not None and wall else None,
+            "real_tokens": round((m.get("tokens_per_s") or 0.0) * (wall or 0.0)),
+            "padded_tokens": round((m.get("padded_tokens_per_s") or 0.0) * (wall or 0.0)),
             "samples_per_s": sps, "step_ms": step_ms,
             "step_ms_median": statistics.median(step_ms) if step_ms else None,
             "communication_ms": comm_ms,

@@ -102,11 +102,11 @@ def _rank(i: int, sps: float, wall: float, step_ms: list[float], comm_ms: float)
 
 def test_gather_arithmetic_on_known_numbers() -> None:
     # rank 1 computes 100 ms per step; rank 0 computes 20 ms and waits 80 ms for it in the all-reduce
-    ranks = [_rank(0, 80.0, 0.4, [100.0] * 4, 80.0), _rank(1, 80.0, 0.41, [100.0, 101.0, 100.0, 110.0], 2.0)]
+    ranks = [_rank(0, 32 / 0.4, 0.4, [100.0] * 4, 80.0), _rank(1, 32 / 0.41, 0.41, [100.0, 101.0, 100.0, 110.0], 2.0)]
     out = distributed.gather(ranks, ["", ""])
     m = out["metrics"]
-    assert m["world_size"] == 2
-    assert m["samples_per_s"] == pytest.approx((80.0 * 0.4 + 80.0 * 0.41) / 0.41)
+    assert m["world_size"] == 2 and [r["samples"] for r in out["ranks"]] == [32, 32]
+    assert m["samples_per_s"] == pytest.approx(64 / 0.41)  # all samples / the slowest window
     assert m["train_wall_s"] == 0.41
     assert out["step_ms"] == [100.0, 101.0, 100.0, 110.0]  # the per-step maximum
     assert m["rank_skew_ms"] == pytest.approx((102.75 - 2.0) - (100.0 - 80.0))
