@@ -237,8 +237,15 @@ def read_ranks(result_file: Path, world: int) -> tuple[list[dict[str, Any] | Non
             results.append(json.loads(path.read_text()) if path.exists() else None)
         except json.JSONDecodeError:
             results.append(None)  # killed mid-write
-        tails.append(err.read_text(errors="replace")[-2000:] if err.exists() else "")
+        tails.append(err.read_text(errors="replace")[-20000:] if err.exists() else "")
     return results, tails
+
+
+def _excerpt(stderr: str, timed_out: bool) -> str:
+    """What a rank's stderr says about its end: on a timeout the start of its main thread's stack as faulthandler
+    dumped it (innermost frame first: where it waited), else the last lines."""
+    at = stderr.rfind("Current thread") if timed_out else -1
+    return stderr[at:at + 1500].rstrip() if at >= 0 else stderr[-1500:].rstrip()
 
 
 def _exit_codes(launcher_stderr: str) -> dict[int, int]:
@@ -252,7 +259,7 @@ def _missing_rank_error(r: int, timed_out: bool, code: int | None, tail: str) ->
     import signal
 
     if timed_out:
-        why = "still running at the timeout and killed; its threads' stacks at the timeout:"
+        why = "still running at the timeout and killed; its main thread's stack then (innermost frame first):"
     elif code is not None and code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
         why = (f"killed by {name} before writing a result" +
@@ -260,7 +267,7 @@ def _missing_rank_error(r: int, timed_out: bool, code: int | None, tail: str) ->
                 " (the OS out of memory, or a kill from outside)"))
     else:
         why = f"exited{'' if code is None else f' with code {code}'} without a result"
-    return f"{why}\n{tail[-1500:]}".rstrip()
+    return f"{why}\n{_excerpt(tail, timed_out)}".rstrip()
 
 
 def _evidence(ranks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
