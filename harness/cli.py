@@ -17,7 +17,13 @@ from pathlib import Path
 
 from harness import registry
 from harness.config import knob_table, parse_overrides, resolve_device, runtime_warnings
-from harness.experiment import Experiment, SavedExperiment, build, load_experiment, load_saved_experiment
+from harness.experiment import (
+    Experiment,
+    SavedExperiment,
+    build,
+    load_experiments,
+    load_saved_experiment,
+)
 from harness.registry import resolve
 from harness.results import Record, check_writable_dir, folder_name, load_records
 from harness.runner import Job, run_experiment
@@ -270,8 +276,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         overrides = {"preset": "tiny", **overrides}
     # Validate every experiment before running any, so a typo in the third file costs nothing.
     exps = []
-    for f in files:
-        exp = load_experiment(f, overrides)
+    for exp in (e for f in files for e in load_experiments(f, overrides)):
         if args.repeats:  # exactly N repeats: no adaptive ones
             exp = _with(exp, repeats=args.repeats, max_repeats=max(args.repeats, exp.max_repeats),
                         target_half_width_pct=0.0)
@@ -474,6 +479,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.knob != "batch_size":
             raise ValueError(f"--effective-batch ranks batch_size x grad_accum; drop --knob {args.knob}")
         effective_batch_points(effective, where="--effective-batch")  # a bad value stops here
+        if args.repeats is not None and args.repeats < 1:
+            raise ValueError(f"--repeats {args.repeats}: measure each split at least once; use --repeats 1 or more")
         out = Path(args.out or f"runs/{folder_name(workload)}-effective{effective}-{time.strftime('%Y%m%d-%H%M%S')}")
         check_writable_dir(out)
     probe_knobs = {**overrides, "grad_accum": 1} if effective is not None else overrides
@@ -488,7 +495,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"\nranking every batch_size x grad_accum = {effective} with batch_size <= {result.answer} (fits) ...",
           file=sys.stderr)
     exp, records = fit.rank_effective_batch(workload, overrides, effective, result.answer, out,
-                                            timeout_s=args.timeout, progress=_progress)
+                                            timeout_s=args.timeout, repeats=args.repeats, progress=_progress)
     _report(out, out / "report", exp, check=False)
     print(f"records: {out / 'records.jsonl'}")
     return 1 if _failed(records) else 0
@@ -576,6 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--effective-batch", type=int, metavar="B",
                    help="then measure every batch_size x grad_accum = B that fits, ranked by samples/s")
     s.add_argument("--out", help="results of the --effective-batch ranking (report in OUT/report)")
+    s.add_argument("--repeats", type=int, help="--effective-batch: exactly N repeats per split, none added "
+                   "(default: 3, then more until each interval is within ±3%%)")
     s.set_defaults(fn=cmd_fit)
 
     s = sub.add_parser("profile", help="torch.profiler traces and top operators for one config")

@@ -235,6 +235,9 @@ class Meter:
         m["param_count"] = sum(p.numel() for p in tr.model.parameters())
         m["torch_threads"] = tr.threads
         self._compile_metrics()
+        if tr.parallel is not None:  # every rank runs this collective, after its window
+            m["world_size"] = tr.parallel.world
+            m["allreduce_busbw_gbps"] = tr.parallel.allreduce_busbw_gbps()
         tail = self.losses[-max(1, min(10, len(self.losses))):]
         m["final_loss"] = float(torch.stack(tail).mean()) if tail else None  # sync: once, after the window
         return TrainResult(

@@ -11,11 +11,14 @@ when the largest one is within the dtype's tolerance; the largest absolute error
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
 from harness.config import RunConfig, resolve_device
+from harness.distributed import Parallel, global_batch, rank_device, world_of
+from harness.probes.timers import reading
 from harness.trainer import autocast, compiled, forward_backward, seed_everything
 from harness.workload import map_tensors
 
@@ -38,9 +41,18 @@ def _step(cfg: RunConfig, device: torch.device, samples: list[Any], dtype: torch
     seed_everything(cfg.seed)
     model = wl.build_model(cfg).to(device=device, dtype=dtype)
     model.train()
-    handle = compiled(model, cfg)
+    parallel, rank, world = None, 0, 1
+    if world_of(cfg.values) > 1:  # one rank of several (under torchrun): DDP, as the trainer runs it
+        parallel = Parallel(model, cfg, device, partial(reading, device.type == "cuda"))
+        rank, world = parallel.rank, parallel.world
+    handle = parallel.handle if parallel else model
+    handle = compiled(handle, cfg)
     collate = wl.collate(cfg) or torch.utils.data.default_collate
-    host = [collate(samples[i:i + cfg.batch_size]) for i in range(0, len(samples), cfg.batch_size)]
+    # micro-batch j of the step is samples [j*B, (j+1)*B) at the global micro-batch B = world x batch_size; this
+    # rank takes its slice of it, as `harness.data.RankBatches` does
+    step = world * cfg.batch_size
+    host = [collate(samples[i + rank * cfg.batch_size:i + (rank + 1) * cfg.batch_size])
+            for i in range(0, len(samples), step)]
     if dtype != torch.float32:
         host = [map_tensors(b, lambda t: t.to(dtype) if t.is_floating_point() else t) for b in host]
     counts = [wl.batch_counts(b, cfg) for b in host]
@@ -49,9 +61,11 @@ def _step(cfg: RunConfig, device: torch.device, samples: list[Any], dtype: torch
     # fp16 gradients underflow without loss scaling; scale as training does, then unscale exactly.
     scale = 2.0**16 if cfg.amp == "fp16" else 1.0
     scaler = _ConstantScale(scale) if scale != 1.0 else None
-    loss = forward_backward(wl, cfg, handle, batches, counts, device, scaler=scaler)
+    loss = forward_backward(wl, cfg, handle, batches, counts, device, scaler=scaler, parallel=parallel)
+    if parallel is not None:
+        torch.distributed.all_reduce(loss)  # each rank's loss is its share of the global step's
     with torch.no_grad(), autocast(cfg, device):
-        first_out = wl.compare_outputs(wl.forward(handle, batches[0], cfg), batches[0])
+        first_out = wl.compare_outputs(wl.forward(model if parallel else handle, batches[0], cfg), batches[0])
     grads = {n: p.grad.detach().double() / scale for n, p in model.named_parameters() if p.grad is not None}
     return loss.detach().double(), grads, [t.detach().double() for t in first_out]
 
@@ -87,14 +101,14 @@ def check_equivalence(base: RunConfig, variant: RunConfig, dtype: torch.dtype = 
         if not one["passed"]:
             return one
         return check_trajectory(base, variant, steps)
-    if base.batch_size * base.grad_accum != variant.batch_size * variant.grad_accum:
-        return {"passed": False, "reason": "effective batch differs (batch_size x grad_accum); "
+    if global_batch(base) != global_batch(variant):
+        return {"passed": False, "reason": "effective batch differs (batch_size x grad_accum x ddp x nnodes); "
                 "equivalence is defined only at equal effective batch", "compared": []}
-    device = resolve_device(base)
+    device = rank_device(resolve_device(base))
     wl = base.get_workload()
     seed_everything(base.seed)
     train_ds, _ = wl.build_datasets(base)
-    n = base.batch_size * base.grad_accum
+    n = global_batch(base)
     if len(train_ds) < n:
         raise ValueError(f"equivalence needs {n} training samples, the split has {len(train_ds)}")
     samples = [train_ds[i] for i in range(n)]
@@ -106,7 +120,8 @@ def check_equivalence(base: RunConfig, variant: RunConfig, dtype: torch.dtype = 
     for name in sorted(set(grads_a) & set(grads_b)):
         errors[f"grad:{name}"] = _err(grads_b[name], grads_a[name])
     compared = ["loss", f"{len(grads_a)} parameter gradients"]
-    if base.batch_size == variant.batch_size:  # outputs line up only for the same micro-batches
+    if base.batch_size == variant.batch_size and world_of(base.values) == world_of(variant.values):
+        # outputs line up only for the same micro-batches
         if len(out_a) != len(out_b):
             errors["outputs"] = (float("inf"), float("inf"))
         for i, (a, b) in enumerate(zip(out_a, out_b, strict=False)):

@@ -225,11 +225,37 @@ def effective_batch_variants(effective: Any, baseline: Mapping[str, Any], larges
     return {**baseline, **base}, effective_name(base), variants
 
 
+def load_experiments(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> list[Experiment]:
+    """Every experiment of a TOML file: one, or one per ``[experiments.<name>]`` table (several workloads in one
+    file, e.g. the same ddp question for two models). Keys at the top level are shared defaults that each
+    table's keys override; each experiment is called ``<file stem>-<name>``."""
+    from harness.config import load_toml
+
+    data = load_toml(path)
+    if "experiments" not in data:
+        return [load_experiment(path, overrides)]
+    where = Path(path).name
+    tables = data["experiments"]
+    if not isinstance(tables, Mapping) or not tables or not all(isinstance(t, Mapping) for t in tables.values()):
+        raise ValueError(f"{where}: 'experiments' must hold tables, e.g. [experiments.lm] workload = \"lm\"")
+    shared = {k: v for k, v in data.items() if k != "experiments"}
+    return [_from_data({**shared, "name": f"{Path(path).stem}-{name}", **table}, path, overrides)
+            for name, table in tables.items()]
+
+
 def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Experiment:
     """Parse and validate an experiment TOML file (plus command-line overrides for every variant)."""
     from harness.config import load_toml
 
     data = load_toml(path)
+    if "experiments" in data:
+        raise ValueError(f"{Path(path).name} holds several experiments ([experiments.*]); load it with "
+                         "load_experiments")
+    return _from_data(data, path, overrides)
+
+
+def _from_data(data: Mapping[str, Any], path: str | os.PathLike[str],
+               overrides: Mapping[str, Any] | None) -> Experiment:
     where = Path(path).name
     unknown = set(data) - _TOP_KEYS
     if unknown:
@@ -290,18 +316,23 @@ def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] |
         raise ValueError(f"{where}: {exc}") from None
 
 
+BATCH_SPLIT_KNOBS = ("batch_size", "grad_accum", "ddp", "nnodes")
+"""How the global batch is split: a change of these at an equal global batch (batch_size x grad_accum x ddp x
+nnodes) is exact; otherwise it changes training (quality)."""
+
+
 def knob_kinds(exp: Experiment, variant: str) -> set[str]:
-    """Kinds of the knobs a variant changes; micro-batch x accumulation at equal effective batch is exact."""
+    """Kinds of the knobs a variant changes; micro-batch x accumulation x ranks at equal global batch is exact."""
     from harness.config import all_knobs
+    from harness.distributed import global_batch
 
     changed = exp.changed_knobs(variant)
     knobs = all_knobs(exp.configs[variant].get_workload())
     base, var = exp.configs[exp.baseline_name], exp.configs[variant]
     kinds = set()
     for name in changed:
-        if name in ("batch_size", "grad_accum") and \
-                base.batch_size * base.grad_accum == var.batch_size * var.grad_accum:
-            kinds.add("exact")
+        if name in BATCH_SPLIT_KNOBS:
+            kinds.add("exact" if global_batch(base) == global_batch(var) else "quality")
         else:
             kinds.add(knobs.get(name, GENERIC_BY_NAME.get(name)).kind)
     return kinds

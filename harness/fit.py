@@ -165,18 +165,21 @@ def fit(workload: str, knobs: Mapping[str, Any], budget_gib: float, *, knob: str
 
 
 def rank_effective_batch(workload: str, knobs: Mapping[str, Any], effective: int, largest: int, out_dir: Path,
-                         *, timeout_s: float = 600.0, progress: Any = None) -> tuple[Any, list[Any]]:
+                         *, timeout_s: float = 600.0, repeats: int | None = None, progress: Any = None
+                         ) -> tuple[Any, list[Any]]:
     """Every batch_size x grad_accum = `effective` with a micro-batch of at most `largest` (what fits), measured
     side by side as one experiment (interleaved fresh processes, repeats to the precision target, each pair
     checked equivalent to the baseline): (the experiment, its records). The baseline is the knobs' own pair
-    when its product is `effective`, else the largest micro-batch that fits."""
+    when its product is `effective`, else the largest micro-batch that fits. `repeats`: exactly that many, none
+    added."""
     from harness.experiment import build, effective_batch_variants
     from harness.runner import run_experiment
 
     baseline, name, variants = effective_batch_variants(effective, knobs, largest, where="--effective-batch")
     exp = build(f"effective-batch-{effective}", workload, baseline, variants, baseline_name=name,
-                description=f"every batch_size x grad_accum = {effective} within the memory budget", repeats=3,
-                timeout_s=timeout_s)
+                description=f"every batch_size x grad_accum = {effective} within the memory budget",
+                timeout_s=timeout_s, **({"repeats": repeats, "target_half_width_pct": 0.0,
+                                         "max_repeats": max(repeats, 10)} if repeats else {"repeats": 3}))
     return exp, run_experiment(exp, out_dir, progress=progress)
 
 

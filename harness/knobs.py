@@ -128,6 +128,16 @@ GENERIC_KNOBS: tuple[Knob, ...] = (
     _k("threads", int, 0, "exact", "torch intra-op CPU threads (0 = auto: half the usable cores less DataLoader "
        "workers, no more than other processes leave free; never oversubscribes)",
        min=0, max=1024),
+    # data parallelism (`harness.distributed`): N ranks launched by torchrun, each on a 1/N slice of the global batch
+    _k("ddp", int, 1, "exact", "data-parallel processes on this machine, launched by torchrun (1 = no launcher); "
+       "exact at equal global batch: ddp x batch_size x grad_accum", min=1, max=1024),
+    _k("parallelism", str, "ddp", "exact", "how ranks share the model when ddp > 1: ddp (replicas, gradient "
+       "all-reduce) or fsdp (torch.distributed.fsdp.fully_shard: sharded, reduce-scatter; CUDA only here)",
+       choices=("ddp", "fsdp")),
+    _k("nnodes", int, 1, "exact", "machines in a multi-node run (each runs ddp ranks; needs rdzv_endpoint)",
+       min=1, max=4096),
+    _k("rdzv_endpoint", str, "", "budget", "host:port of the c10d rendezvous for nnodes > 1 (empty: one node, "
+       "standalone rendezvous on a free port)"),
     # batch and data pipeline
     _k("batch_size", int, 32, "quality", "samples per micro-batch (effective batch = batch_size x grad_accum)", min=1),
     _k("grad_accum", int, 1, "quality", "micro-batches accumulated per optimizer step", min=1),

@@ -20,9 +20,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)
-"""Version 2 added step_cpu_ms, contention, pairing and attempt (defaults make a version-1 line valid)."""
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
+"""Version 2 added step_cpu_ms, contention, pairing and attempt; version 3 ranks (defaults make older lines
+valid)."""
 STATUSES = ("ok", "oom", "nan", "crash", "timeout", "skipped")
 PHASES = ("speed", "quality", "equivalence")
 RECORDS_FILE = "records.jsonl"
@@ -43,8 +44,11 @@ METRICS = (
     "samples_per_step", "real_tokens_per_step", "padded_tokens_per_step", "param_count",
     "train_wall_s", "measured_steps", "final_loss", "best_epoch", "epochs_run", "instrument_overhead_pct",
     "step_cpu_ms_median", "torch_threads", "compile_s", "recompiles", "compile_in_window_s",
+    # data-parallel runs (`harness.distributed.gather`)
+    "world_size", "communication_ms", "communication_pct", "rank_skew_ms", "rank_skew_pct", "allreduce_busbw_gbps",
 )
-PHASE_NAMES = ("data", "forward", "loss", "backward", "optimizer", "other")
+PHASE_NAMES = ("data", "forward", "loss", "backward", "communication", "optimizer", "other")
+"""``communication``: data-parallel runs only, the gradient all-reduce time that did not overlap compute."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -88,6 +92,9 @@ class Record:
     """Runs of a group interleaved in one process: ``group`` (the members' labels), ``member`` (this
     record's index), ``variants`` (the members' variant names), ``first`` (per measured step: did this
     member go first in its round)."""
+    ranks: tuple[Mapping[str, Any], ...] = ()
+    """Data-parallel runs (``ddp`` > 1): one summary per rank (`harness.distributed.rank_summary`): rank, status,
+    error, window_s, samples, step_ms, busy_ms, communication_ms, peaks."""
     attempt: int = 0
     """0 for the first run of this (variant, phase, repeat); n for the n-th re-run after contention."""
     wall_s: float = 0.0
@@ -118,7 +125,7 @@ class Record:
                              "re-run the sweep with this trainbench version")
         d = dict(data)
         d["schema_version"] = SCHEMA_VERSION
-        for key in ("warnings", "step_ms", "step_cpu_ms", "curve"):
+        for key in ("warnings", "step_ms", "step_cpu_ms", "curve", "ranks"):
             d[key] = tuple(d.get(key, ()))
         d["timeline"] = {k: tuple(v) for k, v in d.get("timeline", {}).items()}
         return cls(**d)

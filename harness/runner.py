@@ -5,12 +5,15 @@ A B C A B C so that drift (thermal, background load) hits every variant alike, t
 run per variant. Each job's record is appended to `records.jsonl` as soon as it ends, so a killed
 sweep keeps what finished and `resume=True` runs only what is missing.
 
-The launch step is a `Launcher`: the default starts ``python -m harness.worker``; a distributed
-launcher (torchrun for a future ``ddp=N`` knob) only has to build a different command line.
+The launch step is a `Launcher`: the default starts ``python -m harness.worker``; a job with ``ddp`` > 1 is
+started by torch's launcher instead (`harness.distributed.torchrun_command`), its ranks' results gathered into
+one record (`harness.distributed.gather`). On a timeout the whole process tree is killed (torchrun starts each
+rank in a session of its own, so killing the launcher's process group alone would leave the ranks running).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import distributed
 from harness.experiment import Experiment, knob_kinds, save_experiment
 from harness.results import (
     PRECISION_FILE,
@@ -33,6 +37,7 @@ from harness.results import (
     append,
     check_writable_dir,
     collect_env,
+    folder_name,
     iter_records,
 )
 
@@ -90,8 +95,8 @@ class Outcome:
 class Launcher:
     """Starts each job in a fresh ``python -m harness.worker`` process; kills its process group on timeout.
 
-    Subclasses change how a child starts (`start`) and is awaited (`wait`): `ForkServer` below, or
-    torchrun for a future ``ddp=N`` knob (override `command`).
+    Subclasses change how a child starts (`start`) and is awaited (`wait`): `ForkServer` below. A data-parallel
+    job (``ddp`` > 1) always starts as a fresh torchrun process (`launch_ranks`).
     """
 
     def __init__(self, root: Path | None = None) -> None:
@@ -106,9 +111,12 @@ class Launcher:
 
     def start(self, job_file: Path, result_file: Path, err_file: Path) -> int:
         """Start the child in its own session; returns its pid (= its process group id)."""
+        return self._popen(self.command(job_file, result_file), err_file)
+
+    def _popen(self, command: list[str], err_file: Path) -> int:
         with open(err_file, "wb") as err:
-            proc = subprocess.Popen(self.command(job_file, result_file), stdout=subprocess.DEVNULL, stderr=err,
-                                    start_new_session=True, env=child_env(self.root), cwd=self.root)
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                    env=child_env(self.root), cwd=self.root)
         self._procs[proc.pid] = proc
         return proc.pid
 
@@ -119,7 +127,9 @@ class Launcher:
         return code
 
     def launch(self, job: Job, workdir: Path) -> Outcome:
-        """Run `job` in a fresh process and collect what it left."""
+        """Run `job` in a fresh process (torchrun for a data-parallel job) and collect what it left."""
+        if distributed.world_of(job.config) > 1:
+            return self.launch_ranks(job, workdir)
         job_file, result_file, err_file = workdir / "job.json", workdir / "result.json", workdir / "stderr.txt"
         job_file.write_text(json.dumps(asdict(job)))
         result_file.unlink(missing_ok=True)
@@ -130,11 +140,38 @@ class Launcher:
             code: int | None = self.wait(pid, job.timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-            os.killpg(pid, signal.SIGKILL)  # the worker and its DataLoader workers
+            kill_tree(pid)  # the worker and its DataLoader workers
             code = self.wait(pid, None)
         wall = time.perf_counter() - start
         result = json.loads(result_file.read_text()) if result_file.exists() else None
         tail = err_file.read_text(errors="replace")[-3000:] if err_file.exists() else ""
+        return Outcome(result, code, tail, timed_out, wall)
+
+    def launch_ranks(self, job: Job, workdir: Path) -> Outcome:
+        """A data-parallel job: torchrun starts its ranks; their results are gathered into one. On a timeout
+        every rank first dumps its threads' stacks (SIGUSR1: where it hung goes into the record), then the whole
+        tree is killed."""
+        world = distributed.world_of(job.config)
+        job_file, result_file, err_file = workdir / "job.json", workdir / "result.json", workdir / "stderr.txt"
+        job_file.write_text(json.dumps(asdict(job)))
+        for r in range(world):
+            for suffix in (".json", ".stderr"):
+                distributed.rank_file(result_file, r, suffix).unlink(missing_ok=True)
+        run_id = f"{job.experiment}-{job.variant}-{job.phase}-{job.repeat}-{job.attempt}"
+        start = time.perf_counter()
+        timed_out = False
+        pid = self._popen(distributed.torchrun_command(job.config, [str(job_file), str(result_file)],
+                                                       run_id=folder_name(run_id)), err_file)
+        try:
+            code: int | None = Launcher.wait(self, pid, job.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_tree(pid, first=signal.SIGUSR1)
+            code = Launcher.wait(self, pid, None)
+        wall = time.perf_counter() - start
+        tail = err_file.read_text(errors="replace")[-3000:] if err_file.exists() else ""
+        results, tails = distributed.read_ranks(result_file, world)
+        result = distributed.gather(results, tails, timed_out=timed_out, launcher_stderr=tail)
         return Outcome(result, code, tail, timed_out, wall)
 
     def renew(self) -> None:
@@ -202,6 +239,36 @@ class ForkServer(Launcher):
     def close(self) -> None:
         self.server.stdin.close()
         self.server.wait(timeout=30)
+
+
+def kill_tree(pid: int, first: int | None = None, grace_s: float = 1.0) -> None:
+    """SIGKILL `pid`, its process group and every descendant with theirs (a launcher's children may sit in sessions
+    of their own). With `first`, send that signal to the descendants and wait `grace_s` before (SIGUSR1: dump
+    stacks)."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    if first is not None and len(tree) > 1:
+        for proc in tree[1:]:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(first)
+        time.sleep(grace_s)
+        with contextlib.suppress(psutil.Error):  # descendants started since (DataLoader workers)
+            tree += [p for p in tree[0].children(recursive=True) if p not in tree]
+    groups = {pid}
+    for proc in tree:
+        with contextlib.suppress(psutil.Error, OSError):
+            groups.add(os.getpgid(proc.pid))
+    for group in groups:
+        if group != os.getpgid(0):  # never this process's own group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024**2), "MALLOC_TRIM_THRESHOLD_": str(1024**3)}
@@ -295,7 +362,8 @@ def _result_fields(res: Mapping[str, Any]) -> dict[str, Any]:
                 phase_ms=res.get("phase_ms", {}), step_ms=tuple(res.get("step_ms", ())),
                 step_cpu_ms=tuple(res.get("step_cpu_ms", ())), quality=res.get("quality", {}),
                 curve=tuple(res.get("curve", ())), equivalence=res.get("equivalence", {}),
-                timeline=res.get("timeline", {}), contention=res.get("contention", {}), pairing=pairing)
+                timeline=res.get("timeline", {}), contention=res.get("contention", {}), pairing=pairing,
+                ranks=tuple(res.get("ranks", ())))
 
 
 def records_from(experiment: str, job: Job, outcome: Outcome) -> list[Record]:
@@ -303,10 +371,12 @@ def records_from(experiment: str, job: Job, outcome: Outcome) -> list[Record]:
     res = outcome.result
     members = range(len(job.group)) if job.group else range(1)
     if outcome.timed_out:
+        detail = res["error"] if res and res.get("ranks") else outcome.stderr_tail[-1500:]
         error = (f"exceeded timeout_s={job.timeout_s:g} and was killed; raise timeout_s or lower the budget\n"
-                 f"{outcome.stderr_tail[-1500:]}")
-        return [_record(experiment, job, "timeout", m, error=error, env=collect_env(), wall_s=outcome.wall_s)
-                for m in members]
+                 f"{detail}")
+        ranks = tuple(res.get("ranks", ())) if res else ()
+        return [_record(experiment, job, "timeout", m, error=error, env=collect_env(), wall_s=outcome.wall_s,
+                        ranks=ranks) for m in members]
     if res is None:
         error = (f"child exited with code {outcome.returncode} and no result (killed by the OS? out of memory?)\n"
                  f"{outcome.stderr_tail}")
@@ -319,7 +389,7 @@ def records_from(experiment: str, job: Job, outcome: Outcome) -> list[Record]:
             fields["pairing"] = {**fields["pairing"], "variants": list(job.group_variants)}
             out.append(_record(experiment, job, "ok", m, env=res.get("env", {}), wall_s=outcome.wall_s, **fields))
         return out
-    return [_record(experiment, job, res["status"], m, error=res.get("error", ""), env=res.get("env", {}),
+    return [_record(experiment, job, res["status"], m, error=res.get("error", ""), env=res.get("env") or collect_env(),
                     wall_s=outcome.wall_s, **_result_fields(res)) for m in members]
 
 
@@ -501,9 +571,12 @@ def preflight(exp: Experiment) -> None:
             if not sizes and cfg.workload not in registry.builtin() and len(train):
                 check_contract(cfg, train)  # the first config only: one small model build
             sizes[key] = len(train)
-        if cfg.batch_size > sizes[key]:
-            raise ValueError(f"variant '{name}': batch_size={cfg.batch_size} exceeds the {sizes[key]:,} training "
-                             f"samples of {cfg.workload} preset={cfg.preset}; use batch_size <= {sizes[key]}")
+        ranks = distributed.world_of(cfg.values)
+        if cfg.batch_size * ranks > sizes[key]:
+            per_rank = f" x {ranks} ranks" if ranks > 1 else ""
+            raise ValueError(f"variant '{name}': batch_size={cfg.batch_size}{per_rank} exceeds the {sizes[key]:,} "
+                             f"training samples of {cfg.workload} preset={cfg.preset}; use batch_size <= "
+                             f"{sizes[key] // ranks}")
 
 
 def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: bool = False,

@@ -14,17 +14,20 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from harness import distributed
 from harness.config import RunConfig, resolve_device, runtime_warnings
 from harness.data import effective_workers, make_loader
+from harness.distributed import Parallel
 from harness.optim import make_ema, make_optimizer, make_scheduler, update_ema
 from harness.probes.contention import default_threads
-from harness.probes.timers import PhaseClock
+from harness.probes.timers import PhaseClock, reading
 from harness.workload import BatchCounts, LossResult, Workload, upcast
 
 if TYPE_CHECKING:
@@ -43,11 +46,12 @@ def seed_everything(seed: int) -> None:
 
 
 def apply_threads(cfg: RunConfig, device: torch.device) -> tuple[int, str]:
-    """Set torch's intra-op threads for this run (the `threads` knob, or the never-oversubscribe default)."""
+    """Set torch's intra-op threads for this run (the `threads` knob, or the never-oversubscribe default, which
+    shares the cores among the `ddp` ranks of this machine)."""
     if cfg.threads:
         threads, reason = cfg.threads, f"threads={cfg.threads} (set by the config)"
     else:
-        threads, reason = default_threads(device_type=device.type, num_workers=effective_workers(cfg))
+        threads, reason = default_threads(device_type=device.type, num_workers=effective_workers(cfg), ranks=cfg.ddp)
     torch.set_num_threads(threads)
     return threads, reason
 
@@ -61,40 +65,58 @@ def autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContext
 
 def forward_backward(wl: Workload, cfg: RunConfig, handle: nn.Module, micro_batches: Sequence[Any],
                      counts: Sequence[BatchCounts], device: torch.device, clock: PhaseClock | None = None,
-                     scaler: Any = None) -> torch.Tensor:
+                     scaler: Any = None, parallel: Parallel | None = None) -> torch.Tensor:
     """Forward, loss and backward over one optimizer step's micro-batches; returns the step loss.
 
     Shared by the trainer and the equivalence check, so both run exactly the same computation.
     `scaler` is anything with GradScaler's ``scale(loss)`` (the check uses a fixed power of two).
+    `parallel`: one rank of a data-parallel run: the divisor is the loss-element count of the global step,
+    gradients are communicated in the last micro-batch only, and the wait for them is charged to
+    ``communication`` (`harness.distributed`). The step loss is then this rank's share of the global one.
     """
     mark = clock.mark if clock is not None else (lambda phase: None)
     total_elements = sum(c.loss_elements for c in counts)
+    if parallel is not None:
+        total_elements = parallel.global_count(total_elements)
+        mark("communication")
     if total_elements <= 0:
         raise ValueError("a training step has no loss elements (every target is padding); "
                          "check the data or raise max_length")
     step_loss = torch.zeros((), device=device)
-    for batch in micro_batches:
+    for i, batch in enumerate(micro_batches):
+        sync = parallel.sync_context(last=i == len(micro_batches) - 1) if parallel else contextlib.nullcontext()
+        with sync:
+            step_loss += _micro_step(wl, cfg, handle, batch, total_elements, device, mark, scaler)
+    if parallel is not None and clock is not None:
+        span = parallel.exposed_span()
+        if span is not None:
+            clock.move("communication", "backward", *span)
+    return step_loss
+
+
+def _micro_step(wl: Workload, cfg: RunConfig, handle: nn.Module, batch: Any, total_elements: int,
+                device: torch.device, mark: Any, scaler: Any) -> torch.Tensor:
+    """Forward, loss and backward of one micro-batch; its loss (detached)."""
+    with autocast(cfg, device):
+        outputs = wl.forward(handle, batch, cfg)
+    mark("forward")
+    first = outputs
+    if cfg.duplicate_forward:
+        # The seed-004 bug: logits come from the first forward, the loss from a second one.
         with autocast(cfg, device):
             outputs = wl.forward(handle, batch, cfg)
         mark("forward")
-        first = outputs
-        if cfg.duplicate_forward:
-            # The seed-004 bug: logits come from the first forward, the loss from a second one.
-            with autocast(cfg, device):
-                outputs = wl.forward(handle, batch, cfg)
-            mark("forward")
-        with autocast(cfg, device):
-            result = wl.loss(outputs, batch, cfg)
-            if not isinstance(result, LossResult):
-                raise TypeError(f"workload '{wl.name}': loss() returned a {type(result).__name__}; return "
-                                "harness.workload.LossResult(total=<sum over the batch's loss elements>)")
-            loss = upcast(result.total) / total_elements
-        mark("loss")
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        mark("backward")
-        step_loss += loss.detach()
-        del first
-    return step_loss
+    with autocast(cfg, device):
+        result = wl.loss(outputs, batch, cfg)
+        if not isinstance(result, LossResult):
+            raise TypeError(f"workload '{wl.name}': loss() returned a {type(result).__name__}; return "
+                            "harness.workload.LossResult(total=<sum over the batch's loss elements>)")
+        loss = upcast(result.total) / total_elements
+    mark("loss")
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    mark("backward")
+    del first  # the duplicate-forward bug's first outputs lived until here
+    return loss.detach()
 
 
 def compiled(model: nn.Module, cfg: RunConfig) -> nn.Module:
@@ -141,7 +163,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.wl = cfg.get_workload()
-        self.device = resolve_device(cfg)
+        self.device = distributed.rank_device(resolve_device(cfg))
         self.warnings = runtime_warnings(cfg, self.device)
         self.threads, self.threads_reason = apply_threads(cfg, self.device)
         seed_everything(cfg.seed)
@@ -151,8 +173,15 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
             torch.backends.cudnn.allow_tf32 = cfg.tf32
-        self.handle = compiled(self.model, cfg)
-        self.loader = make_loader(self.train_ds, cfg, self.wl, self.device)
+        self.parallel: Parallel | None = None
+        """One rank of a data-parallel run (`harness.distributed`); None in a single process."""
+        rank, world = 0, 1
+        if distributed.world_of(cfg.values) > 1:
+            self.parallel = Parallel(self.model, cfg, self.device, partial(reading, self.device.type == "cuda"))
+            rank, world = self.parallel.rank, self.parallel.world
+        handle = self.parallel.handle if self.parallel else self.model
+        self.handle = compiled(handle, cfg)
+        self.loader = make_loader(self.train_ds, cfg, self.wl, self.device, rank=rank, world=world)
         steps_per_epoch = len(self.loader) // cfg.grad_accum
         if steps_per_epoch == 0:
             raise ValueError(f"knob 'grad_accum': {cfg.grad_accum} micro-batches of {cfg.batch_size} need "
@@ -198,7 +227,8 @@ class Trainer:
         if keep_host is not None:
             keep_host.extend(host)
         clock.mark("data")
-        loss = forward_backward(self.wl, self.cfg, self.handle, batches, counts, self.device, clock, self.scaler)
+        loss = forward_backward(self.wl, self.cfg, self.handle, batches, counts, self.device, clock, self.scaler,
+                                self.parallel)
         self._optimizer_step()
         clock.mark("optimizer")
         return loss, counts

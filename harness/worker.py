@@ -33,7 +33,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch._dynamo  # noqa: F401  (imported lazily by checkpointing/compile: ~85 MiB of RSS; paid
 
     # here by every run so that peak memory compares variants, not who imported it first)
-    from harness import engine
+    from harness import distributed, engine
+    from harness.config import resolve_device
     from harness.probes.compiled import compile_unavailable
     from harness.registry import resolve
     from harness.results import collect_env
@@ -50,6 +51,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         if unavailable:  # the machine cannot compile at all: skipped with the reason, not a crash
             out.update(status="skipped", error=unavailable, env=collect_env())
             return out
+        if distributed.rank_env()[1] > 1:  # one rank under torchrun: join its process group
+            distributed.init(resolve_device(cfg))
         if job["phase"] == "equivalence":
             from harness.equivalence import check_equivalence
 
@@ -86,8 +89,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """Read the job, run it, write the result atomically."""
+    """Read the job, run it, write the result atomically. One rank of several (under torchrun) writes its own
+    files and exits with 1 when its run failed, so that torchrun stops the other ranks at once instead of
+    leaving them blocked in a collective until the timeout."""
+    from harness import distributed
+
     job_path, result_path = Path(argv[1]), Path(argv[2])
+    ranks = distributed.rank_env()[1]
+    if ranks > 1:
+        result_path = distributed.prepare_rank(result_path)
     job = json.loads(job_path.read_text())
     start = time.perf_counter()
     result = run_job(job)
@@ -95,6 +105,11 @@ def main(argv: list[str]) -> int:
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, allow_nan=True, default=str))
     os.replace(tmp, result_path)
+    if ranks > 1:
+        sys.stderr.flush()
+        if result["status"] != "ok":
+            os._exit(1)  # no process-group teardown: the peers may be blocked in a collective with this rank
+        distributed.shutdown()
     return 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.analysis.summary import break_even_steps
+from harness.analysis.summary import break_even_steps, latest_attempts
 from harness.probes.compiled import CompileClock
 from harness.results import load_records
 
@@ -49,7 +49,7 @@ def test_a_compiled_sweep_reports_compile_time_outside_the_window(tmp_path: Path
     out = tmp_path / "out"
     assert main(["sweep", str(exp), "--out", str(out), "--reports", str(tmp_path / "reports")]) == 0
     records = load_records(out)
-    compiled = [r for r in records if r.variant == "compiled" and r.phase == "speed"]
+    compiled = latest_attempts(r for r in records if r.variant == "compiled" and r.phase == "speed")  # re-runs
     plain = [r for r in records if r.variant == "baseline" and r.phase == "speed"]
     assert len(compiled) == 2 and all(r.status == "ok" for r in compiled)
     for r in compiled:

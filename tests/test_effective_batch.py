@@ -52,7 +52,8 @@ def test_fit_ranks_every_pair_that_fits(tmp_path: Path, capsys: pytest.CaptureFi
     out = tmp_path / "rank"
     knobs = ["threads=1", "n_samples=64", "mib_per_sample=16"]
     budget = "1.0"
-    assert main(["fit", TOY, *knobs, "--memory", budget, "--effective-batch", "4", "--out", str(out)]) == 0
+    assert main(["fit", TOY, *knobs, "--memory", budget, "--effective-batch", "4", "--repeats", "3",
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "largest batch_size within 1 GiB" in printed and ": 4" in printed  # everything up to 4 fits
     records = load_records(out)
@@ -69,6 +70,7 @@ def test_fit_ranks_every_pair_that_fits(tmp_path: Path, capsys: pytest.CaptureFi
 @pytest.mark.parametrize("argv, message", [
     (["--effective-batch", "0"], "--effective-batch=0: give the effective batch"),
     (["--effective-batch", "8", "--knob", "max_length"], "--effective-batch ranks batch_size x grad_accum"),
+    (["--effective-batch", "8", "--repeats", "0"], "--repeats 0: measure each split at least once"),
 ])
 def test_bad_effective_batch_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                                          tmp_path: Path) -> None:

@@ -43,9 +43,11 @@ def test_trainbench_run_profiles_it_in_fresh_processes(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", TAGGER, "--repeats", "1", "--out",
                            str(tmp_path / "r")], capture_output=True, text=True, cwd=REPO, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    from harness.analysis.summary import latest_attempts
     from harness.results import load_records
 
-    (rec,) = [r for r in load_records(tmp_path / "r") if r.phase == "speed"]
+    # one repeat; on a busy machine a contended run is run again: the latest attempt is the measurement
+    (rec,) = latest_attempts(r for r in load_records(tmp_path / "r") if r.phase == "speed")
     assert rec.status == "ok" and rec.metrics["samples_per_s"] > 0 and rec.metrics["forward_calls_per_step"] == 1
     assert rec.metrics["tokens_per_s"] > 0  # token counts inferred from the integer (batch, length) input
 

@@ -8,6 +8,8 @@ Used through the path ``tests.toy:WORKLOAD``; never shipped as a workload under 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -26,9 +28,11 @@ _EVAL_CALLS = {"n": 0}
 class ToyModel(nn.Module):
     """A linear layer with optional planted behaviour."""
 
-    def __init__(self, dim: int, sleep_ms: float, alloc_mib: int, fail: str) -> None:
+    def __init__(self, dim: int, sleep_ms: float, alloc_mib: int, fail: str, fault_rank: int = -1) -> None:
         super().__init__()
         self.linear = nn.Linear(dim, 1)
+        if fault_rank >= 0 and int(os.environ.get("RANK", 0)) != fault_rank:  # a data-parallel run: one rank only
+            sleep_ms, fail = 0.0, "none"
         self.sleep_ms, self.alloc_mib, self.fail = sleep_ms, alloc_mib, fail
         self.calls = 0
 
@@ -44,6 +48,8 @@ class ToyModel(nn.Module):
             raise RuntimeError("planted failure in forward")
         if self.fail == "hang":
             time.sleep(3600)
+        if self.fail == "kill" and self.calls > 2:
+            os.kill(os.getpid(), signal.SIGKILL)
         out = self.linear(x).squeeze(-1)  # (B,)
         if self.fail == "nan" and self.calls > 2:
             out = out * float("nan")
@@ -61,7 +67,9 @@ class ToyWorkload(Workload):
         Knob(name="sleep_ms", type=float, default=0.0, kind="exact", doc="sleep inside forward", min=0.0),
         Knob(name="alloc_mib", type=int, default=0, kind="exact", doc="allocate and hold this much once", min=0),
         Knob(name="fail", type=str, default="none", kind="exact", doc="planted failure",
-             choices=("none", "raise", "nan", "hang")),
+             choices=("none", "raise", "nan", "hang", "kill")),
+        Knob(name="fault_rank", type=int, default=-1, kind="exact", min=-1,
+             doc="data-parallel runs: only this rank sleeps or fails (-1: every rank)"),
         Knob(name="init_shift", type=float, default=0.0, kind="exact", doc="planted change of initialisation"),
         Knob(name="mib_per_sample", type=int, default=0, kind="exact", min=0,
              doc="a transient allocation of this many MiB per sample in every forward (grows with the batch)"),
@@ -74,7 +82,7 @@ class ToyWorkload(Workload):
     quality_metrics = ("score", "mse")
 
     def build_model(self, cfg: Any) -> nn.Module:
-        model = ToyModel(cfg.dim, cfg.sleep_ms, cfg.alloc_mib, cfg.fail)
+        model = ToyModel(cfg.dim, cfg.sleep_ms, cfg.alloc_mib, cfg.fail, cfg.fault_rank)
         with torch.no_grad():
             model.linear.weight.add_(cfg.init_shift)
         return model

@@ -3,7 +3,8 @@ measurements), each finding carrying the numbers it was decided on and what to t
 
 Rules: input-bound, launch/host-bound, duplicate forward, padding waste, AMP slower than fp32, it/s
 compared across batch sizes, a speedup that cost quality (seed 000), memory near capacity, a faster
-batch_size x grad_accum at the same effective batch, torch.compile's break-even (or never). Rules that
+batch_size x grad_accum at the same effective batch, torch.compile's break-even (or never); for data-parallel
+runs, communication-bound and stragglers. Rules that
 compare against the baseline need `baseline=` (the baseline's row); the others read the run alone.
 """
 
@@ -29,6 +30,10 @@ MEMORY_FRACTION = 0.90
 QUALITY_TOLERANCE = 0.02
 """Relative loss of the primary metric that counts as a quality cost (2% of the baseline's value)."""
 MIN_SPEEDUP = 1.05
+COMMUNICATION_PCT = 25.0
+"""Data-parallel runs: gradient all-reduce time not overlapped with compute above this share of a step."""
+SKEW_PCT = 10.0
+"""Data-parallel runs: slowest minus fastest rank's compute per step above this share of a step."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +238,31 @@ def _memory_near_capacity(f: Mapping[str, Any], capacity_gib: float | None) -> F
                    f"peak {peak:.2f} GiB of {cap:.2f} GiB ({peak / cap:.0%} > {MEMORY_FRACTION:.0%})")
 
 
+def _communication_bound(f: Mapping[str, Any]) -> Finding | None:
+    share = _num(f, "communication_pct")
+    if not (math.isfinite(share) and share > COMMUNICATION_PCT):
+        return None
+    ranks = _num(f, "world_size")
+    bw = _num(f, "allreduce_busbw_gbps")
+    return Finding("communication_bound", "communication-bound: the ranks wait for the gradient all-reduce after "
+                   "their compute is done; give each rank more compute per gradient byte (a larger batch_size per "
+                   "rank, or grad_accum: one all-reduce per optimizer step), or a faster interconnect (NCCL over "
+                   "NVLink/InfiniBand instead of gloo over TCP)",
+                   f"communication {share:.0f}% of a step > {COMMUNICATION_PCT:.0f}%"
+                   + (f" with {ranks:g} ranks" if math.isfinite(ranks) else "")
+                   + (f"; all-reduce bus bandwidth {bw:.2f} GB/s" if math.isfinite(bw) else ""))
+
+
+def _stragglers(f: Mapping[str, Any]) -> Finding | None:
+    skew, skew_ms = _num(f, "rank_skew_pct"), _num(f, "rank_skew_ms")
+    if not (math.isfinite(skew) and skew > SKEW_PCT):
+        return None
+    return Finding("stragglers", "stragglers: one rank computes longer per step and every other rank waits for it "
+                   "in the all-reduce; even out the ranks' work (equal real tokens per rank: bucketing or packing), "
+                   "give each rank its own cores (threads=0 shares them) and its own data workers",
+                   f"rank skew {skew_ms:.1f} ms per step = {skew:.0f}% of a step > {SKEW_PCT:.0f}%")
+
+
 def advise(record_or_summary_row: Record | pd.Series | Mapping[str, Any], *,
            baseline: Record | pd.Series | Mapping[str, Any] | None = None, primary_metric: str | None = None,
            higher_is_better: bool = True, capacity_gib: float | None = None,
@@ -246,6 +276,7 @@ def advise(record_or_summary_row: Record | pd.Series | Mapping[str, Any], *,
         _input_bound(f), _launch_bound(f, kernel_launches_per_step), _duplicate_forward(f), _padding_waste(f),
         _amp_slower(f, base), _it_per_s_across_batch(f, base), _quality_loss(f, primary_metric, higher_is_better),
         _memory_near_capacity(f, capacity_gib), _same_effective_batch(f, base), _compile_break_even(f, base),
+        _communication_bound(f), _stragglers(f),
     ]
     return [x for x in found if x is not None]
 

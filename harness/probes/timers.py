@@ -19,6 +19,15 @@ import torch
 from harness.results import PHASE_NAMES
 
 
+def reading(cuda: bool) -> object:
+    """A clock reading: a host time on a CPU, a recorded CUDA event on a GPU (timestamped when the GPU reaches it)."""
+    if cuda:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()  # asynchronous: timestamped when the GPU reaches it
+        return event
+    return time.perf_counter()
+
+
 class PhaseClock:
     """Per-step wall time and per-phase breakdown for a sequence of optimizer steps."""
 
@@ -26,35 +35,43 @@ class PhaseClock:
         self.cuda = device.type == "cuda"
         self.enabled = enabled
         self._steps: list[list[tuple[str, object]]] = []  # per step: [(phase, mark), ...]
+        self._moves: list[list[tuple[str, str, object, object]]] = []  # per step: spans moved between phases
+        self._moved: list[tuple[str, str, object, object]] = []
         self._current: list[tuple[str, object]] | None = None
         self._cpu_start = 0.0
         self.step_cpu_ms: list[float] = []
         """This process's CPU time per kept step (all its threads), host-side."""
 
-    def _now(self) -> object:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()  # asynchronous: timestamped when the GPU reaches it
-            return event
-        return time.perf_counter()
+    def now(self) -> object:
+        """A reading of this clock (`reading`)."""
+        return reading(self.cuda)
 
     def start_step(self) -> None:
         """Open a step; everything until `end_step` belongs to it."""
         self._cpu_start = time.process_time()
-        self._current = [("start", self._now())]
+        self._current = [("start", self.now())]
+        self._moved: list[tuple[str, str, object, object]] = []
 
     def mark(self, phase: str) -> None:
         """Charge the time since the previous mark to `phase`."""
         if self.enabled and self._current is not None:
             assert phase in PHASE_NAMES, phase
-            self._current.append((phase, self._now()))
+            self._current.append((phase, self.now()))
+
+    def move(self, phase: str, out_of: str, start: object, end: object) -> None:
+        """Charge the span [start, end] (readings of `now`, inside a segment already charged to `out_of`) to
+        `phase` instead: e.g. the part of backward that waited for communication."""
+        if self.enabled and self._current is not None:
+            assert phase in PHASE_NAMES and out_of in PHASE_NAMES, (phase, out_of)
+            self._moved.append((phase, out_of, start, end))
 
     def end_step(self, keep: bool = True) -> None:
         """Close the step (the remainder since the last mark is "other"); drop it if not `keep`."""
         assert self._current is not None, "end_step without start_step"
-        self._current.append(("other", self._now()))
+        self._current.append(("other", self.now()))
         if keep:
             self._steps.append(self._current)
+            self._moves.append(self._moved)
             self.step_cpu_ms.append((time.process_time() - self._cpu_start) * 1e3)
         self._current = None
 
@@ -65,10 +82,14 @@ class PhaseClock:
             self._steps[-1][-1][1].synchronize()
         step_ms: list[float] = []
         phases: dict[str, list[float]] = {p: [] for p in PHASE_NAMES}
-        for marks in self._steps:
+        for marks, moves in zip(self._steps, self._moves, strict=True):
             per_phase: dict[str, float] = defaultdict(float)
             for (_, prev), (phase, cur) in zip(marks, marks[1:], strict=False):
                 per_phase[phase] += self._elapsed_ms(prev, cur)
+            for phase, out_of, start, end in moves:
+                span = min(max(0.0, self._elapsed_ms(start, end)), per_phase[out_of])
+                per_phase[out_of] -= span
+                per_phase[phase] += span
             step_ms.append(self._elapsed_ms(marks[0][1], marks[-1][1]))
             for p in PHASE_NAMES:
                 phases[p].append(per_phase.get(p, 0.0))

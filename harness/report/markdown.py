@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from harness.analysis import advisor, cost, gates
+from harness.analysis.scaling import scaling_table
 from harness.analysis.stats import RatioEstimate
 from harness.analysis.summary import effective_batch, noise_floor, same_effective_batch, summarize
 from harness.description import WorkloadDescription, load_description
@@ -342,11 +343,13 @@ def _quality(s: pd.DataFrame) -> list[str]:
 
 
 def _phases(s: pd.DataFrame) -> list[str]:
-    rows = [[f"`{v}`", *(fmt_pct(r[f"phase_pct_{p}"]) for p in PHASE_NAMES), fmt(r["step_ms"])]
+    # communication is a phase of data-parallel runs only: its column is shown where some run has it
+    names = [p for p in PHASE_NAMES if p != "communication" or (s["phase_ms_communication"].fillna(0) > 0).any()]
+    rows = [[f"`{v}`", *(fmt_pct(r[f"phase_pct_{p}"]) for p in names), fmt(r["step_ms"])]
             for v, r in s.iterrows() if math.isfinite(float(r["phase_pct_forward"]))]
     if not rows:
         return ["No phase timings recorded.", ""]
-    return table(["Variant", *(f"{p} %" for p in PHASE_NAMES), "step ms"], rows, "l" + "r" * 7)
+    return table(["Variant", *(f"{p} %" for p in names), "step ms"], rows, "l" + "r" * (len(names) + 1))
 
 
 def _gates(s: pd.DataFrame, exp: Any) -> list[str]:
@@ -373,6 +376,34 @@ def _advice(s: pd.DataFrame) -> list[str]:
                 "problem detected.", ""]
     return [*(f"- **{rule}**: {msg}. Evidence: {'; '.join(evidence)}." for (rule, msg), evidence in grouped.items()),
             ""]
+
+
+def _ddp_scaling(s: pd.DataFrame) -> list[str]:
+    """The data-parallel scaling table (`harness.analysis.scaling`), when the variants differ in rank count."""
+    t = scaling_table(s)
+    if t is None:
+        return []
+    rows = []
+    for v, r in t.iterrows():
+        is_base = v == s.attrs["baseline"]
+        eff = fmt(r["efficiency"]) if is_base or not math.isfinite(r["efficiency_ci_low"]) else \
+            f"{fmt(r['efficiency'])} [{fmt(r['efficiency_ci_low'])}, {fmt(r['efficiency_ci_high'])}]"
+        comm = "–" if not math.isfinite(float(r["communication_pct"])) else \
+            f"{fmt_pct(r['communication_pct'])} ({fmt_pct(r['communication_pct_min'])}–" \
+            f"{fmt_pct(r['communication_pct_max'])})"
+        rows.append([f"`{v}`", int(r["ranks"]), int(r["global_batch"]),
+                     f"{fmt(r['samples_per_s'])} ({fmt(r['samples_per_s_min'])}–{fmt(r['samples_per_s_max'])})",
+                     "baseline" if is_base else _ci(s.loc[v]), eff, comm, fmt_pct(r["rank_skew_pct"]),
+                     fmt(r["allreduce_busbw_gbps"])])
+    lines = table(["Variant", "ranks", "global batch", "samples/s (min–max)", "speedup [95% CI]",
+                   "efficiency [95% CI]", "communication % (min–max)", "rank skew %", "all-reduce GB/s"], rows,
+                  "lrrrllrrr")
+    return lines + [
+        "samples/s: every rank's samples / the slowest rank's measured window; efficiency = speedup / (ranks / the "
+        "baseline's ranks), 1 = linear; communication: the gradient all-reduce time that did not overlap compute, "
+        "% of a step, of the slowest rank (median, min–max over repeats); rank skew: slowest minus fastest rank's "
+        "compute per step, % of a step (what stragglers cost); all-reduce GB/s: bus bandwidth of a gradient-sized "
+        "all-reduce, measured after the window.", ""]
 
 
 def _costs(s: pd.DataFrame, workload: WorkloadDescription | None) -> list[str]:
@@ -441,7 +472,7 @@ def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | Save
     sections = [("Key changes", _key_changes(s, workload)), ("Warnings", _warnings(records)), ("Speed", _speed(s)),
                 ("Same effective batch", _effective_batch(s)), ("torch.compile", _compile(s)),
                 ("Precision and contention", _precision(s, exp, notes)), ("Noise floor", _noise(records, base)),
-                ("Equivalence", _equivalence(s)), ("Quality", _quality(s)),
+                ("Data-parallel scaling", _ddp_scaling(s)), ("Equivalence", _equivalence(s)), ("Quality", _quality(s)),
                 ("Phase breakdown", _phases(s)), ("Gates", _gates(s, exp)), ("Advisor", _advice(s)),
                 ("Predicted vs measured cost", _costs(s, workload))]
     for title, body in sections:
@@ -451,7 +482,7 @@ def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | Save
         lines += ["## Plots", ""]
         captions = {"throughput": "Throughput and speedup", "phases": "Phase breakdown",
                     "quality": "Quality vs wall-clock time and epochs", "timeline": "Utilisation and memory",
-                    "scaling": "Scaling"}
+                    "scaling": "Scaling", "ddp_scaling": "Data-parallel scaling"}
         lines += [f"![{captions[k]}]({p.name})\n" for k, p in figures.items()]
     lines += ["## Failed and skipped runs", "", *_failures(records)]
     source = getattr(exp, "source", "")

@@ -20,7 +20,7 @@ from harness.results import PHASE_NAMES, Record
 
 DPI = 110
 PHASE_COLORS = {"data": "#d62728", "forward": "#1f77b4", "loss": "#9467bd", "backward": "#ff7f0e",
-                "optimizer": "#2ca02c", "other": "#7f7f7f"}
+                "communication": "#e377c2", "optimizer": "#2ca02c", "other": "#7f7f7f"}
 
 
 def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list]:
@@ -273,6 +273,51 @@ def scaling(summary: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def ddp_scaling(summary: pd.DataFrame, path: Path) -> Path | None:
+    """Data-parallel scaling (`harness.analysis.scaling`): samples/s against ranks (min-max whiskers) with the
+    linear ideal from the baseline, and scaling efficiency (95% CI whiskers) beside the communication share."""
+    from harness.analysis.scaling import scaling_table
+
+    t = scaling_table(summary)
+    if t is None or not np.isfinite(t["samples_per_s"].to_numpy(float)).any():
+        return None
+    t = t[[_finite(v) for v in t["samples_per_s"]]]
+    fig, (ax1, ax2) = _figure(10, 4, ncols=2)
+    x = t["ranks"].to_numpy(float)
+    y = t["samples_per_s"].to_numpy(float)
+    err = [y - t["samples_per_s_min"].to_numpy(float), t["samples_per_s_max"].to_numpy(float) - y]
+    ax1.errorbar(x, y, yerr=err, marker="o", linestyle="none", capsize=4, label="measured (min-max)")
+    base = t.loc[summary.attrs["baseline"]] if summary.attrs["baseline"] in t.index else t.iloc[0]
+    ideal = np.sort(np.unique(x))
+    ax1.plot(ideal, base["samples_per_s"] * ideal / base["ranks"], linestyle=":", color="grey", label="linear")
+    for name, row in t.iterrows():
+        ax1.annotate(str(name), (row["ranks"], row["samples_per_s"]), fontsize=7, xytext=(4, 4),
+                     textcoords="offset points")
+    ax1.set_xlabel("ranks (ddp x nnodes)")
+    ax1.set_ylabel("samples/s, all ranks")
+    ax1.set_title("Throughput vs ranks", fontsize=10)
+    ax1.set_xticks(ideal, [f"{v:g}" for v in ideal])
+    labels = list(t.index)
+    pos = np.arange(len(labels))
+    eff = t["efficiency"].to_numpy(float)
+    lo = np.nan_to_num(eff - t["efficiency_ci_low"].to_numpy(float))
+    hi = np.nan_to_num(t["efficiency_ci_high"].to_numpy(float) - eff)
+    ax2.bar(pos - 0.2, eff, width=0.4, yerr=[lo, hi], capsize=4, color="#1f77b4", label="efficiency (95% CI)")
+    ax2.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax2.set_ylabel("scaling efficiency = speedup / ranks")
+    share = ax2.twinx()
+    share.bar(pos + 0.2, np.nan_to_num(t["communication_pct"].to_numpy(float)), width=0.4, color="#e377c2",
+              label="communication % of a step")
+    share.set_ylabel("communication, % of a step")
+    ax2.set_xticks(pos, labels, rotation=20, fontsize=8)
+    ax2.set_title("Efficiency and communication share", fontsize=10)
+    handles = ax2.get_legend_handles_labels()[0] + share.get_legend_handles_labels()[0]
+    fig.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="outside lower right", ncols=2,
+               frameon=False)
+    ax1.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def write_all(summary: pd.DataFrame, records: Sequence[Record], out_dir: Path) -> dict[str, Path]:
     """Every figure the data supports, as {name: path}."""
     made = {
@@ -281,5 +326,6 @@ def write_all(summary: pd.DataFrame, records: Sequence[Record], out_dir: Path) -
         "quality": quality_curves(summary, out_dir / "quality.png"),
         "timeline": timeline(records, out_dir / "timeline.png"),
         "scaling": scaling(summary, out_dir / "scaling.png"),
+        "ddp_scaling": ddp_scaling(summary, out_dir / "ddp_scaling.png"),
     }
     return {k: v for k, v in made.items() if v is not None}
