@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -215,10 +216,12 @@ def test_scaling_table_and_advisor_on_known_records(tmp_path: Path) -> None:
     two = base_config(ddp=2)
     recs = [speed_record("ddp1", i) for i in range(3)] + [
         speed_record("ddp2", i, speedup=1.5, config=two, world_size=2, communication_pct=40.0, rank_skew_pct=20.0,
-                     rank_skew_ms=4.0, allreduce_busbw_gbps=0.9) for i in range(3)]
+                     rank_skew_ms=4.0, allreduce_busbw_gbps=0.9) for i in range(3)] + [
+        speed_record("threads2", i, speedup=1.7, config=base_config(threads=2)) for i in range(3)]
     s = summarize(recs, "ddp1")
     t = scaling_table(s)
-    assert list(t["ranks"]) == [1, 2] and t.loc["ddp2", "global_batch"] == 2 * t.loc["ddp1", "global_batch"]
+    assert list(t["ranks"]) == [1, 1, 2] and t.loc["ddp2", "global_batch"] == 2 * t.loc["ddp1", "global_batch"]
+    assert np.isnan(t.loc["threads2", "efficiency"])  # one process on more threads: no scaling efficiency
     assert t.loc["ddp2", "efficiency"] == pytest.approx(s.loc["ddp2", "speedup"] / 2)
     assert t.loc["ddp2", "efficiency_ci_low"] == pytest.approx(s.loc["ddp2", "speedup_ci_low"] / 2)
     assert t.loc["ddp2", "communication_pct"] == 40.0

@@ -46,8 +46,9 @@ def scaling_table(s: pd.DataFrame) -> pd.DataFrame | None:
         cfg = r["config"]
         recs = r.get("speed_records", ()) or ()
         comm_lo, comm_hi = _min_max(recs, "communication_pct")
-        eff = efficiency(r["speedup"], n, base_ranks)
         is_base = v == base
+        scaled = is_base or n != base_ranks  # same rank count (e.g. more threads): no scaling efficiency
+        eff = efficiency(r["speedup"], n, base_ranks) if scaled else np.nan
         rows.append({
             "variant": v, "ranks": n, "global_batch": cfg.get("batch_size", 0) * cfg.get("grad_accum", 1) * n,
             "samples_per_s": r["samples_per_s"], "samples_per_s_min": r["samples_per_s_min"],
@@ -55,8 +56,8 @@ def scaling_table(s: pd.DataFrame) -> pd.DataFrame | None:
             "speedup_ci_low": np.nan if is_base else r["speedup_ci_low"],
             "speedup_ci_high": np.nan if is_base else r["speedup_ci_high"],
             "efficiency": eff,
-            "efficiency_ci_low": efficiency(r["speedup_ci_low"], n, base_ranks) if not is_base else np.nan,
-            "efficiency_ci_high": efficiency(r["speedup_ci_high"], n, base_ranks) if not is_base else np.nan,
+            "efficiency_ci_low": efficiency(r["speedup_ci_low"], n, base_ranks) if scaled and not is_base else np.nan,
+            "efficiency_ci_high": efficiency(r["speedup_ci_high"], n, base_ranks) if scaled and not is_base else np.nan,
             "communication_pct": r.get("communication_pct", np.nan), "communication_pct_min": comm_lo,
             "communication_pct_max": comm_hi, "rank_skew_pct": r.get("rank_skew_pct", np.nan),
             "allreduce_busbw_gbps": r.get("allreduce_busbw_gbps", np.nan),

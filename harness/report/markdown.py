@@ -386,7 +386,8 @@ def _ddp_scaling(s: pd.DataFrame) -> list[str]:
     rows = []
     for v, r in t.iterrows():
         is_base = v == s.attrs["baseline"]
-        eff = fmt(r["efficiency"]) if is_base or not math.isfinite(r["efficiency_ci_low"]) else \
+        eff = "–" if not math.isfinite(float(r["efficiency"])) else fmt(r["efficiency"]) \
+            if is_base or not math.isfinite(r["efficiency_ci_low"]) else \
             f"{fmt(r['efficiency'])} [{fmt(r['efficiency_ci_low'])}, {fmt(r['efficiency_ci_high'])}]"
         comm = "–" if not math.isfinite(float(r["communication_pct"])) else \
             f"{fmt_pct(r['communication_pct'])} ({fmt_pct(r['communication_pct_min'])}–" \
