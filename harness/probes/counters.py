@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,12 @@ def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
     Counts matmul/conv/attention FLOPs of forward and backward (torch.utils.flop_counter); optimizer
     and elementwise work are not counted, as in the usual 6N-per-token estimates.
     """
-    with FlopCounterMode(display=False) as counter:
-        out = fn()
+    with warnings.catch_warnings():
+        # The counter's own global module hooks make torch warn about a compiled model; they fire on this
+        # counted step only, so the warning says nothing about the run.
+        warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks")
+        with FlopCounterMode(display=False) as counter:
+            out = fn()
     return out, int(counter.get_total_flops())
 
 
