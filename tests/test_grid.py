@@ -103,7 +103,24 @@ def test_a_grid_draws_one_curve_per_value_of_the_other_knob(tmp_path: Path) -> N
                          "samples_per_s_max": bs * 11.0 / ml, "tokens_per_s": bs * 100.0,
                          "peak_rss_gib": 0.1 * bs, "cuda_peak_allocated_gib": float("nan")})
     summary = pd.DataFrame(rows)
-    assert scaling_axes(summary) == ("batch_size", ["max_length"])
+    assert scaling_axes(summary)[:2] == ("batch_size", ["max_length"])
     path = scaling(summary, tmp_path / "scaling.png")
     assert path is not None and path.stat().st_size > 10_000
     assert scaling_axes(summary.assign(config=[{"batch_size": 8, "max_length": 64}] * 6)) is None
+
+
+def test_one_factor_variants_draw_only_the_curve_of_the_swept_knob() -> None:
+    import pandas as pd
+
+    from harness.report.plots import scaling_axes
+
+    base = {"max_length": 128, "forward": "batched", "amp": "off"}
+    variants = {"baseline": {}, "chunk64": {"max_length": 64}, "no_chunking": {"max_length": 0},
+                "per_sequence": {"forward": "per_sequence"}, "amp": {"amp": "bf16"}}
+    rows = [{"config": {**base, **o}, "changed": {k: (base[k], v) for k, v in o.items()}} for o in variants.values()]
+    summary = pd.DataFrame(rows, index=list(variants))
+    # no_chunking's max_length=0 is a switch (no chunking), not a length: 128 and 64 alone make no curve
+    assert scaling_axes(summary) is None
+    summary.loc["chunk32"] = [{**base, "max_length": 32}, {"max_length": (128, 32)}]
+    # the max_length curve from the variants on the baseline's line; the one-knob variants off it are left out
+    assert scaling_axes(summary) == ("max_length", [], ["baseline", "chunk64", "chunk32"])

@@ -195,11 +195,13 @@ def _compile_break_even(f: Mapping[str, Any], base: Mapping[str, Any] | None) ->
     compile_s, steps = _num(f, "compile_s"), _num(f, "break_even_steps")
     if base is None or not math.isfinite(compile_s) or math.isfinite(_num(base, "compile_s")):
         return None
-    if steps == math.inf:
-        return Finding("compile_never_pays_off", f"torch.compile is not faster per step here, so its "
+    if not _faster(f):
+        if not math.isfinite(_num(f, "speedup_ci_high")):
+            return None  # no interval: nothing to claim either way
+        return Finding("compile_never_pays_off", f"torch.compile is not measurably faster per step here, so its "
                        f"{compile_s:.1f} s of compiling never pays back; keep compile=false on this device "
                        "(try it where kernels dominate: a GPU, larger batches)", _speedup_text(f))
-    if not (math.isfinite(steps) and _faster(f)):
+    if not math.isfinite(steps):
         return None
     return Finding("compile_break_even", f"torch.compile pays off after {math.ceil(steps):,} optimizer steps "
                    f"({compile_s:.1f} s of compiling, {_num(base, 'step_ms') - _num(f, 'step_ms'):.2f} ms saved per "

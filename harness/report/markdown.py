@@ -278,8 +278,11 @@ def _compile(s: pd.DataFrame) -> list[str]:
         if not math.isfinite(float(r.get("compile_s", math.nan))):
             continue
         steps = float(r["break_even_steps"])
-        even = "(baseline)" if v == s.attrs["baseline"] else "never (not faster per step)" if steps == math.inf \
-            else f"after {math.ceil(steps):,} steps" if math.isfinite(steps) else "-"
+        faster = float(r["speedup_ci_low"]) > 1  # resolved: the interval above 1
+        even = "(baseline)" if v == s.attrs["baseline"] else \
+            f"after {math.ceil(steps):,} steps" if faster and math.isfinite(steps) else \
+            "never (no resolved per-step saving)" if math.isfinite(float(r["speedup_ci_high"])) or steps == math.inf \
+            else "-"
         rows.append([f"`{v}`", r["config"].get("compile_mode", "default"), fmt(r["compile_s"]), fmt(r["compile_s_max"]),
                      fmt(r["recompiles"]), fmt(r["compile_in_window_s"]), fmt(r["step_ms"]), fmt(base["step_ms"]),
                      "baseline" if v == s.attrs["baseline"] else _ci(r), even])
@@ -291,7 +294,8 @@ def _compile(s: pd.DataFrame) -> list[str]:
                     "warmup, excluded from the measured window (importing the compiler, once per process, is not "
                     "in it); the max is usually the first run's, with cold "
                     "caches. recompiles: frames compiled again after the first step. break-even: compile seconds "
-                    "over the seconds each optimizer step saves against the baseline's median step.", ""]
+                    "over the seconds each optimizer step saves against the baseline's median step, when the "
+                    "speedup's interval is above 1.", ""]
 
 
 def _noise(records: Sequence[Record], base: str) -> list[str]:

@@ -7,8 +7,9 @@ Each function writes one PNG and returns its path, or None when the data for it 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -199,26 +200,42 @@ def _numeric(knob: str, values: Sequence[object]) -> bool:
     return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
 
 
-def scaling_axes(summary: pd.DataFrame) -> tuple[str, list[str]] | None:
-    """(x knob, line knobs) of a sweep: the numeric knob with the most values (>= 3) on the x axis (the first
-    changed one on a tie), one line per combination of the other changed knobs (a grid); a knob whose value
-    follows from x (grad_accum at a fixed effective batch) makes no lines of its own. None when no knob is
-    swept that way."""
+def _sentinel(knob: str, value: object) -> bool:
+    """A generic knob's documented "0 = ..." value (0 = no chunking, 0 = off): a switch, not a magnitude."""
+    spec = GENERIC_BY_NAME.get(knob)
+    return spec is not None and value == 0 and "(0 = " in spec.doc
+
+
+def scaling_axes(summary: pd.DataFrame) -> tuple[str, list[str], list[str]] | None:
+    """(x knob, line knobs, variants drawn) of a sweep: the numeric knob with the most values on the x axis (the
+    first changed one on a tie), one line per combination of the other changed knobs (a grid). A knob whose value
+    follows from x (grad_accum at a fixed effective batch) makes no lines of its own; a variant alone on its line
+    (a one-factor variant changing another knob) is left out. None unless some line has >= 3 x values."""
     knobs = list(dict.fromkeys(k for changed in summary["changed"] for k in changed))
-    configs = list(summary["config"])
+    # a knob's "off" value (max_length=0: no chunking) is not a point on its axis
+    configs = {v: cfg for v, cfg in zip(summary.index, summary["config"], strict=True)
+               if not any(_sentinel(k, cfg.get(k)) for k in knobs)}
     candidates = []
     for i, knob in enumerate(knobs):
-        values = [cfg.get(knob) for cfg in configs]
+        values = [cfg.get(knob) for cfg in configs.values()]
         if _numeric(knob, values) and len(set(values)) >= 3:
             candidates.append((len(set(values)), -i, knob))
     if not candidates:
         return None
     x = max(candidates)[2]
 
-    def follows_from_x(knob: str) -> bool:
-        return all(len({repr(c.get(knob)) for c in configs if c.get(x) == v}) == 1 for v in {c.get(x) for c in configs})
+    def follows_from_x(knob: str, cfgs: Sequence[Mapping]) -> bool:
+        return all(len({repr(c.get(knob)) for c in cfgs if c.get(x) == v}) == 1 for v in {c.get(x) for c in cfgs})
 
-    return x, [k for k in knobs if k != x and not follows_from_x(k)]
+    others = [k for k in knobs if k != x and not follows_from_x(k, list(configs.values()))]
+    lines: dict[tuple[str, ...], set[Any]] = {}
+    for cfg in configs.values():
+        lines.setdefault(tuple(repr(cfg.get(k)) for k in others), set()).add(cfg.get(x))
+    drawn = [v for v, cfg in configs.items() if len(lines[tuple(repr(cfg.get(k)) for k in others)]) >= 2]
+    if len({configs[v].get(x) for v in drawn}) < 3:
+        return None
+    kept = [configs[v] for v in drawn]
+    return x, [k for k in others if len({repr(c.get(k)) for c in kept}) > 1], drawn
 
 
 def scaling_knob(summary: pd.DataFrame) -> str | None:
@@ -233,8 +250,9 @@ def scaling(summary: pd.DataFrame, path: Path) -> Path | None:
     axes_knobs = scaling_axes(summary)
     if axes_knobs is None:
         return None
-    knob, others = axes_knobs
-    rows = summary[[_finite(v) for v in summary["samples_per_s"]]]
+    knob, others, drawn = axes_knobs
+    rows = summary.loc[drawn]
+    rows = rows[[_finite(v) for v in rows["samples_per_s"]]]
     rows = rows.assign(_x=[cfg[knob] for cfg in rows["config"]],
                        _line=[", ".join(f"{k}={cfg.get(k)}" for k in others) for cfg in rows["config"]])
     rows = rows.sort_values("_x")
@@ -328,4 +346,8 @@ def write_all(summary: pd.DataFrame, records: Sequence[Record], out_dir: Path) -
         "scaling": scaling(summary, out_dir / "scaling.png"),
         "ddp_scaling": ddp_scaling(summary, out_dir / "ddp_scaling.png"),
     }
+    for name, path in made.items():
+        stale = out_dir / f"{name}.png"  # every figure is saved as <name>.png
+        if path is None and stale.exists():
+            stale.unlink()  # a figure this data no longer supports must not outlive a re-render
     return {k: v for k, v in made.items() if v is not None}
