@@ -71,10 +71,14 @@ class Base:
         return self.sha[:10]
 
     def touches(self, workload: str) -> bool:
-        """Whether the changed code can change `workload`: anything outside `models/` does, and under `models/`
-        only its own package (the built-in workloads import the harness, never each other)."""
-        return any(not f.startswith("models/") or f.startswith(f"models/{workload}/") or f == "models/__init__.py"
-                   for f in self.changed)
+        """Whether the changed code can change `workload`: everything except another workload's package under
+        `models/` (the built-in workloads import the harness and the shared modules at the top of `models/`,
+        never each other's package)."""
+        def other_package(f: str) -> bool:
+            parts = f.split("/")
+            return parts[0] == "models" and len(parts) > 2 and parts[1] != workload
+
+        return any(not other_package(f) for f in self.changed)
 
 
 def resolve_base(ref: str | None = None, root: str | Path = ".") -> Base:

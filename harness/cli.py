@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import registry
+from harness.against import MIN_CHANGE_PCT
 from harness.config import knob_table, parse_overrides, resolve_device, runtime_warnings
 from harness.experiment import (
     Experiment,
@@ -560,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--against", metavar="REF", nargs="?", const="auto",
                    help="measure this working tree's code against revision REF (default: the merge base with main), "
                         "old and new interleaved; exit 1 on a resolved slowdown")
-    s.add_argument("--min-change", type=float, default=3.0, metavar="PCT",
-                   help="with --against: smallest slowdown that fails (default 3%%)")
+    s.add_argument("--min-change", type=float, default=MIN_CHANGE_PCT, metavar="PCT",
+                   help=f"with --against: smallest slowdown that fails (default {MIN_CHANGE_PCT:g}%%)")
     s.add_argument("--out", help="with --against: results directory (default runs/against-SHA-TIME)")
     s.set_defaults(fn=cmd_compare)
 

@@ -135,7 +135,7 @@ def check_parallel(values: Mapping[str, Any]) -> None:
     run: more ranks than cores (CPU) or GPUs (CUDA), fsdp off CUDA, several nodes without a rendezvous endpoint."""
     from harness.probes.contention import usable_cores
 
-    ddp, cuda = values["ddp"], values["device"] == "cuda" or (values["device"] == "auto" and torch.cuda.is_available())
+    ddp, cuda = values["ddp"], device_type(values["device"]) == "cuda"
     if cuda:
         gpus = torch.cuda.device_count()
         if ddp > gpus:
@@ -179,11 +179,16 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"malformed TOML in '{p}': {exc}") from None
 
 
+def device_type(device: str) -> str:
+    """"cuda" or "cpu" for the `device` knob's value (auto: cuda when torch sees a GPU)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def resolve_device(cfg: RunConfig) -> torch.device:
     """The torch device a config runs on."""
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    return torch.device(device_type(cfg.device))
 
 
 def runtime_warnings(cfg: RunConfig, device: torch.device) -> list[str]:

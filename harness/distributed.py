@@ -44,16 +44,6 @@ RANK_STATUS_ORDER = ("timeout", "crash", "oom", "nan", "ok")
 """The gathered record's status is the first of these that any rank has."""
 
 
-def world_of(config: Mapping[str, Any]) -> int:
-    """Ranks of a run: ddp per node x nodes (1 for a config without the knobs)."""
-    return int(config.get("ddp", 1)) * int(config.get("nnodes", 1))
-
-
-def global_batch(cfg: Any) -> int:
-    """Samples of one optimizer step over every rank: batch_size x grad_accum x ranks."""
-    return cfg.batch_size * cfg.grad_accum * world_of(cfg.values)
-
-
 def backend_for(device: torch.device) -> str:
     """gloo on a CPU, nccl on CUDA."""
     return "nccl" if device.type == "cuda" else "gloo"

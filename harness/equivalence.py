@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from harness.config import RunConfig, resolve_device
-from harness.distributed import Parallel, global_batch, rank_device, world_of
+from harness.distributed import Parallel, rank_device
+from harness.knobs import global_batch, world_of
 from harness.probes.timers import reading
 from harness.trainer import autocast, compiled, forward_backward, seed_everything
 from harness.workload import map_tensors
@@ -101,14 +102,14 @@ def check_equivalence(base: RunConfig, variant: RunConfig, dtype: torch.dtype = 
         if not one["passed"]:
             return one
         return check_trajectory(base, variant, steps)
-    if global_batch(base) != global_batch(variant):
+    if global_batch(base.values) != global_batch(variant.values):
         return {"passed": False, "reason": "effective batch differs (batch_size x grad_accum x ddp x nnodes); "
                 "equivalence is defined only at equal effective batch", "compared": []}
     device = rank_device(resolve_device(base))
     wl = base.get_workload()
     seed_everything(base.seed)
     train_ds, _ = wl.build_datasets(base)
-    n = global_batch(base)
+    n = global_batch(base.values)
     if len(train_ds) < n:
         raise ValueError(f"equivalence needs {n} training samples, the split has {len(train_ds)}")
     samples = [train_ds[i] for i in range(n)]

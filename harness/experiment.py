@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.knobs import GENERIC_BY_NAME
+from harness.knobs import GENERIC_BY_NAME, global_batch
 from harness.results import EXPERIMENT_FILE
 
 # harness.config and harness.registry (torch, the workload packages) are imported inside the functions
@@ -324,7 +324,6 @@ nnodes) is exact; otherwise it changes training (quality)."""
 def knob_kinds(exp: Experiment, variant: str) -> set[str]:
     """Kinds of the knobs a variant changes; micro-batch x accumulation x ranks at equal global batch is exact."""
     from harness.config import all_knobs
-    from harness.distributed import global_batch
 
     changed = exp.changed_knobs(variant)
     knobs = all_knobs(exp.configs[variant].get_workload())
@@ -332,7 +331,7 @@ def knob_kinds(exp: Experiment, variant: str) -> set[str]:
     kinds = set()
     for name in changed:
         if name in BATCH_SPLIT_KNOBS:
-            kinds.add("exact" if global_batch(base) == global_batch(var) else "quality")
+            kinds.add("exact" if global_batch(base.values) == global_batch(var.values) else "quality")
         else:
             kinds.add(knobs.get(name, GENERIC_BY_NAME.get(name)).kind)
     return kinds

@@ -13,6 +13,7 @@ Workloads declare their own knobs with the same `Knob` type; the harness never n
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,3 +184,15 @@ GENERIC_BY_NAME: dict[str, Knob] = {k.name: k for k in GENERIC_KNOBS}
 # Generic knobs whose effect lives inside the workload (data pipeline or model); a workload lists
 # the ones it implements in `Workload.supports`, and setting any other one is an error.
 NEEDS_WORKLOAD_SUPPORT = frozenset({"max_length", "bucket_by_length", "grad_checkpointing"})
+
+
+def world_of(config: Mapping[str, Any]) -> int:
+    """Ranks of a run: ddp per node x nodes (1 for a config without those knobs)."""
+    return int(config.get("ddp", 1) or 1) * int(config.get("nnodes", 1) or 1)
+
+
+def global_batch(config: Mapping[str, Any]) -> int:
+    """Samples of one optimizer step over every rank: batch_size x grad_accum x ranks. Configs with the same
+    global batch compute the same gradient (the trainer divides each micro-batch's summed loss by the whole step's
+    element count), whatever the split."""
+    return int(config.get("batch_size", 0)) * int(config.get("grad_accum", 1)) * world_of(config)

@@ -324,14 +324,12 @@ class TrainBench:
                    steps: int = 1, **common: Any) -> None:
         """Equivalence gate: one step of both configs gives the same outputs, loss and gradients; with
         `steps` > 1 also the same loss at each of that many optimizer steps and the same parameters after."""
-        configs = self._resolve(workload, common, baseline), self._resolve(workload, common, variant)
-        mode = next((c.compile_mode for c in configs if c.compile), None)
-        if mode is not None:
-            from harness.probes.compiled import compile_unavailable
+        from harness.probes.compiled import unavailable_for
 
-            reason = compile_unavailable(mode)
-            if reason:
-                pytest.skip(reason)  # the machine cannot compile: nothing to compare, not a failure
+        configs = self._resolve(workload, common, baseline), self._resolve(workload, common, variant)
+        reason = unavailable_for(configs)
+        if reason:
+            pytest.skip(reason)  # the machine cannot compile: nothing to compare, not a failure
         passed, message = equivalence_verdict(*configs, steps)
         if not passed:
             pytest.fail(message, pytrace=False)

@@ -30,6 +30,7 @@ from typing import Any
 
 from harness import distributed
 from harness.experiment import Experiment, knob_kinds, save_experiment
+from harness.knobs import world_of
 from harness.results import (
     PRECISION_FILE,
     RECORDS_FILE,
@@ -128,7 +129,7 @@ class Launcher:
 
     def launch(self, job: Job, workdir: Path) -> Outcome:
         """Run `job` in a fresh process (torchrun for a data-parallel job) and collect what it left."""
-        if distributed.world_of(job.config) > 1:
+        if world_of(job.config) > 1:
             return self.launch_ranks(job, workdir)
         job_file, result_file, err_file = workdir / "job.json", workdir / "result.json", workdir / "stderr.txt"
         job_file.write_text(json.dumps(asdict(job)))
@@ -151,7 +152,7 @@ class Launcher:
         """A data-parallel job: torchrun starts its ranks; their results are gathered into one. On a timeout
         every rank first dumps its threads' stacks (SIGUSR1: where it hung goes into the record), then the whole
         tree is killed."""
-        world = distributed.world_of(job.config)
+        world = world_of(job.config)
         job_file, result_file, err_file = workdir / "job.json", workdir / "result.json", workdir / "stderr.txt"
         job_file.write_text(json.dumps(asdict(job)))
         for r in range(world):
@@ -571,7 +572,7 @@ def preflight(exp: Experiment) -> None:
             if not sizes and cfg.workload not in registry.builtin() and len(train):
                 check_contract(cfg, train)  # the first config only: one small model build
             sizes[key] = len(train)
-        ranks = distributed.world_of(cfg.values)
+        ranks = world_of(cfg.values)
         if cfg.batch_size * ranks > sizes[key]:
             per_rank = f" x {ranks} ranks" if ranks > 1 else ""
             raise ValueError(f"variant '{name}': batch_size={cfg.batch_size}{per_rank} exceeds the {sizes[key]:,} "

@@ -25,6 +25,7 @@ from harness import distributed
 from harness.config import RunConfig, resolve_device, runtime_warnings
 from harness.data import effective_workers, make_loader
 from harness.distributed import Parallel
+from harness.knobs import world_of
 from harness.optim import make_ema, make_optimizer, make_scheduler, update_ema
 from harness.probes.contention import default_threads
 from harness.probes.timers import PhaseClock, reading
@@ -176,7 +177,7 @@ class Trainer:
         self.parallel: Parallel | None = None
         """One rank of a data-parallel run (`harness.distributed`); None in a single process."""
         rank, world = 0, 1
-        if distributed.world_of(cfg.values) > 1:
+        if world_of(cfg.values) > 1:
             self.parallel = Parallel(self.model, cfg, self.device, partial(reading, self.device.type == "cuda"))
             rank, world = self.parallel.rank, self.parallel.world
         handle = self.parallel.handle if self.parallel else self.model

@@ -35,7 +35,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     # here by every run so that peak memory compares variants, not who imported it first)
     from harness import distributed, engine
     from harness.config import resolve_device
-    from harness.probes.compiled import compile_unavailable
+    from harness.probes.compiled import unavailable_for
     from harness.registry import resolve
     from harness.results import collect_env
     from harness.trainer import NonFiniteLoss
@@ -45,9 +45,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         config = job["config"]
         cfg = resolve(config["workload"], config)
         others = [*(job.get("group") or ()), *([job["base_config"]] if job.get("base_config") else [])]
-        configs = [cfg, *(resolve(c["workload"], c) for c in others)]
-        mode = next((c.compile_mode for c in configs if c.compile), None)
-        unavailable = compile_unavailable(mode) if mode is not None else None
+        unavailable = unavailable_for([cfg, *(resolve(c["workload"], c) for c in others)])
         if unavailable:  # the machine cannot compile at all: skipped with the reason, not a crash
             out.update(status="skipped", error=unavailable, env=collect_env())
             return out

@@ -28,8 +28,9 @@ def attention_knob() -> Knob:
                     "efficient: that fused kernel only (efficient: CUDA); math: the explicit softmax(QK^T/sqrt(d))V")
 
 
-def check_device(kernel: str, device_type: str) -> None:
-    """ValueError (one line) for a kernel the device does not have."""
+def check_device(kernel: str, device: str) -> None:
+    """ValueError (one line) for a kernel the config's device (its `device` knob: auto, cpu, cuda) does not have."""
+    device_type = "cuda" if device == "cuda" or device == "auto" and torch.cuda.is_available() else "cpu"
     if kernel in CUDA_ONLY and device_type != "cuda":
         raise ValueError(f"knob 'attention': {kernel} is a CUDA kernel and this run is on the {device_type}; "
                          f"use sdpa, flash or math")

@@ -125,6 +125,8 @@ def test_a_change_under_one_model_package_touches_only_that_workload() -> None:
     assert lm_only.touches("lm") and not lm_only.touches("gpcm")
     harness = against.Base(ref="main", sha="0" * 40, changed=("models/lm/data.py", "harness/trainer.py"))
     assert harness.touches("gpcm") and harness.touches("sudoku")
+    shared = against.Base(ref="main", sha="0" * 40, changed=("models/attention.py",))  # LM and DocTrans use it
+    assert shared.touches("lm") and shared.touches("doctrans")
 
 
 def test_verdict_says_waiting_when_cpu_time_did_not_grow() -> None:

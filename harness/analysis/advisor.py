@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.knobs import global_batch
 from harness.results import PHASE_NAMES, Record
 
 INPUT_BOUND_FRACTION = 0.20
@@ -179,14 +180,14 @@ def _same_effective_batch(f: Mapping[str, Any], base: Mapping[str, Any] | None) 
     cfg, bcfg = f.get("config") or {}, base.get("config") or {}
     b, a = int(cfg.get("batch_size", 0)), int(cfg.get("grad_accum", 1))
     b0, a0 = int(bcfg.get("batch_size", 0)), int(bcfg.get("grad_accum", 1))
-    if b * a != b0 * a0:
+    if global_batch(cfg) != global_batch(bcfg):
         return None
     checked = {"pass": "equivalence checked", "fail": "but the equivalence check FAILED: find out why first"}.get(
         str(f.get("equiv_status", "")), "equivalence not checked")
     fits = " fits and" if b > b0 else ""
     return Finding("faster_at_same_effective_batch",
                    f"batch {b} x {a}{fits} is x{_num(f, 'speedup'):.2f} faster than your {b0} x {a0} at the same "
-                   f"effective batch {b * a}: the same gradient per optimizer step ({checked}); switch to "
+                   f"effective batch {global_batch(cfg)}: the same gradient per optimizer step ({checked}); switch to "
                    f"batch_size={b} grad_accum={a}", _speedup_text(f))
 
 

@@ -10,18 +10,13 @@ network cost; a straggler's cost is the rank skew beside it), as median and min-
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from harness.analysis import stats
-
-
-def ranks_of(config: Mapping[str, Any]) -> int:
-    """Ranks of a config: ddp x nnodes (1 without the knobs)."""
-    return int(config.get("ddp", 1) or 1) * int(config.get("nnodes", 1) or 1)
+from harness.knobs import global_batch, world_of
 
 
 def efficiency(speedup: float, ranks: int, base_ranks: int) -> float:
@@ -35,7 +30,7 @@ def _min_max(records: Any, metric: str) -> tuple[float, float]:
 
 def scaling_table(s: pd.DataFrame) -> pd.DataFrame | None:
     """One row per variant of an experiment whose variants differ in rank count; None when none does."""
-    ranks = {v: ranks_of(row["config"]) for v, row in s.iterrows()}
+    ranks = {v: world_of(row["config"]) for v, row in s.iterrows()}
     if len(set(ranks.values())) < 2:
         return None
     base = s.attrs["baseline"]
@@ -50,7 +45,7 @@ def scaling_table(s: pd.DataFrame) -> pd.DataFrame | None:
         scaled = is_base or n != base_ranks  # same rank count (e.g. more threads): no scaling efficiency
         eff = efficiency(r["speedup"], n, base_ranks) if scaled else np.nan
         rows.append({
-            "variant": v, "ranks": n, "global_batch": cfg.get("batch_size", 0) * cfg.get("grad_accum", 1) * n,
+            "variant": v, "ranks": n, "global_batch": global_batch(cfg),
             "samples_per_s": r["samples_per_s"], "samples_per_s_min": r["samples_per_s_min"],
             "samples_per_s_max": r["samples_per_s_max"], "speedup": r["speedup"],
             "speedup_ci_low": np.nan if is_base else r["speedup_ci_low"],

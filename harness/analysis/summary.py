@@ -8,7 +8,7 @@ gates (`scan.speedup >= 3`) and reports read them directly; `summary.attrs` carr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis import speedup, stats
+from harness.knobs import global_batch
 from harness.results import METRICS, PHASE_NAMES, Record
 
 if TYPE_CHECKING:
@@ -185,18 +186,13 @@ def _quality_columns(row: dict[str, Any], ok: Sequence[Record], meta: QualityMet
                                if target is not None and meta.primary else np.nan)
 
 
-def effective_batch(config: Mapping[str, Any]) -> int:
-    """batch_size x grad_accum of a config."""
-    return int(config.get("batch_size", 0)) * int(config.get("grad_accum", 1))
-
-
 def same_effective_batch(s: pd.DataFrame) -> list[str]:
     """Variants that differ from the baseline only in batch_size x grad_accum with the same product (the same
     gradient), the baseline included, fastest (median samples/s) first; empty when there are fewer than two."""
     base = s.attrs["baseline"]
-    target = effective_batch(s.at[base, "config"])
+    target = global_batch(s.at[base, "config"])
     same = [v for v, r in s.iterrows() if v == base or (set(r["changed"]) <= {"batch_size", "grad_accum"}
-                                                         and effective_batch(r["config"]) == target)]
+                                                         and global_batch(r["config"]) == target)]
     speed = {v: float(s.at[v, "samples_per_s"]) for v in same}
     return sorted(same, key=lambda v: -speed[v] if np.isfinite(speed[v]) else np.inf) if len(same) >= 2 else []
 

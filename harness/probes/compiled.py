@@ -15,7 +15,9 @@ with the reason, the second a crash worth reading.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,13 @@ class CompileClock:
         """(seconds, frames compiled) from mark `a` to mark `b`."""
         x, y = self.marks[a], self.marks[b]
         return max(0.0, y.seconds - x.seconds), y.frames - x.frames
+
+
+def unavailable_for(configs: Iterable[Any]) -> str | None:
+    """Why the first of `configs` that compiles cannot run here (`compile_unavailable` in its mode); None when
+    none compiles or compiling works."""
+    mode = next((c.compile_mode for c in configs if c.compile), None)
+    return compile_unavailable(mode) if mode is not None else None
 
 
 def compile_unavailable(mode: str = "default") -> str | None:

@@ -23,10 +23,10 @@ import pandas as pd
 from harness.analysis import advisor, cost, gates
 from harness.analysis.scaling import scaling_table
 from harness.analysis.stats import RatioEstimate
-from harness.analysis.summary import effective_batch, noise_floor, same_effective_batch, summarize
+from harness.analysis.summary import noise_floor, same_effective_batch, summarize
 from harness.description import WorkloadDescription, load_description
 from harness.experiment import load_saved_experiment
-from harness.knobs import GENERIC_BY_NAME
+from harness.knobs import GENERIC_BY_NAME, global_batch
 from harness.results import PHASE_NAMES, PRECISION_FILE, Record, load_records
 
 if TYPE_CHECKING:
@@ -99,6 +99,12 @@ def resolved(row: pd.Series, floor: float | None) -> bool:
     if not est.has_interval or est.ci_low <= 1.0 <= est.ci_high:
         return False
     return floor is None or not (1.0 / floor < est.ratio < floor)
+
+
+def peak_memory(row: pd.Series) -> float:
+    """The peak the tables show: CUDA allocated on a GPU, else the process's peak RSS (GiB)."""
+    gpu = float(row["cuda_peak_allocated_gib"])
+    return gpu if math.isfinite(gpu) else row["peak_rss_gib"]
 
 
 def _equiv_mark(row: pd.Series) -> str:
@@ -191,7 +197,7 @@ def _key_changes(s: pd.DataFrame, workload: WorkloadDescription | None) -> list[
 def _speed(s: pd.DataFrame) -> list[str]:
     rows = []
     for v, r in s.iterrows():
-        mem = r["cuda_peak_allocated_gib"] if math.isfinite(float(r["cuda_peak_allocated_gib"])) else r["peak_rss_gib"]
+        mem = peak_memory(r)
         rows.append([
             f"`{v}`", f"{fmt(r['samples_per_s'])} ({fmt(r['samples_per_s_min'])}–{fmt(r['samples_per_s_max'])})",
             fmt(r["tokens_per_s"]), fmt(r["padded_tokens_per_s"]), fmt(r["it_per_s"]),
@@ -252,11 +258,11 @@ def _effective_batch(s: pd.DataFrame) -> list[str]:
     rows = []
     for i, v in enumerate(ranked, 1):
         r = s.loc[v]
-        mem = r["cuda_peak_allocated_gib"] if math.isfinite(float(r["cuda_peak_allocated_gib"])) else r["peak_rss_gib"]
+        mem = peak_memory(r)
         rows.append([i, f"`{v}`", r["config"].get("batch_size"), r["config"].get("grad_accum", 1),
                      f"{fmt(r['samples_per_s'])} ({fmt(r['samples_per_s_min'])}–{fmt(r['samples_per_s_max'])})",
                      "baseline" if v == base else _ci(r), fmt(mem), _equiv_mark(r), r["status"]])
-    effective = effective_batch(cfg)
+    effective = global_batch(cfg)
     best = ranked[0]
     if best == base:
         verdict = f"the baseline `{base}` is the fastest measured"

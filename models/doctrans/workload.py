@@ -145,8 +145,7 @@ class DocTransWorkload(Workload):
 
     def validate(self, cfg: RunConfig) -> None:
         """One-line ValueErrors for sizes the model or the page layout cannot take."""
-        check_device(cfg.attention, "cuda" if cfg.device == "cuda" or cfg.device == "auto" and torch.cuda.is_available()
-                     else "cpu")
+        check_device(cfg.attention, cfg.device)
         depths = swin_depths(cfg)
         for side in ("image_h", "image_w"):
             _check_divisible(side, getattr(cfg, side), cfg.patch_px, f"patch_px={cfg.patch_px}")

@@ -76,8 +76,7 @@ class LMWorkload(Workload):
     quality_metrics = ("token_acc", "loss", "perplexity")
 
     def validate(self, cfg: RunConfig) -> None:
-        check_device(cfg.attention, "cuda" if cfg.device == "cuda" or cfg.device == "auto" and torch.cuda.is_available()
-                     else "cpu")
+        check_device(cfg.attention, cfg.device)
         if cfg.d_model % cfg.n_heads:
             raise ValueError(f"knob 'n_heads': bad value {cfg.n_heads}: it must divide d_model={cfg.d_model}")
         if cfg.max_length == 1:
