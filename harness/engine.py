@@ -45,6 +45,7 @@ from harness.probes.counters import (
     reset_peak_rss,
 )
 from harness.probes.sampler import ResourceSampler
+from harness.probes.state import StateProbe
 from harness.probes.timers import PhaseClock, WindowTimer
 from harness.trainer import Trainer, autocast
 from harness.workload import BatchCounts
@@ -69,12 +70,14 @@ class TrainResult:
     """The kernel's evidence over the window and the verdict ("" = not contended)."""
     pairing: dict[str, Any] = field(default_factory=dict)
     """Group runs only: {"group": [...names], "member": i, "first": [bool per measured step]}."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """The machine-state index read before the window opened and after it closed (`harness.probes.state`)."""
 
 
 class Meter:
     """Measures the steps of one trainer. `step()` runs one; `open()`/`pause()`/`resume()` bound the
     timed window; `finish()` computes the metrics. `sampler=False` when the caller samples itself
-    (a group shares one sampler)."""
+    (a group shares one sampler and one machine-state reading)."""
 
     def __init__(self, trainer: Trainer, *, sampler: bool = True, window_from_steps: bool = False,
                  instrument: bool = True) -> None:
@@ -94,6 +97,7 @@ class Meter:
         self.sampler = ResourceSampler(device.index or 0 if device.type == "cuda" else None,
                                        children=trainer.loader.num_workers > 0) if sampler else None
         self.contention = ContentionProbe(children=trainer.loader.num_workers > 0)
+        self.state = StateProbe(trainer.threads, enabled=sampler)
         self.stream = batches_forever(trainer.loader)
         self.compiles = CompileClock() if trainer.cfg.compile else None
         """torch.compile's work: before the first step, after it, when the window opens and closes."""
@@ -156,6 +160,7 @@ class Meter:
 
     def open(self) -> None:
         """Start the measured window: counters reset, memory peaks reset, sampler and clocks on."""
+        self.state.before()  # first: its 64 MiB copy must not count in the window's memory peak
         if self.counter is not None:
             self.counter.reset()
         reset_peak_rss()
@@ -240,13 +245,14 @@ class Meter:
             m["allreduce_busbw_gbps"] = tr.parallel.allreduce_busbw_gbps()
         tail = self.losses[-max(1, min(10, len(self.losses))):]
         m["final_loss"] = float(torch.stack(tail).mean()) if tail else None  # sync: once, after the window
+        self.state.after()  # last: after every reading of the window (its memory peak included)
         return TrainResult(
             metrics=m, step_ms=step_ms, step_cpu_ms=step_cpu_ms, warnings=list(tr.warnings),
             phase_ms={p: statistics.fmean(v) if v else 0.0 for p, v in phases.items()},
             timeline={k: list(v) for k, v in s.items() if v},
             notes={"nvml": sampler.nvml_status if sampler else "not sampled", "threads": tr.threads_reason,
                    **({"attention_kernels": ", ".join(sorted(self.kernels))} if self.kernels else {})},
-            contention={**evidence, "verdict": verdict(evidence)})
+            contention={**evidence, "verdict": verdict(evidence)}, state=self.state.to_dict())
 
     def _compile_metrics(self) -> None:
         """compile_s: torch.compile's seconds before the window (excluded from it); recompiles: frames compiled

@@ -20,10 +20,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
-READABLE_SCHEMA_VERSIONS = (1, 2, 3)
-"""Version 2 added step_cpu_ms, contention, pairing and attempt; version 3 ranks (defaults make older lines
-valid)."""
+SCHEMA_VERSION = 4
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)
+"""Version 2 added step_cpu_ms, contention, pairing and attempt; version 3 ranks; version 4 state (defaults make
+older lines valid)."""
 STATUSES = ("ok", "oom", "nan", "crash", "timeout", "skipped")
 PHASES = ("speed", "quality", "equivalence")
 RECORDS_FILE = "records.jsonl"
@@ -92,6 +92,9 @@ class Record:
     """Runs of a group interleaved in one process: ``group`` (the members' labels), ``member`` (this
     record's index), ``variants`` (the members' variant names), ``first`` (per measured step: did this
     member go first in its round)."""
+    state: Mapping[str, Any] = field(default_factory=dict)
+    """The machine-state index (`harness.probes.state`): reference-kernel ms ``before`` the window opened and
+    ``after`` it closed, the ``threads`` they ran on and their ``cost_s``; empty where not measured."""
     ranks: tuple[Mapping[str, Any], ...] = ()
     """Data-parallel runs (``ddp`` > 1): one summary per rank (`harness.distributed.rank_summary`): rank, status,
     error, window_s, samples, step_ms, busy_ms, communication_ms, peaks."""

@@ -364,7 +364,7 @@ def _result_fields(res: Mapping[str, Any]) -> dict[str, Any]:
                 step_cpu_ms=tuple(res.get("step_cpu_ms", ())), quality=res.get("quality", {}),
                 curve=tuple(res.get("curve", ())), equivalence=res.get("equivalence", {}),
                 timeline=res.get("timeline", {}), contention=res.get("contention", {}), pairing=pairing,
-                ranks=tuple(res.get("ranks", ())))
+                ranks=tuple(res.get("ranks", ())), state=res.get("state") or {})
 
 
 def records_from(experiment: str, job: Job, outcome: Outcome) -> list[Record]:
@@ -468,12 +468,12 @@ class _Sweep:
         recs = self._launch(job)
         if extra:
             self.extra_s += time.perf_counter() - start
-        while job.phase == "speed" and any(r.status == "ok" and r.contention.get("verdict") for r in recs):
+        while job.phase == "speed" and (disturbed := self.disturbed(recs)):
             if self.reruns >= self.exp.max_reruns or self.extra_s >= self.exp.budget_s or \
                     self.seconds_left() < self.run_s():
                 why = "re-runs" if self.reruns >= self.exp.max_reruns else \
                     "budget" if self.extra_s >= self.exp.budget_s else "sweep's time budget"
-                self.notes.append(f"{job.variant} repeat {job.repeat}: still contended, not re-run "
+                self.notes.append(f"{job.variant} repeat {job.repeat}: still {disturbed}, not re-run "
                                   f"(the {why} of the experiment is spent)")
                 return
             self.reruns += 1
@@ -482,6 +482,17 @@ class _Sweep:
             start = time.perf_counter()
             recs = self._launch(job)
             self.extra_s += time.perf_counter() - start
+
+    def disturbed(self, recs: list[Record]) -> str:
+        """"contended" or "interfered" (`harness.analysis.reproducibility`: its state kernels ran slower than this
+        session's median so far) when a speed run must be re-run; empty when it stands."""
+        from harness.analysis.reproducibility import interference, session_state
+
+        ok = [r for r in recs if r.status == "ok"]
+        if any(r.contention.get("verdict") for r in ok):
+            return "contended"
+        reference = session_state(self.records)
+        return "interfered" if any(interference(r, reference) for r in ok) else ""
 
     def seconds_left(self) -> float:
         """Seconds until the sweep-wide deadline (infinite without one)."""
@@ -624,6 +635,10 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
                 sweep.adapt(max([exp.repeats, *(r.repeat + 1 for r in sweep.records if r.phase == "speed")]),
                             job_for)
             done += sweep.done
+            if any(r.phase == "speed" for r in sweep.records):
+                from harness.history import snapshot
+
+                snapshot(out, exp.baseline_name)  # sessions.json beside the records; this session into the history
             if sweep.notes or sweep.reruns or sweep.extra_s:
                 (out / PRECISION_FILE).write_text(json.dumps(
                     {"reruns": sweep.reruns, "extra_s": sweep.extra_s, "notes": sweep.notes,

@@ -24,7 +24,8 @@ def result_fields(result: Any, caught: list[warnings.WarningMessage]) -> dict[st
     return {"metrics": result.metrics, "phase_ms": result.phase_ms, "step_ms": result.step_ms,
             "step_cpu_ms": result.step_cpu_ms, "quality": result.quality, "curve": result.curve,
             "warnings": result.warnings + raised, "timeline": result.timeline, "contention": result.contention,
-            "pairing": result.pairing, "notes": result.notes}
+            "pairing": result.pairing, "notes": result.notes,
+            "state": result.state}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:

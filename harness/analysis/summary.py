@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from harness.analysis import speedup, stats
+from harness.analysis import reproducibility, speedup, stats
 from harness.knobs import global_batch
 from harness.results import METRICS, PHASE_NAMES, Record
 
@@ -239,6 +239,7 @@ def summarize(records: list[Record], baseline: str, *, target: float | None = No
     base_config = next((dict(r.config) for r in by_variant[baseline]), {})
     base_speed = [r for r in latest_attempts(by_variant[baseline]) if r.phase == "speed" and r.status == "ok"]
     base_runs = _per_repeat(base_speed, "samples_per_s")
+    flagged = {(r.variant, r.repeat, r.attempt): why for r, why in reproducibility.interfered_runs(records)}
     rows = []
     for v in names:
         recs = by_variant[v]
@@ -259,6 +260,9 @@ def summarize(records: list[Record], baseline: str, *, target: float | None = No
         row["contended_runs"] = len(contended)
         row["contention"] = "; ".join(f"repeat {r.repeat} attempt {r.attempt}: {r.contention['verdict']}"
                                       for r in contended)
+        interfered = [(r, flagged[(v, r.repeat, r.attempt)]) for r in all_speed if (v, r.repeat, r.attempt) in flagged]
+        row["interfered_runs"] = len(interfered)
+        row["interference"] = "; ".join(f"repeat {r.repeat} attempt {r.attempt}: {why}" for r, why in interfered)
         row["reruns"] = sum(r.attempt > 0 for r in all_speed)
         row["still_contended"] = sum(bool(r.contention.get("verdict")) for r in speed)
         if v == baseline:

@@ -21,12 +21,15 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from harness.analysis import advisor, cost, gates
+from harness.analysis.reproducibility import INTERFERED_PCT
 from harness.analysis.scaling import scaling_table
 from harness.analysis.stats import RatioEstimate
 from harness.analysis.summary import noise_floor, same_effective_batch, summarize
 from harness.description import WorkloadDescription, load_description
 from harness.experiment import load_saved_experiment
+from harness.history import load_sessions
 from harness.knobs import GENERIC_BY_NAME, global_batch
+from harness.report.reproducibility import across_sessions, reproducibility_section
 from harness.results import PHASE_NAMES, PRECISION_FILE, Record, load_records
 
 if TYPE_CHECKING:
@@ -173,6 +176,11 @@ def headline(s: pd.DataFrame, floor: float | None = None) -> str:
         text += f", {primary} {fmt_delta(row[f'{primary}_delta'])}"
     if row["unstable"]:
         text += " (unstable: see the speed table)"
+    pooled = s.attrs.get("across_sessions", {}).get(best)
+    if pooled is not None and pooled.sessions >= 3:
+        text += f"; {pooled.describe()}"
+    elif pooled is not None:
+        text += f" (this session; {pooled.sessions} session(s) of this code on this machine so far)"
     return text
 
 
@@ -236,14 +244,16 @@ def _precision(s: pd.DataFrame, exp: Any, notes: Mapping[str, Any]) -> list[str]
             reached = f"±{fmt(hw)}%" if math.isfinite(hw) else "no interval"
             if target and math.isfinite(hw):
                 reached += " ✅" if hw <= float(target) else " (target not reached)"
-        rows.append([f"`{v}`", r["repeats"], reached, r.get("reruns", 0), r.get("contention", "") or "none"])
+        rows.append([f"`{v}`", r["repeats"], reached, r.get("reruns", 0), r.get("contention", "") or "none",
+                     r.get("interference", "") or "none"])
     lines = [f"Target: 95% interval half-width ≤ ±{fmt(target)}% of each speedup, within "
              f"{fmt(precision.get('max_repeats'))} repeats and {fmt(precision.get('budget_s'))} s of added runs; a "
-             "speed run whose steps waited for a CPU is re-run (at most "
+             "speed run whose steps waited for a CPU (contended), or whose machine-state kernels ran more than "
+             f"{INTERFERED_PCT:g}% slower than the session's median (interfered), is re-run (at most "
              f"{fmt(precision.get('max_reruns'))} re-runs)." if target else
              "No precision target (a fixed number of repeats).", ""]
-    lines += table(["Variant", "repeats", "half-width reached", "re-runs", "contended runs (evidence)"], rows,
-                   "lrrrl")
+    lines += table(["Variant", "repeats", "half-width reached", "re-runs", "contended runs (evidence)",
+                    "interfered runs (evidence)"], rows, "lrrrll")
     lines += [f"- {n}" for n in notes.get("notes", [])]
     return lines + [""]
 
@@ -478,11 +488,15 @@ def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | Save
     figures = figures_module.write_all(s, records, out_dir) if plots else {}
     notes_path = results_dir / PRECISION_FILE
     notes = json.loads(notes_path.read_text()) if notes_path.exists() else {}
+    sessions = load_sessions(results_dir)
+    s.attrs["across_sessions"] = across_sessions(s, sessions)
     lines = _header(s, records, exp, results_dir)
     lines += [f"**Headline:** {headline(s, floor)}.", ""]
     sections = [("Key changes", _key_changes(s, workload)), ("Warnings", _warnings(records)), ("Speed", _speed(s)),
                 ("Same effective batch", _effective_batch(s)), ("torch.compile", _compile(s)),
-                ("Precision and contention", _precision(s, exp, notes)), ("Noise floor", _noise(records, base)),
+                ("Precision and contention", _precision(s, exp, notes)),
+                ("Reproducibility", reproducibility_section(s, records, sessions)),
+                ("Noise floor", _noise(records, base)),
                 ("Data-parallel scaling", _ddp_scaling(s)), ("Equivalence", _equivalence(s)), ("Quality", _quality(s)),
                 ("Phase breakdown", _phases(s)), ("Gates", _gates(s, exp)), ("Advisor", _advice(s)),
                 ("Predicted vs measured cost", _costs(s, workload))]

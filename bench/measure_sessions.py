@@ -1,0 +1,284 @@
+"""How far a speedup moves between sessions, against its within-session interval: the reproducibility study.
+
+Runs the same experiment as N sessions spread over time, each exactly as a user would (`trainbench sweep FILE`,
+the default path, in a subprocess), some of them beside one busy process, with a shared session history of
+their own (``OUT/history.jsonl``) so that each session's report pools the sessions before it. Per session it
+also measures chosen variants in the engine's paired mode (their optimizer steps interleaved in one process, a
+few processes) to see whether finer interleaving shrinks the between-session shift. Then it writes the study:
+per variant each session's ratio and interval, the between-session SD (random effects) against the
+within-session half-width, the prediction interval for a new session, the machine-state index per session and
+whether normalising ratios by it would remove the shift.
+
+    python bench/measure_sessions.py --out runs/sessions --sessions 6 --every-min 12 --busy 2,4 \
+        --back-to-back 2 --report reports/reproducibility
+    python bench/measure_sessions.py --out runs/sessions --summarize --report reports/reproducibility
+
+A session already in OUT is not run again (the study can be resumed). The last line reads
+``sessions: N over M min; largest between-session SD: VARIANT ±X% (within-session ±Y%)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.analysis import reproducibility as repro
+from harness.analysis import speedup
+from harness.experiment import load_experiments
+from harness.history import load_sessions
+from harness.probes.state import KERNELS
+from harness.results import Record, append, iter_records
+from harness.runner import Launcher, group_job, records_from
+
+PAIRED_FILE = "paired"
+"""Per session, the records of the paired-mode processes (a results directory of their own)."""
+
+
+def run_session(i: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """One session: the sweep through the CLI, then the paired-mode processes; returns its metadata."""
+    session_dir = out / f"session-{i}"
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if i in args.busy else None
+    env = {**os.environ, "TRAINBENCH_HISTORY": str(out / "history.jsonl")}
+    start = time.time()
+    try:
+        cmd = ["trainbench", "sweep", args.experiment, "--out", str(session_dir), "--reports",
+               str(out / f"reports-{i}")]
+        with open(out / f"session-{i}.log", "w") as log:
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        sweep_s = time.time() - start
+        paired_s = run_paired(i, args, out) if args.paired else 0.0
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
+    meta = {"session": i, "busy": busy is not None, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start)),
+            "sweep_s": sweep_s, "paired_s": paired_s, "exit_code": code}
+    (out / f"session-{i}.json").write_text(json.dumps(meta))
+    return meta
+
+
+def run_paired(i: int, args: argparse.Namespace, out: Path) -> float:
+    """`args.paired_processes` fresh processes, each running the baseline and the paired variants step by step."""
+    exp = load_experiments(Path(args.experiment), {})[0]
+    names = [exp.baseline_name, *args.paired]
+    configs = {v: exp.configs[v] for v in names}
+    folder = out / f"session-{i}-{PAIRED_FILE}"
+    folder.mkdir(parents=True, exist_ok=True)
+    launcher = Launcher()
+    start = time.time()
+    for repeat in range(args.paired_processes):
+        order = names[repeat % len(names):] + names[:repeat % len(names)]
+        job = group_job(exp.name, {v: configs[v] for v in order}, repeat=repeat, rounds=args.rounds)
+        work = folder / "work"
+        work.mkdir(exist_ok=True)
+        for rec in records_from(exp.name, job, launcher.launch(job, work)):
+            append(folder, rec)
+    return time.time() - start
+
+
+def _estimate(base: Sequence[Record], variant: Sequence[Record]) -> dict[str, float]:
+    est, _ = speedup.estimate(base, variant, clock="wall")
+    return {"ratio": est.ratio, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": est.n}
+
+
+def collect(out: Path) -> list[dict[str, Any]]:
+    """Every finished session in OUT: its metadata, its sessions.json summary, its paired-mode estimates."""
+    sessions = []
+    for meta_file in sorted(out.glob("session-*.json"), key=lambda p: int(p.stem.split("-")[1])):
+        meta = json.loads(meta_file.read_text())
+        i = meta["session"]
+        data = load_sessions(out / f"session-{i}")
+        if not data:
+            continue
+        paired = {}
+        folder = out / f"session-{i}-{PAIRED_FILE}"
+        recs = [r for r in iter_records(folder) if r.status == "ok"] if folder.exists() else []
+        if recs:
+            base_name = data["this"]["baseline"]
+            base = [r for r in recs if r.variant == base_name]
+            for v in {r.variant for r in recs} - {base_name}:
+                paired[v] = _estimate(base, [r for r in recs if r.variant == v])
+        sessions.append({**meta, "summary": data["this"], "paired": paired})
+    return sessions
+
+
+def _cell(e: Mapping[str, Any] | None) -> str:
+    if not e or not e.get("ratio") or not math.isfinite(e["ratio"]):
+        return "–"
+    if not (e.get("ci_low") and math.isfinite(e["ci_low"])):
+        return f"x{e['ratio']:.3g}"
+    return f"x{e['ratio']:.3g} [{e['ci_low']:.3g}, {e['ci_high']:.3g}]"
+
+
+def _estimates(sessions: Sequence[Mapping[str, Any]], variant: str, key: str) -> list[repro.SessionEstimate]:
+    out = []
+    for s in sessions:
+        e = s["summary"]["variants"].get(variant) if key == "sweep" else s["paired"].get(variant)
+        if e and e.get("ratio"):
+            out.append(repro.SessionEstimate(str(s["session"]), e["ratio"], e["ci_low"], e["ci_high"], e["n"]))
+    return out
+
+
+def normalisation(sessions: Sequence[Mapping[str, Any]], variant: str) -> dict[str, Any]:
+    """Would dividing out the state index remove the shift? The kernel whose session medians best explain the
+    session log ratios (least squares, one slope), the share of their variance it explains (R^2), and the
+    between-session SD left after it; R^2 from one of three kernels fitted to k points is optimistic by about
+    1/(k-2), which the verdict allows for."""
+    ests = _estimates(sessions, variant, "sweep")
+    y = np.log([e.ratio for e in ests])
+    keyed = [s for s in sessions if s["summary"]["variants"].get(variant)]
+    best: dict[str, Any] = {"kernel": None, "r2": float("nan"), "sd_pct": float("nan"), "raw_sd_pct": float("nan")}
+    if len(y) < 4:
+        return best
+    best["raw_sd_pct"] = (math.exp(float(np.std(y, ddof=1))) - 1) * 100
+    for k in KERNELS:
+        x = np.log([next(iter(s["summary"]["state"].values()))[k] for s in keyed])
+        if np.std(x) == 0:
+            continue
+        slope, intercept = np.polyfit(x, y, 1)
+        resid = y - (slope * x + intercept)
+        r2 = 1 - float(np.sum(resid ** 2) / np.sum((y - y.mean()) ** 2)) if np.sum((y - y.mean()) ** 2) > 0 else 0.0
+        if not math.isfinite(best["r2"]) or r2 > best["r2"]:
+            best = {**best, "kernel": k, "r2": r2, "slope": float(slope),
+                    "sd_pct": (math.exp(float(np.sqrt(np.sum(resid ** 2) / (len(y) - 2)))) - 1) * 100}
+    return best
+
+
+def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: str) -> str:
+    """reports/reproducibility: README.md and sessions.json; returns the closing line."""
+    report.mkdir(parents=True, exist_ok=True)
+    variants = list(dict.fromkeys(v for s in sessions for v in s["summary"]["variants"]))
+    paired_variants = list(dict.fromkeys(v for s in sessions for v in s["paired"]))
+    first, last = sessions[0], sessions[-1]
+    span_min = (time.mktime(time.strptime(last["started"], "%Y-%m-%d %H:%M:%S")) -
+                time.mktime(time.strptime(first["started"], "%Y-%m-%d %H:%M:%S")) + last["sweep_s"]) / 60
+    commit = str(first["summary"].get("commit"))[:10]
+    heads = [f"{s['session']}{' (busy)' if s['busy'] else ''}" for s in sessions]
+    lines = [f"# Reproducibility: {first['summary']['experiment']} over {len(sessions)} sessions", "",
+             f"The same experiment run as {len(sessions)} sessions over {span_min:.0f} minutes on one machine "
+             f"(commit `{commit}`, {first['summary']['machine']}), each exactly as a user runs it "
+             "(`trainbench sweep`, default settings), sessions marked busy beside one `python -c 'while True: pass'`. "
+             "Per variant: each session's speedup over the baseline with its within-session 95% interval, the "
+             "between-session SD of the ratio (random effects, DerSimonian-Laird) beside the median within-session "
+             "half-width, and the 95% prediction interval for a new session (Higgins et al. 2009).", "",
+             "## Sessions", ""]
+    rows = []
+    for s in sessions:
+        state = next(iter(s["summary"]["state"].values()), {})
+        rows.append([s["session"], s["started"], "busy" if s["busy"] else "quiet", f"{s['sweep_s'] / 60:.1f}",
+                     *[f"{state.get(k, float('nan')):.3f}" for k in KERNELS], s["summary"].get("interfered", 0)])
+    lines += _table(["session", "started (UTC)", "machine", "sweep min", *[f"{k} ms" for k in KERNELS],
+                     "interfered runs"], rows)
+    lines += ["", "## Speedup per session (separate processes, the sweep's own figures)", ""]
+    rows, worst = [], ("", -1.0, 0.0)
+    for v in variants:
+        ests = _estimates(sessions, v, "sweep")
+        pooled = repro.pool(ests)
+        cells = [_cell(s["summary"]["variants"].get(v)) for s in sessions]
+        ratios = [e.ratio for e in ests]
+        moved = (max(ratios) / min(ratios) - 1) * 100 if ratios else float("nan")
+        if pooled is None:
+            rows.append([f"`{v}`", *cells, "–", "–", "–", "–"])
+            continue
+        rows.append([f"`{v}`", *cells, f"{moved:.0f}%", f"±{pooled.tau_pct:.1f}%", f"±{pooled.within_pct:.1f}%",
+                     f"x{pooled.ratio:.3g} [{pooled.pred_low:.3g}, {pooled.pred_high:.3g}]"
+                     if pooled.sessions >= 3 else "–"])
+        if pooled.tau_pct > worst[1]:
+            worst = (v, pooled.tau_pct, pooled.within_pct)
+    lines += _table(["variant", *heads, "max/min - 1", "between-session SD", "within-session ±",
+                     "next session (95% prediction)"], rows)
+    if paired_variants:
+        lines += ["", "## Finer interleaving: the same ratios in the engine's paired mode", "",
+                  "Each session also ran the baseline and these variants step by step in the same processes "
+                  f"({sessions[0].get('paired_processes', 3)} processes; wall clock, the process as the unit).", ""]
+        rows = []
+        for v in paired_variants:
+            sep, par = repro.pool(_estimates(sessions, v, "sweep")), repro.pool(_estimates(sessions, v, "paired"))
+            rows.append([f"`{v}`", *[_cell(s["paired"].get(v)) for s in sessions],
+                         f"±{par.tau_pct:.1f}%" if par else "–", f"±{sep.tau_pct:.1f}%" if sep else "–",
+                         f"x{par.ratio:.3g}" if par else "–", f"x{sep.ratio:.3g}" if sep else "–"])
+        lines += _table(["variant", *heads, "between-session SD, paired", "between-session SD, separate",
+                         "pooled ratio, paired", "pooled ratio, separate"], rows)
+    lines += ["", "## Would the state index remove the shift?", "",
+              "Per variant, the kernel whose session medians best explain the session log ratios (one slope, least "
+              "squares), the share of the between-session variance it explains, and the SD left after it.", ""]
+    rows = []
+    for v in variants:
+        n = normalisation(sessions, v)
+        rows.append([f"`{v}`", n["kernel"] or "–", f"{n['r2']:.2f}" if math.isfinite(n["r2"]) else "–",
+                     f"±{n['raw_sd_pct']:.1f}%" if math.isfinite(n["raw_sd_pct"]) else "–",
+                     f"±{n['sd_pct']:.1f}%" if math.isfinite(n["sd_pct"]) else "–"])
+    lines += _table(["variant", "best kernel", "R²", "session SD", "SD after normalising"], rows)
+    lines += ["", "## Reproduce", "", "```", command, "```", ""]
+    (report / "README.md").write_text("\n".join(lines))
+    (report / "sessions.json").write_text(json.dumps(
+        [{k: v for k, v in s.items()} for s in sessions], indent=1, default=str, allow_nan=True))
+    return (f"sessions: {len(sessions)} over {span_min:.0f} min; largest between-session SD: {worst[0]} "
+            f"±{worst[1]:.1f}% (within-session ±{worst[2]:.1f}%)")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    from harness.report.markdown import table
+
+    return table(headers, rows)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="bench/experiments/lm.toml")
+    parser.add_argument("--out", required=True, help="the study's folder (sessions, their records, the history)")
+    parser.add_argument("--sessions", type=int, default=6)
+    parser.add_argument("--every-min", type=float, default=12.0, help="minutes from one session's start to the next")
+    parser.add_argument("--busy", default="", help="comma-separated session numbers run beside one busy process")
+    parser.add_argument("--back-to-back", type=int, default=2, help="the last K sessions start as the one before ends")
+    parser.add_argument("--paired", default="per_sequence,chunk64", help="variants also measured in paired mode")
+    parser.add_argument("--paired-processes", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=30, help="measured rounds per paired-mode process")
+    parser.add_argument("--summarize", action="store_true", help="only write the study from the sessions in OUT")
+    parser.add_argument("--report", default="", help="folder for the study's README.md and sessions.json")
+    args = parser.parse_args(argv)
+    args.busy = {int(x) for x in args.busy.split(",") if x.strip()}
+    args.paired = [x for x in args.paired.split(",") if x.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python bench/measure_sessions.py " + " ".join(argv)
+    if not args.summarize:
+        t0 = time.time()
+        for i in range(1, args.sessions + 1):
+            if (out / f"session-{i}.json").exists():
+                continue
+            if i > 1 and i <= args.sessions - args.back_to_back + 1:
+                wait = t0 + (i - 1) * args.every_min * 60 - time.time()
+                if wait > 0:
+                    print(f"waiting {wait / 60:.1f} min for session {i}", flush=True)
+                    time.sleep(wait)
+            marker = Path(os.environ.get("TMPDIR", "/tmp")) / "trainbench-session-running"
+            marker.write_text(str(i))
+            try:
+                meta = run_session(i, args, out)
+            finally:
+                marker.unlink(missing_ok=True)
+            print(f"session {i}: {meta['started']} {'busy' if meta['busy'] else 'quiet'} "
+                  f"sweep {meta['sweep_s']:.0f} s, paired {meta['paired_s']:.0f} s, exit {meta['exit_code']}",
+                  flush=True)
+    sessions = collect(out)
+    for s in sessions:
+        s["paired_processes"] = args.paired_processes
+    if not sessions:
+        raise SystemExit(f"error: no finished session in {out}; run without --summarize first")
+    line = write_study(sessions, Path(args.report) if args.report else out / "study", command)
+    print(line)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,112 @@
+"""The machine's state at a run: three fixed reference kernels timed on the run's own threads.
+
+A sweep's intervals describe one session. Between sessions the host under a VM moves (shared caches, memory
+bandwidth, clocks, neighbours), and it moves kernels of different kinds differently, so a speedup between a
+latency-bound and a throughput-bound variant moves with it. The index separates what the variants depend on:
+
+- ``compute``: a 256 x 256 float32 matmul (arithmetic units and the clock; ~0.5 ms on one core);
+- ``memory``: a copy of a 32 MiB tensor into another (64 MiB touched, past the last-level cache of the
+  machines this runs on: memory bandwidth, which a neighbour streaming memory takes a share of);
+- ``latency``: 100 dependent elementwise ops on a 16-element tensor (per-op dispatch overhead: the
+  interpreter, the allocator, branch predictors; what a loop of small ops such as one-sequence-at-a-time pays).
+
+Each kernel is warmed once and timed `reps` times; its figure is the median ms. Measured on one core of this
+project's machine: quiet 0.5-0.8 / 3.5-4.1 / 1.2-1.3 ms; beside a process streaming memory on the other core
+the memory kernel rose to 4.9-5.6 ms (+30%), beside a busy Python loop the latency kernel to 1.5-1.6 ms (+30%).
+The engine measures the index before the window opens and after it closes (`Meter`), so a run carries the
+state of the machine on either side of its measured steps; what that costs is recorded (``cost_s``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+KERNELS = ("compute", "memory", "latency")
+"""The reference kernels, in the order they run."""
+REPS = {"compute": 8, "memory": 3, "latency": 5}
+"""Timed repetitions per kernel (after one warm-up): ~25 ms for all three on one core of this machine."""
+MEMORY_MIB = 32
+LATENCY_OPS = 100
+
+
+def _kernels(threads: int) -> dict[str, Callable[[], Any]]:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 256, generator=gen)
+    src = torch.ones(MEMORY_MIB * 1024 * 1024 // 4)
+    dst = torch.empty_like(src)
+    small = torch.ones(16)
+
+    def latency() -> Any:
+        x = small
+        for _ in range(LATENCY_OPS):
+            x = x * 1.0001 + 0.5
+        return x
+
+    return {"compute": lambda: a @ a, "memory": lambda: dst.copy_(src), "latency": latency}
+
+
+def measure(threads: int | None = None, reps: Mapping[str, int] | None = None) -> dict[str, float]:
+    """Median ms of each reference kernel, on the CPU, with `threads` intra-op threads (default: as set now).
+
+    Host-side work only: on a GPU run this describes the host that launches the kernels.
+    """
+    import torch
+
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        out = {}
+        for name, fn in _kernels(threads or saved).items():
+            fn()  # warm: first-touch page faults, the kernel's code and the thread pool
+            times = []
+            for _ in range((reps or REPS)[name]):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+            out[name] = statistics.median(times)
+        return out
+    finally:
+        torch.set_num_threads(saved)
+
+
+class StateProbe:
+    """Measures the index at the two ends of a window: `before()` when it opens, `after()` when it closes."""
+
+    def __init__(self, threads: int, enabled: bool = True) -> None:
+        self.threads = threads
+        self.enabled = enabled
+        self.readings: dict[str, dict[str, float]] = {}
+        self.cost_s = 0.0
+
+    def _read(self, when: str) -> None:
+        if not self.enabled:
+            return
+        t0 = time.perf_counter()
+        self.readings[when] = measure(self.threads)
+        self.cost_s += time.perf_counter() - t0
+
+    def before(self) -> None:
+        """Read the state before the window opens (not timed as training)."""
+        self._read("before")
+
+    def after(self) -> None:
+        """Read the state after the window closes."""
+        self._read("after")
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"before": {kernel: ms}, "after": {...}, "threads": n, "cost_s": s}``; empty when disabled."""
+        if not self.readings:
+            return {}
+        return {**self.readings, "threads": self.threads, "cost_s": self.cost_s}
+
+
+def run_state(state: Mapping[str, Any]) -> dict[str, float]:
+    """A run's state per kernel: the slower of its two readings (interference at either end counts)."""
+    readings = [state[w] for w in ("before", "after") if isinstance(state.get(w), Mapping)]
+    return {k: max(r[k] for r in readings) for k in KERNELS if readings and all(k in r for r in readings)}
