@@ -51,7 +51,9 @@ def run_session(i: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     env = {**os.environ, "TRAINBENCH_HISTORY": str(out / "history.jsonl")}
     start = time.time()
     try:
-        cmd = ["trainbench", "sweep", args.experiment, "--out", str(session_dir), "--reports",
+        # `python -m harness.cli` is `trainbench`, importing the harness of the working directory (a worktree of
+        # the commit under study), not whichever tree the console script was installed from
+        cmd = [sys.executable, "-m", "harness.cli", "sweep", args.experiment, "--out", str(session_dir), "--reports",
                str(out / f"reports-{i}")]
         with open(out / f"session-{i}.log", "w") as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
