@@ -13,9 +13,11 @@ run carries (`harness.probes.state`) and turns it into three things:
 - **sessions pooled**: with several sessions of the same code, config and machine, a random-effects model of the
   per-session log ratios (DerSimonian & Laird, 1986) separates the between-session variance tau^2 from each
   session's own; the 95% *prediction interval* for a new session (Higgins, Thompson & Spiegelhalter, 2009:
-  mu +/- t_{k-2} sqrt(tau^2 + se(mu)^2), k >= 3 sessions) is what a user who re-runs the sweep should expect, and
-  "reproduces within +/-X%" is its half-width. Assumptions: sessions independent, log ratios normal within and
-  between sessions; with few sessions tau^2 is imprecise, which the t quantile on k-2 degrees of freedom widens.
+  mu +/- t_{k-2} sqrt(tau^2 + se(mu)^2), k >= 3 sessions, widened by the median session's own variance: a user
+  who re-runs the sweep sees a new session's *measured* ratio, not its true one) is what that user should
+  expect, and "reproduces within +/-X%" is its half-width. Assumptions: sessions independent, log ratios normal
+  within and between sessions; with few sessions tau^2 is imprecise, which the t quantile on k-2 degrees of
+  freedom widens.
 
 Everything here reads records and the files beside them; nothing imports a workload or the runner.
 """
@@ -187,7 +189,8 @@ def pool(estimates: Sequence[SessionEstimate]) -> Pooled | None:
     nan = float("nan")
     ci = (math.exp(mu - stats.t_quantile_975(k - 1) * se), math.exp(mu + stats.t_quantile_975(k - 1) * se)) \
         if k >= 2 else (nan, nan)
-    half = stats.t_quantile_975(k - 2) * math.sqrt(tau2 + se ** 2) if k >= 3 else nan
+    # a new session's *measured* ratio: its true value varies by tau, and it is measured with a session's own error
+    half = stats.t_quantile_975(k - 2) * math.sqrt(tau2 + se ** 2 + float(np.median(v))) if k >= 3 else nan
     within = stats.median([(math.sqrt(e.ci_high / e.ci_low) - 1) * 100 for e in usable])
     return Pooled(sessions=k, ratio=math.exp(mu), ci_low=ci[0], ci_high=ci[1],
                   pred_low=math.exp(mu - half) if k >= 3 else nan, pred_high=math.exp(mu + half) if k >= 3 else nan,

@@ -10,7 +10,8 @@ latency-bound and a throughput-bound variant moves with it. The index separates 
 - ``latency``: 100 dependent elementwise ops on a 16-element tensor (per-op dispatch overhead: the
   interpreter, the allocator, branch predictors; what a loop of small ops such as one-sequence-at-a-time pays).
 
-Each kernel is warmed once and timed `reps` times; its figure is the median ms. Measured on one core of this
+Each kernel is warmed once and timed in `BLOCKS` blocks of a few calls; its figure is the median block's ms per
+call. Measured on one core of this
 project's machine: quiet 0.5-0.8 / 3.5-4.1 / 1.2-1.3 ms; beside a process streaming memory on the other core
 the memory kernel rose to 4.9-5.6 ms (+30%), beside a busy Python loop the latency kernel to 1.5-1.6 ms (+30%).
 The engine measures the index before the window opens and after it closes (`Meter`), so a run carries the
@@ -21,18 +22,21 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 KERNELS = ("compute", "memory", "latency")
 """The reference kernels, in the order they run."""
-REPS = {"compute": 8, "memory": 3, "latency": 5}
-"""Timed repetitions per kernel (after one warm-up): ~25 ms for all three on one core of this machine."""
+OPS_PER_BLOCK = {"compute": 3, "memory": 1, "latency": 2}
+"""Kernel calls per timed block: at least ~1 ms of CPU each, so that a block cannot fit between two throttles of a
+CPU quota whose slice is 1 ms (a quota is seen, not averaged away)."""
+BLOCKS = 3
+"""Timed blocks per kernel; the figure is the median block's ms per call (one hiccup moves one block)."""
 MEMORY_MIB = 32
 LATENCY_OPS = 100
 
 
-def _kernels(threads: int) -> dict[str, Callable[[], Any]]:
+def _kernels() -> dict[str, Callable[[], Any]]:
     import torch
 
     gen = torch.Generator().manual_seed(0)
@@ -50,10 +54,9 @@ def _kernels(threads: int) -> dict[str, Callable[[], Any]]:
     return {"compute": lambda: a @ a, "memory": lambda: dst.copy_(src), "latency": latency}
 
 
-def measure(threads: int | None = None, reps: Mapping[str, int] | None = None) -> dict[str, float]:
-    """Median ms of each reference kernel, on the CPU, with `threads` intra-op threads (default: as set now).
-
-    Host-side work only: on a GPU run this describes the host that launches the kernels.
+def measure(threads: int | None = None, blocks: int = BLOCKS) -> dict[str, float]:
+    """Median-block ms per call of each reference kernel, on the CPU, with `threads` intra-op threads (default: as
+    set now). Host-side work only: on a GPU run this describes the host that launches the kernels.
     """
     import torch
 
@@ -62,14 +65,15 @@ def measure(threads: int | None = None, reps: Mapping[str, int] | None = None) -
         torch.set_num_threads(threads)
     try:
         out = {}
-        for name, fn in _kernels(threads or saved).items():
+        for name, fn in _kernels().items():
             fn()  # warm: first-touch page faults, the kernel's code and the thread pool
-            times = []
-            for _ in range((reps or REPS)[name]):
+            per_call = []
+            for _ in range(blocks):
                 t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-            out[name] = statistics.median(times)
+                for _ in range(OPS_PER_BLOCK[name]):
+                    fn()
+                per_call.append((time.perf_counter() - t0) * 1e3 / OPS_PER_BLOCK[name])
+            out[name] = statistics.median(per_call)
         return out
     finally:
         torch.set_num_threads(saved)
@@ -105,8 +109,3 @@ class StateProbe:
             return {}
         return {**self.readings, "threads": self.threads, "cost_s": self.cost_s}
 
-
-def run_state(state: Mapping[str, Any]) -> dict[str, float]:
-    """A run's state per kernel: the slower of its two readings (interference at either end counts)."""
-    readings = [state[w] for w in ("before", "after") if isinstance(state.get(w), Mapping)]
-    return {k: max(r[k] for r in readings) for k in KERNELS if readings and all(k in r for r in readings)}
