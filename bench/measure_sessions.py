@@ -110,7 +110,8 @@ def collect(out: Path) -> list[dict[str, Any]]:
             base = [r for r in recs if r.variant == base_name]
             for v in {r.variant for r in recs} - {base_name}:
                 paired[v] = _estimate(base, [r for r in recs if r.variant == v])
-        sessions.append({**meta, "summary": data["this"], "paired": paired})
+        state_s = sum(float(r.state.get("cost_s") or 0.0) for r in iter_records(out / f"session-{i}"))
+        sessions.append({**meta, "summary": data["this"], "paired": paired, "state_cost_s": state_s})
     return sessions
 
 
@@ -178,9 +179,10 @@ def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: st
     for s in sessions:
         state = next(iter(s["summary"]["state"].values()), {})
         rows.append([s["session"], s["started"], "busy" if s["busy"] else "quiet", f"{s['sweep_s'] / 60:.1f}",
-                     *[f"{state.get(k, float('nan')):.3f}" for k in KERNELS], s["summary"].get("interfered", 0)])
+                     *[f"{state.get(k, float('nan')):.3f}" for k in KERNELS], s["summary"].get("interfered", 0),
+                     f"{s['state_cost_s']:.1f} s ({s['state_cost_s'] / s['sweep_s'] * 100:.1f}%)"])
     lines += _table(["session", "started (UTC)", "machine", "sweep min", *[f"{k} ms" for k in KERNELS],
-                     "interfered runs"], rows)
+                     "interfered runs", "state index cost (of the sweep)"], rows)
     lines += ["", "## Speedup per session (separate processes, the sweep's own figures)", ""]
     rows, worst = [], ("", -1.0, 0.0)
     for v in variants:

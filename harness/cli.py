@@ -452,8 +452,22 @@ def _machine_text() -> str:
              f"  fixed 256x256 matmul: {m.matmul_ms_1_thread:.3f} ms with 1 thread, {m.matmul_ms_all_threads:.3f} ms "
              f"with {m.usable_cores}"]
     lines += [f"  busy: {p}" for p in m.busy_processes]
+    lines.append(_state_text())
     lines += [f"  -> {a}" for a in m.advice()]
     return "\n".join(lines)
+
+
+def _state_text() -> str:
+    """The machine-state index now (one thread), against the best this machine showed in the session history."""
+    from harness.history import best_state, machine_fingerprint, read_history
+    from harness.probes.state import KERNELS, measure
+    from harness.results import collect_env
+
+    now = measure(1)
+    best = best_state(read_history(), machine_fingerprint(collect_env())).get("t1", {})
+    parts = [f"{k} {now[k]:.3f} ms" + (f" ({(now[k] / best[k] - 1) * 100:+.0f}% vs best {best[k]:.3f})"
+                                       if best.get(k) else "") for k in KERNELS]
+    return "  machine state (1 thread): " + ", ".join(parts) + ("" if best else " (no earlier session recorded)")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

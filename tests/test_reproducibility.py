@@ -20,6 +20,7 @@ from harness.analysis import reproducibility as repro
 from harness.analysis import summarize
 from harness.experiment import build
 from harness.probes import state as state_probe
+from harness.probes.contention import verdict
 from harness.results import Record, load_records
 from harness.runner import Job, Launcher, Outcome, run_experiment
 from tests.conftest import TOY
@@ -31,9 +32,9 @@ class StateLauncher(Launcher):
     """Planted outcomes: samples/s per variant; the machine state of the speed runs listed in `slow` (their order
     among speed runs, 0-based) has its memory kernel 1.6x the quiet figure."""
 
-    def __init__(self, slow: set[int]) -> None:
+    def __init__(self, slow: set[int], memory_scale: float = 1.0) -> None:
         super().__init__()
-        self.slow, self.speed_runs = slow, 0
+        self.slow, self.speed_runs, self.scale = slow, 0, memory_scale
         self.jobs: list[Job] = []
 
     def launch(self, job: Job, workdir: Path) -> Outcome:
@@ -42,7 +43,7 @@ class StateLauncher(Launcher):
         if job.phase == "speed":
             factor = 1.6 if self.speed_runs in self.slow else 1.0
             self.speed_runs += 1
-            reading = {**QUIET, "memory": QUIET["memory"] * factor}
+            reading = {**QUIET, "memory": QUIET["memory"] * factor * self.scale}
             state = {"before": reading, "after": reading, "threads": 1, "cost_s": 0.05}
         result = {"status": "ok", "env": {"cpu_model": "c", "cpu_cores": 2, "torch": "t", "git_commit": "abc",
                                           "git_dirty": False, "time": f"2026-12-07 00:00:{self.speed_runs:02d}"},
@@ -125,8 +126,21 @@ def test_prediction_interval_covers_new_sessions_in_simulation() -> None:
     assert hits / trials >= 0.93, hits / trials
 
 
-def _records(path: Path) -> None:
-    run_experiment(_exp(), path, launcher=StateLauncher(slow=set()))
+def _records(path: Path, memory_scale: float = 1.0) -> None:
+    run_experiment(_exp(), path, launcher=StateLauncher(slow=set(), memory_scale=memory_scale))
+
+
+def test_compare_names_a_moved_machine_state(tmp_path: Path, monkeypatch) -> None:
+    from harness.analysis.compare import compare
+
+    monkeypatch.setenv("TRAINBENCH_HISTORY", str(tmp_path / "h.jsonl"))
+    _records(tmp_path / "old")
+    _records(tmp_path / "same")
+    _records(tmp_path / "new", memory_scale=1.2)
+    text, _ = compare(tmp_path / "old", tmp_path / "new", [])
+    assert "The machine's state moved between the two sessions" in text
+    assert "t1: memory kernel 20% slower than in OLD" in text
+    assert "state moved" not in compare(tmp_path / "old", tmp_path / "same", [])[0]
 
 
 def test_snapshot_pools_clean_sessions_of_the_same_code_only(tmp_path: Path, monkeypatch) -> None:
@@ -198,8 +212,8 @@ def test_a_speed_run_records_its_state(tmp_path: Path) -> None:
 
 # ---- known loads: the kernels move when the machine does --------------------------------------------------------
 
-STREAM = ("import numpy as np\na = np.ones(16 * 1024 * 1024)\nb = np.empty_like(a)\n"
-          "while True:\n    np.copyto(b, a)\n")
+STREAM = ("import numpy as np\na = np.ones(16 * 1024 * 1024)\nb = np.empty_like(a)\nnp.copyto(b, a)\n"
+          "print('ready', flush=True)\nwhile True:\n    np.copyto(b, a)\n")
 
 
 def _memory_ms() -> float:
@@ -209,11 +223,12 @@ def _memory_ms() -> float:
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs a second core for the neighbour")
 def test_a_neighbour_streaming_memory_moves_the_memory_kernel() -> None:
     alone, beside = [], []
-    for _ in range(3):  # alternate, so a drift of the machine hits both sides
+    for _ in range(5):  # alternate, so a drift of the machine hits both sides
         alone.append(_memory_ms())
-        neighbour = subprocess.Popen([sys.executable, "-c", STREAM])
+        neighbour = subprocess.Popen([sys.executable, "-c", STREAM], stdout=subprocess.PIPE, text=True)
         try:
-            time.sleep(0.5)  # its arrays allocated and streaming
+            assert neighbour.stdout.readline().strip() == "ready"  # its 2 x 128 MiB touched: streaming from now on
+            time.sleep(0.2)
             beside.append(_memory_ms())
         finally:
             neighbour.kill()
@@ -224,9 +239,12 @@ def test_a_neighbour_streaming_memory_moves_the_memory_kernel() -> None:
 
 QUOTA_SCRIPT = """
 import json, sys
+from harness.probes.contention import ContentionProbe
 from harness.probes.state import measure
-measure(1)
-print(json.dumps(measure(1)))
+probe = ContentionProbe()
+probe.start()
+state = measure(1, scale=4)  # blocks of >= 4 ms: longer than the scheduler tick that enforces the quota
+print(json.dumps({**state, "evidence": probe.stop().to_dict()}))
 """
 
 
@@ -264,6 +282,11 @@ def test_a_cpu_quota_moves_all_three_kernels(tmp_path: Path) -> None:
         free, quota = run(False), run(True)
     finally:
         group.rmdir()
-    # every block holds >= ~1 ms of CPU, more than the 1 ms slice: each one waits out at least one 9 ms throttle
+    # every block holds >= 4 ms of CPU, more than the 1 ms slice and a tick: each one waits out a 9 ms throttle
     for k in state_probe.KERNELS:
         assert quota[k] > 1.5 * free[k], (k, free, quota)
+    # and the contention probe reads the quota and its throttling from the cgroup itself
+    ev = quota["evidence"]
+    assert ev["quota_cores"] == pytest.approx(0.1) and ev["throttled_ms"] > 0
+    assert "CPU quota of 0.1 cores" in verdict(ev)
+    assert free["evidence"]["throttled_ms"] == 0 and "quota" not in verdict(free["evidence"])

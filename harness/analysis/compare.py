@@ -67,6 +67,20 @@ def _values(records: Sequence[Record], variant: str, metric: str, quality: bool)
     return out
 
 
+def _state_note(old: Sequence[Record], new: Sequence[Record]) -> list[str]:
+    """A warning when the machine-state index of the two sessions differs (the host moved between them)."""
+    from harness.analysis.reproducibility import SHIFT_PCT, describe_shift, session_state
+
+    before, after = session_state(old), session_state(new)
+    moved = [f"{key}: {text}" for key in sorted(before.keys() & after.keys())
+             if (text := describe_shift(after[key], before[key], "in OLD"))]
+    if not moved:
+        return []
+    return [f"> **The machine's state moved between the two sessions** (reference kernels, NEW against OLD, beyond "
+            f"±{SHIFT_PCT:g}%): {'; '.join(moved)}. A speed change below may be the host's, not the code's: re-measure "
+            "both in one session (`trainbench compare --against`).", ""]
+
+
 def _fmt(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.4g}"
 
@@ -84,6 +98,7 @@ def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
     if machines[0] != machines[1]:
         lines += [f"> **Different machines** ({', '.join(sorted(machines[0]))} vs {', '.join(sorted(machines[1]))}):"
                   " speed changes mix code and hardware.", ""]
+    lines += _state_note(old, new)
     for v in variants:
         configs = ({json.dumps(dict(r.config), sort_keys=True, default=str) for r in old if r.variant == v},
                    {json.dumps(dict(r.config), sort_keys=True, default=str) for r in new if r.variant == v})

@@ -28,6 +28,8 @@ WAITED_PCT = 10.0
 """A single-threaded CPU run whose wall time exceeds its CPU time by this much waited for a core."""
 PREEMPTED_PER_S = 20.0
 """Involuntary context switches per second that make wall-minus-CPU time a wait for a core (not a sleep)."""
+THROTTLED_PCT = 1.0
+"""A window throttled by a cgroup CPU quota for more than this share of its length is contended."""
 OVERSUBSCRIBED_MARGIN = 0.25
 """Cores: ours + the others' CPU use above the usable cores by this much means someone waited."""
 
@@ -71,6 +73,59 @@ def _own_cpu_s(process: psutil.Process, children: bool = True) -> tuple[float, i
     return cpu, usage.ru_nivcsw
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_cpu_dirs() -> list[Path]:
+    """This process's cgroup folders with CPU bandwidth files, innermost first (v2 unified or v1 cpu); [] if none."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: the unified hierarchy (at the root, or under unified/ in hybrid mode)
+            candidates += [CGROUP_ROOT / path.lstrip("/"), CGROUP_ROOT / "unified" / path.lstrip("/")]
+        elif "cpu" in controllers.split(","):
+            candidates += [CGROUP_ROOT / controllers / path.lstrip("/"), CGROUP_ROOT / "cpu" / path.lstrip("/")]
+    dirs = []
+    for start in candidates:
+        d = start
+        while True:
+            if ((d / "cpu.max").exists() or (d / "cpu.cfs_quota_us").exists()) and d not in dirs:
+                dirs.append(d)
+            if d == CGROUP_ROOT or CGROUP_ROOT not in d.parents:
+                break
+            d = d.parent
+    return dirs
+
+
+def cpu_quota() -> tuple[float | None, float]:
+    """(the tightest CPU quota over this process's cgroups in cores, None when unlimited; seconds its groups have
+    been throttled so far). cgroup v2 ``cpu.max`` / ``cpu.stat throttled_usec``, v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us`` / ``cpu.stat throttled_time``; a quota set on a parent group throttles its children and
+    counts in the parent's own cpu.stat, so the throttled time is summed over the chain."""
+    quota, throttled = None, 0.0
+    for d in _cgroup_cpu_dirs():
+        try:
+            if (d / "cpu.max").exists():
+                q, period = (d / "cpu.max").read_text().split()[:2]
+                cores = None if q == "max" else float(q) / float(period)
+                key, unit = "throttled_usec", 1e-6
+            else:
+                q_us = float((d / "cpu.cfs_quota_us").read_text())
+                cores = None if q_us < 0 else q_us / float((d / "cpu.cfs_period_us").read_text())
+                key, unit = "throttled_time", 1e-9
+            stat = dict(line.split() for line in (d / "cpu.stat").read_text().splitlines() if " " in line)
+            throttled += float(stat.get(key, 0)) * unit
+        except (OSError, ValueError):
+            continue
+        if cores is not None:
+            quota = cores if quota is None else min(quota, cores)
+    return quota, throttled
+
+
 @dataclass(frozen=True, slots=True)
 class ContentionEvidence:
     """What the kernel says about CPU contention over one measured window."""
@@ -90,6 +145,10 @@ class ContentionEvidence:
     """Cores this run asks for: its torch threads (at most the usable cores) plus its worker processes."""
     waited_pct: float | None
     """Single-threaded CPU runs only: (wall - CPU) / wall over the measured steps, in percent."""
+    quota_cores: float | None = None
+    """The tightest CPU quota of this process's cgroups, in cores (None: unlimited)."""
+    throttled_ms: float = 0.0
+    """Milliseconds of the window this process's cgroups spent throttled by their quota."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form for the record."""
@@ -109,6 +168,7 @@ class ContentionProbe:
         """Open the window."""
         busy, steal, total = _proc_stat()
         cpu, switches = _own_cpu_s(self._process, self._children)
+        self._throttled0 = cpu_quota()[1]
         self._start = (time.perf_counter(), busy, steal, total, cpu, switches)
 
     def stop(self, step_wall_ms: Sequence[float] = (), step_cpu_ms: Sequence[float] = (),
@@ -119,6 +179,7 @@ class ContentionProbe:
         window = max(time.perf_counter() - t0, 1e-9)
         busy, steal, total = _proc_stat()
         cpu, switches = _own_cpu_s(self._process, self._children)
+        quota, throttled = cpu_quota()
         own = (cpu - cpu0) / window
         machine_busy = (busy - busy0) / window if total > total0 else 0.0
         waited = None
@@ -130,7 +191,8 @@ class ContentionProbe:
             steal_pct=(steal - steal0) / (total - total0) * 100.0 if total > total0 else 0.0,
             involuntary_switches_per_s=(switches - switches0) / window,
             load_avg_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
-            demand_cores=min(float(demand_cores), float(usable_cores())), waited_pct=waited)
+            demand_cores=min(float(demand_cores), float(usable_cores())), waited_pct=waited, quota_cores=quota,
+            throttled_ms=max(0.0, throttled - self._throttled0) * 1e3)
 
 
 def verdict(ev: ContentionEvidence | dict[str, Any]) -> str:
@@ -150,6 +212,10 @@ def verdict(ev: ContentionEvidence | dict[str, Any]) -> str:
     if e["other_cpu_cores"] > free + OVERSUBSCRIBED_MARGIN:
         reasons.append(f"other processes kept {e['other_cpu_cores']:.2f} cores busy while it needed "
                        f"{e.get('demand_cores', 0):g} of {e['usable_cores']} (it got {e['own_cpu_cores']:.2f})")
+    throttled = e.get("throttled_ms") or 0.0
+    if throttled > max(1.0, THROTTLED_PCT / 100 * e["window_s"] * 1e3):
+        reasons.append(f"a CPU quota of {e.get('quota_cores') or 0:g} cores throttled it for {throttled:.0f} ms of "
+                       f"its {e['window_s']:.2f} s window")
     if e["steal_pct"] > 5.0:
         reasons.append(f"{e['steal_pct']:.0f}% of CPU time stolen by the hypervisor")
     return "; ".join(reasons)

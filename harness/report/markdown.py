@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from harness.analysis import advisor, cost, gates
-from harness.analysis.reproducibility import INTERFERED_PCT
+from harness.analysis.reproducibility import INTERFERED_PCT, interfered_runs, run_state
 from harness.analysis.scaling import scaling_table
 from harness.analysis.stats import RatioEstimate
 from harness.analysis.summary import noise_floor, same_effective_batch, summarize
@@ -542,9 +542,12 @@ def write_report_json(s: pd.DataFrame, records: Sequence[Record], notes: Mapping
     """report.json: the headline (read by the index) and, per variant, the speedup, its interval, n, the
     half-width reached and the contention evidence of every speed run, for scripts."""
     variants = {}
+    interfered = {id(x): why for x, why in interfered_runs(records)}
     for v, r in s.iterrows():
         runs = [{"repeat": x.repeat, "attempt": x.attempt, "samples_per_s": _num(x.metrics.get("samples_per_s")),
-                 "contention": dict(x.contention)} for x in records if x.variant == v and x.phase == "speed"]
+                 "contention": dict(x.contention), "state_ms": run_state(x), "interfered": interfered.get(id(x), "")}
+                for x in records if x.variant == v and x.phase == "speed"]
+        pooled = s.attrs.get("across_sessions", {}).get(v)
         variants[v] = {
             "speedup": _num(r["speedup"]), "ci_low": _num(r["speedup_ci_low"]), "ci_high": _num(r["speedup_ci_high"]),
             "n": int(r.get("speedup_pairs", 0) or 0), "interval": r.get("speedup_method"),
@@ -552,8 +555,12 @@ def write_report_json(s: pd.DataFrame, records: Sequence[Record], notes: Mapping
             "resolved": bool(s.attrs.get("resolved", {}).get(v, False)),
             "samples_per_s": _num(r["samples_per_s"]), "repeats": int(r["repeats"]),
             "reruns": int(r.get("reruns", 0)), "contended_runs": int(r.get("contended_runs", 0)),
-            "still_contended": int(r.get("still_contended", 0)), "equivalence": r.get("equiv_status"),
-            "runs": runs}
+            "still_contended": int(r.get("still_contended", 0)), "interfered_runs": int(r.get("interfered_runs", 0)),
+            "equivalence": r.get("equiv_status"), "runs": runs,
+            "across_sessions": None if pooled is None else {
+                "sessions": pooled.sessions, "ratio": _num(pooled.ratio), "prediction_low": _num(pooled.pred_low),
+                "prediction_high": _num(pooled.pred_high), "between_session_sd_pct": _num(pooled.tau_pct),
+                "within_session_half_width_pct": _num(pooled.within_pct)}}
     path.write_text(json.dumps({**meta, "baseline": s.attrs["baseline"], "precision": dict(notes),
                                 "variants": variants}, indent=1, default=str))
 
