@@ -343,14 +343,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     measured against a base revision's."""
     if args.against is not None:
         return _compare_against(args)
-    from harness.analysis.compare import compare
+    from harness.analysis.compare import InsufficientEvidence, compare
 
     if len(args.items) != 2:
         raise ValueError(f"compare takes two results directories (got {len(args.items)}: {' '.join(args.items)}); "
                          "or measure this tree against a revision: trainbench compare --against main [WORKLOAD ...]")
     if args.fail_on is None:
         args.fail_on = []
-    text, failed = compare(Path(args.items[0]), Path(args.items[1]), args.fail_on)
+    try:
+        text, failed = compare(Path(args.items[0]), Path(args.items[1]), args.fail_on)
+    except InsufficientEvidence as exc:
+        print(exc.text)  # the table, then the one-line error (exit 2)
+        raise
     print(text)
     return 1 if failed else 0
 

@@ -63,3 +63,33 @@ def test_different_configs_are_said(tmp_path):
     new = [speed_record("a", r, config={**base_config(), "batch_size": 64}) for r in range(3)]
     text, _ = compare(write(tmp_path / "old", old), write(tmp_path / "new", new), fail_on=[])
     assert "**`a` ran different configs**: batch_size=" in text and "-> 64" in text
+
+
+def test_one_or_two_runs_per_side_are_insufficient_never_significant(tmp_path, capsys):
+    from harness.cli import main
+
+    old = write(tmp_path / "old", [speed_record("a", 0, speedup=1.0)])  # 1 run
+    new = write(tmp_path / "new", [speed_record("a", r, speedup=0.5, noise=0.01 * r) for r in range(2)])  # 2 runs
+    text, failed = compare(old, new, fail_on=[])
+    row = next(line for line in text.splitlines() if line.startswith("| a | samples_per_s |"))
+    assert "-49.8%" in row and "insufficient (1 vs 2 runs; need >= 3 each)" in row
+    assert "| yes |" not in text and not failed
+    assert main(["compare", str(old), str(new)]) == 0
+    assert main(["compare", str(old), str(new), "--fail-on", "samples_per_s:-10%"]) == 2
+    out, err = capsys.readouterr()
+    assert "undecided: insufficient" in out  # the table still prints
+    assert err.strip().splitlines()[-1] == (
+        "error: --fail-on cannot be decided: fewer than 3 runs on a side for a samples_per_s (1 old vs 2 new runs); "
+        "run each sweep with --repeats 3 or more")
+
+
+def test_a_rerun_replaces_its_contended_attempt(tmp_path):
+    import dataclasses
+
+    old = [speed_record("a", r, speedup=1.0) for r in range(3)]
+    new = [speed_record("a", r, speedup=1.0) for r in range(3)]
+    slow = dataclasses.replace(new[0], metrics={**new[0].metrics, "samples_per_s": 1.0})  # contended, then re-run
+    new = [slow, dataclasses.replace(new[0], attempt=1), *new[1:]]
+    text, _ = compare(write(tmp_path / "old", old), write(tmp_path / "new", new), fail_on=[])
+    row = next(line for line in text.splitlines() if line.startswith("| a | samples_per_s |"))
+    assert "+0.0%" in row

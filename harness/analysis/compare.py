@@ -2,9 +2,11 @@
 its significance, and `--fail-on 'samples_per_s:-10%'` thresholds for CI.
 
 Runs of two sweeps cannot be paired, so each ratio new/old is a ratio of medians of per-run values with
-an (unpaired) bootstrap CI; a change is significant when that CI excludes 1.0. A threshold is crossed
-when the point estimate of the change passes it (significant or not: CI gates should not wait for noise
-to settle before flagging a large drop; the table says which changes are within noise).
+an (unpaired) bootstrap CI, from the latest attempt of each run (a re-run replaces a contended one); a change is
+significant when that CI excludes 1.0. Below 3 runs on either side there is no interval: "insufficient", never
+significant, and a `--fail-on` threshold on such a metric cannot be decided (`InsufficientEvidence`, exit 2). A
+threshold is crossed when the point estimate of the change passes it (significant or not: CI gates should not wait
+for noise to settle before flagging a large drop; the table says which changes are within noise).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.analysis import stats
+from harness.analysis.summary import latest_attempts
 from harness.results import Record, load_records, machine_id
 
 COMPARED = ("samples_per_s", "tokens_per_s", "it_per_s", "step_ms_median", "forward_calls_per_step",
@@ -56,6 +59,14 @@ MIN_CHANGE_PCT = 0.1
 """Changes smaller than this are never called significant (a constant figure has an interval of width 0)."""
 
 
+class InsufficientEvidence(ValueError):
+    """A --fail-on threshold whose metric has too few runs on one side for an interval; `text` is the table."""
+
+    def __init__(self, message: str, text: str) -> None:
+        super().__init__(message)
+        self.text = text
+
+
 def _values(records: Sequence[Record], variant: str, metric: str, quality: bool) -> list[float]:
     phase = "quality" if quality else "speed"
     out = []
@@ -88,7 +99,7 @@ def _fmt(x: float) -> str:
 def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
             fail_on: list[str]) -> tuple[str, bool]:
     """Markdown table of per-variant, per-metric changes (new vs old) and whether a --fail-on was crossed."""
-    old, new = load_records(old_dir), load_records(new_dir)
+    old, new = latest_attempts(load_records(old_dir)), latest_attempts(load_records(new_dir))
     quality_names = sorted({m for r in [*old, *new] for m in r.quality})
     metrics = [*COMPARED, *quality_names]
     thresholds = parse_fail_on(fail_on, metrics)
@@ -114,6 +125,7 @@ def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
     lines += ["| variant | metric | old (median) | new (median) | change | 95% CI of new/old | significant | gate |",
               "|---|---|---:|---:|---:|---|---|---|"]
     failed = False
+    undecided: list[str] = []
     for v in variants:
         for metric in metrics:
             q = metric in quality_names
@@ -122,16 +134,20 @@ def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
                 continue
             est = stats.unpaired_ratio(b, a)
             change = (est.ratio - 1.0) * 100.0
-            ci = f"[{est.ci_low:.3f}, {est.ci_high:.3f}]" if math.isfinite(est.ci_low) else "n/a (1 run)"
+            ci = f"[{est.ci_low:.3f}, {est.ci_high:.3f}]" if math.isfinite(est.ci_low) else \
+                f"insufficient ({len(a)} vs {len(b)} runs; need >= {est.need} each)"
             if not math.isfinite(est.ci_low):
-                sig = "n/a"
+                sig = "insufficient"
             elif abs(change) < MIN_CHANGE_PCT:  # e.g. the same peak RSS to the byte: an interval of width 0
                 sig = f"no (below {MIN_CHANGE_PCT:g}%)"
             else:
                 sig = "yes" if est.significant else "no (within noise)"
             gate = ""
             for t in thresholds:
-                if t.metric == metric:
+                if t.metric == metric and not math.isfinite(est.ci_low):
+                    undecided.append(f"{v} {metric} ({len(a)} old vs {len(b)} new runs)")
+                    gate = "undecided: insufficient"
+                elif t.metric == metric:
                     hit = t.crossed(change)
                     failed |= hit
                     gate = f"❌ crossed {t.pct:+g}%" if hit else f"✅ within {t.pct:+g}%"
@@ -139,6 +155,11 @@ def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
                          f"{change:+.1f}% | {ci} | {sig} | {gate} |")
     if not variants:
         lines.append("| (no variant in both directories) | | | | | | | |")
-    lines += ["", f"**Result: {'FAILED' if failed else 'passed'}**"
+    lines += ["", f"**Result: {'FAILED' if failed else 'undecided' if undecided else 'passed'}**"
               + (f" (--fail-on {', '.join(fail_on)})" if fail_on else "")]
-    return "\n".join(lines) + "\n", failed
+    text = "\n".join(lines) + "\n"
+    if undecided and not failed:
+        raise InsufficientEvidence(
+            f"--fail-on cannot be decided: fewer than {stats.MIN_REPEATS} runs on a side for {'; '.join(undecided)}; "
+            f"run each sweep with --repeats {stats.MIN_REPEATS} or more", text)
+    return text, failed

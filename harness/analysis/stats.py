@@ -148,8 +148,17 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 
 def t_quantile_975(df: int) -> float:
-    """Student's t 0.975 quantile (the normal's 1.96 beyond 30 degrees of freedom, within 2%)."""
-    return _T975[df - 1] if 1 <= df <= len(_T975) else 1.96
+    """Student's t 0.975 quantile: the table to 30 degrees of freedom, then the Cornish-Fisher expansion in 1/df
+    (Abramowitz & Stegun 26.7.5; within 0.01% of the exact quantile beyond 30)."""
+    if 1 <= df <= len(_T975):
+        return _T975[df - 1]
+    if df < 1:
+        return float("nan")
+    z = 1.959963984540054
+    g1 = (z ** 3 + z) / 4
+    g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
+    g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
+    return z + g1 / df + g2 / df ** 2 + g3 / df ** 3
 
 
 def repeat_ratio(ratios: Sequence[float], *, min_n: int = MIN_REPEATS) -> RatioEstimate:
@@ -205,24 +214,26 @@ def paired_ratio(numerator: dict[int, float], denominator: dict[int, float], *,
 
 
 def unpaired_ratio(numerator: Sequence[float], denominator: Sequence[float], *, n_boot: int = N_BOOT,
-                   confidence: float = CONFIDENCE, seed: int = 0) -> RatioEstimate:
+                   confidence: float = CONFIDENCE, seed: int = 0, min_n: int = MIN_REPEATS) -> RatioEstimate:
     """Ratio of medians of two independent samples with a bootstrap CI (each side resampled on its own).
 
-    Used across result directories (`trainbench compare`), where runs cannot be paired.
+    Used across result directories (`trainbench compare`), where runs cannot be paired. Below `min_n` values on
+    *either* side there is no interval ("insufficient"): a bootstrap of 1 or 2 values has 1-3 distinct medians.
     """
     num, den = _clean(numerator), _clean(denominator)
+    n = int(min(num.size, den.size))
     if num.size == 0 or den.size == 0 or np.median(den) == 0:
-        return RatioEstimate(float("nan"), float("nan"), float("nan"), int(min(num.size, den.size)))
+        return RatioEstimate(float("nan"), float("nan"), float("nan"), n, "insufficient", min_n)
     point = float(np.median(num) / np.median(den))
-    if num.size < 2 and den.size < 2:
-        return RatioEstimate(point, float("nan"), float("nan"), 1)
+    if n < min_n:
+        return RatioEstimate(point, float("nan"), float("nan"), n, "insufficient", min_n)
     rng = np.random.default_rng(seed)
     boot_num = np.median(num[rng.integers(0, num.size, size=(n_boot, num.size))], axis=1)
     boot_den = np.median(den[rng.integers(0, den.size, size=(n_boot, den.size))], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = boot_num / boot_den
     lo, hi = _percentile_ci(boot[np.isfinite(boot)], confidence)
-    return RatioEstimate(point, lo, hi, int(min(num.size, den.size)))
+    return RatioEstimate(point, lo, hi, n, "bootstrap", min_n)
 
 
 def _finite_positive(x: float | None) -> bool:

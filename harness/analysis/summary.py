@@ -315,9 +315,9 @@ def noise_floor(records: list[Record], baseline: str, *, aa_variant: str | None 
         values = list(base.values())
         est = stats.unpaired_ratio(values, values)
         method = f"resampled {baseline} repeats (no '{aa_variant}' variant; run `trainbench sweep --aa`)"
-    if est.n < 2 or not np.isfinite(est.ci_low):
-        raise ValueError(f"noise floor needs >= 2 successful repeats of '{baseline}'"
-                         f"{' and ' + repr(aa_variant) if aa else ''}; got {est.n}; use repeats >= 3")
+    if not np.isfinite(est.ci_low):
+        raise ValueError(f"noise floor needs >= {est.need} successful repeats of '{baseline}'"
+                         f"{' and ' + repr(aa_variant) if aa else ''}; got {est.n}; use repeats >= {est.need}")
     # Half the CI's width, widened when the A/A interval itself sits off 1.0 (a drift between slots).
     half = max((est.ci_high - est.ci_low) / 2.0, est.ci_high - 1.0, 1.0 - est.ci_low)
     return {

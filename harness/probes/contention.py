@@ -4,8 +4,10 @@ Read at the window's two ends (no thread, nothing per step):
 
 - this process's CPU time and involuntary context switches (``getrusage``: all its threads), plus its
   live children's CPU time (DataLoader workers);
-- the machine's busy and steal time (``/proc/stat``), so the CPU the *other* processes used during the
-  window is the machine's busy time minus ours;
+- the busy and steal time of the CPUs this process may run on (``/proc/stat``'s per-CPU lines of its affinity
+  set), so the CPU the *other* processes used there during the window is that busy time minus ours;
+- the CPU quota of its cgroups and the time they were throttled by it (``cpu.max`` / ``cpu.cfs_quota_us`` and
+  ``cpu.stat``);
 - the cores this process may run on (``sched_getaffinity``) and the load average.
 
 Per step, the trainer's clock gives wall and CPU time; with one intra-op thread and no worker
@@ -42,15 +44,28 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _proc_stat() -> tuple[float, float, float]:
-    """(busy, steal, total) seconds of the whole machine since boot; zeros where /proc is missing."""
+def _proc_stat(text: str | None = None, cpus: set[int] | None = None) -> tuple[float, float, float]:
+    """(busy, steal, total) seconds since boot of the CPUs this process may run on (the per-CPU lines of its
+    affinity set: in a cpuset container the machine's other CPUs are someone else's); the machine's total line
+    where the per-CPU lines are missing; zeros where /proc is missing."""
     try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
+        lines = (Path("/proc/stat").read_text() if text is None else text).splitlines()
+    except OSError:
         return 0.0, 0.0, 0.0
-    ticks = [float(x) for x in fields] + [0.0] * 10
+    if cpus is None:
+        try:
+            cpus = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = set()
+    rows = [line.split()[1:] for line in lines
+            if line.startswith("cpu") and line[3:4].isdigit() and int(line.split()[0][3:]) in cpus]
+    if not rows:
+        rows = [line.split()[1:] for line in lines[:1] if line.startswith("cpu ")]
+    if not rows:
+        return 0.0, 0.0, 0.0
+    ticks = [sum(float(r[i]) if i < len(r) else 0.0 for r in rows) for i in range(8)]
     hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    user, nice, system, idle, iowait, irq, softirq, steal = ticks[:8]
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks
     busy = user + nice + system + irq + softirq  # steal is time *taken from* this VM: not ours, not idle
     return busy / hz, steal / hz, (busy + idle + iowait + steal) / hz
 
