@@ -132,29 +132,40 @@ def _estimates(sessions: Sequence[Mapping[str, Any]], variant: str, key: str) ->
     return out
 
 
-def normalisation(sessions: Sequence[Mapping[str, Any]], variant: str) -> dict[str, Any]:
-    """Would dividing out the state index remove the shift? The kernel whose session medians best explain the
-    session log ratios (least squares, one slope), the share of their variance it explains (R^2), and the
-    between-session SD left after it; R^2 from one of three kernels fitted to k points is optimistic by about
-    1/(k-2), which the verdict allows for."""
-    ests = _estimates(sessions, variant, "sweep")
-    y = np.log([e.ratio for e in ests])
-    keyed = [s for s in sessions if s["summary"]["variants"].get(variant)]
-    best: dict[str, Any] = {"kernel": None, "r2": float("nan"), "sd_pct": float("nan"), "raw_sd_pct": float("nan")}
-    if len(y) < 4:
-        return best
-    best["raw_sd_pct"] = (math.exp(float(np.std(y, ddof=1))) - 1) * 100
-    for k in KERNELS:
-        x = np.log([next(iter(s["summary"]["state"].values()))[k] for s in keyed])
-        if np.std(x) == 0:
+def _best_fit(x: np.ndarray, y: np.ndarray) -> tuple[int, float, float]:
+    """(column of `x` whose one-slope least-squares fit explains most of `y`, its R^2, the residual SD)."""
+    best = (-1, -1.0, float("nan"))
+    total = float(np.sum((y - y.mean()) ** 2))
+    for j in range(x.shape[1]):
+        if np.std(x[:, j]) == 0 or total == 0:
             continue
-        slope, intercept = np.polyfit(x, y, 1)
-        resid = y - (slope * x + intercept)
-        r2 = 1 - float(np.sum(resid ** 2) / np.sum((y - y.mean()) ** 2)) if np.sum((y - y.mean()) ** 2) > 0 else 0.0
-        if not math.isfinite(best["r2"]) or r2 > best["r2"]:
-            best = {**best, "kernel": k, "r2": r2, "slope": float(slope),
-                    "sd_pct": (math.exp(float(np.sqrt(np.sum(resid ** 2) / (len(y) - 2)))) - 1) * 100}
+        slope, intercept = np.polyfit(x[:, j], y, 1)
+        resid = y - (slope * x[:, j] + intercept)
+        r2 = 1 - float(np.sum(resid ** 2)) / total
+        if r2 > best[1]:
+            best = (j, r2, float(np.sqrt(np.sum(resid ** 2) / (len(y) - 2))))
     return best
+
+
+def normalisation(sessions: Sequence[Mapping[str, Any]], variant: str, permutations: int = 2000) -> dict[str, Any]:
+    """Would dividing out the state index remove the shift? The kernel whose session medians best explain the
+    session log ratios (least squares, one slope), the share of their variance it explains (R^2), the SD left
+    after it, and how often the best of the three kernels explains as much of *shuffled* session ratios (a
+    permutation p-value: with few sessions and three kernels to pick from, a high R^2 comes by chance often)."""
+    keyed = [s for s in sessions if s["summary"]["variants"].get(variant)]
+    y = np.log([s["summary"]["variants"][variant]["ratio"] for s in keyed])
+    out: dict[str, Any] = {"kernel": None, "r2": float("nan"), "sd_pct": float("nan"), "raw_sd_pct": float("nan"),
+                           "p": float("nan")}
+    if len(y) < 4:
+        return out
+    x = np.log([[next(iter(s["summary"]["state"].values()))[k] for k in KERNELS] for s in keyed])
+    j, r2, resid_sd = _best_fit(x, y)
+    if j < 0:
+        return out
+    rng = np.random.default_rng(0)
+    chance = [_best_fit(x, rng.permutation(y))[1] for _ in range(permutations)]
+    return {"kernel": KERNELS[j], "r2": r2, "raw_sd_pct": (math.exp(float(np.std(y, ddof=1))) - 1) * 100,
+            "sd_pct": (math.exp(resid_sd) - 1) * 100, "p": float(np.mean(np.array(chance) >= r2 - 1e-12))}
 
 
 def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: str) -> str:
@@ -215,14 +226,18 @@ def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: st
                          "pooled ratio, paired", "pooled ratio, separate"], rows)
     lines += ["", "## Would the state index remove the shift?", "",
               "Per variant, the kernel whose session medians best explain the session log ratios (one slope, least "
-              "squares), the share of the between-session variance it explains, and the SD left after it.", ""]
+              "squares), the share of their variance it explains (R²), the SD of the session ratios before and after "
+              "dividing it out, and the permutation p-value of that R² (how often the best of the three kernels "
+              "explains as much of the same ratios shuffled across sessions).", ""]
     rows = []
     for v in variants:
         n = normalisation(sessions, v)
         rows.append([f"`{v}`", n["kernel"] or "–", f"{n['r2']:.2f}" if math.isfinite(n["r2"]) else "–",
                      f"±{n['raw_sd_pct']:.1f}%" if math.isfinite(n["raw_sd_pct"]) else "–",
-                     f"±{n['sd_pct']:.1f}%" if math.isfinite(n["sd_pct"]) else "–"])
-    lines += _table(["variant", "best kernel", "R²", "session SD", "SD after normalising"], rows)
+                     f"±{n['sd_pct']:.1f}%" if math.isfinite(n["sd_pct"]) else "–",
+                     f"{n['p']:.2f}" if math.isfinite(n["p"]) else "–"])
+    lines += _table(["variant", "best kernel", "R²", "SD of the session ratios", "SD after normalising",
+                     "permutation p"], rows)
     lines += ["", "## Reproduce", "", "```", command, "```", ""]
     (report / "README.md").write_text("\n".join(lines))
     (report / "sessions.json").write_text(json.dumps(

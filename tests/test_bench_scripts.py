@@ -23,6 +23,7 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> list[str]:
     return proc.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_gpcm_modes_prints_every_mode_speedups_and_equivalence() -> None:
     lines = _ok(_run("measure_gpcm_modes.py", "--preset", "tiny", "--threads", "1", "--warmup", "1",
                      "--steps", "1", "--rounds", "3"))
@@ -36,6 +37,7 @@ def test_gpcm_modes_prints_every_mode_speedups_and_equivalence() -> None:
         assert "float32 pass" in line and "float64 pass" in line
 
 
+@pytest.mark.slow
 def test_doctrans_checkpointing_runs_each_setting_in_its_own_process() -> None:
     lines = _ok(_run("measure_doctrans_checkpointing.py", "--preset", "tiny", "--shapes", "8x4", "--repeats", "1",
                      "--steps", "1", "--warmup", "1", "image_h=32"))
@@ -46,6 +48,7 @@ def test_doctrans_checkpointing_runs_each_setting_in_its_own_process() -> None:
     assert lines[-1].startswith("(no intervals")
 
 
+@pytest.mark.slow
 def test_gate_rates_prints_both_clocks_tables_and_a_verdict_line() -> None:
     lines = _ok(_run("measure_gate_rates.py", "--reps", "1", "--pairs", "10", "--warmup-pairs", "1"))
     assert lines[0].startswith("rep   1/1: A/A")
@@ -63,12 +66,14 @@ def test_gate_rates_prints_both_clocks_tables_and_a_verdict_line() -> None:
     ("measure_against_rates.py", ["--reps", "0"], "use --reps >= 1"),
     ("regressions.py", ["--only", "no_such_regression"], "no_such_regression"),
 ])
+@pytest.mark.slow
 def test_bad_usage_is_an_error_line_and_exit_2(script: str, args: list[str], message: str) -> None:
     proc = _run(script, *args, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_measure_overhead_prints_the_paired_interval_and_the_overhead_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REPEATS", "3")
     lines = _ok(_run("measure_overhead.py", "bench_steps=20", "bench_warmup_steps=1", "batch_size=4"))
@@ -80,6 +85,7 @@ def test_measure_overhead_prints_the_paired_interval_and_the_overhead_line(monke
     assert float(words[4]) > 0 and float(words[8]) > 0 and words[9] == "ms)"
 
 
+@pytest.mark.slow
 def test_against_rates_runs_each_condition_through_the_against_path() -> None:
     lines = _ok(_run("measure_against_rates.py", "--reps", "1", "--max-repeats", "3", "bench_steps=30",
                      timeout=600))

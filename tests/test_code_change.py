@@ -222,6 +222,7 @@ def _compare_against(clone: Path, *knobs: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(clone)})
 
 
+@pytest.mark.slow
 def test_compare_against_catches_a_planted_sleep_in_the_collate_and_names_data_loading(clone: Path) -> None:
     unchanged = _compare_against(clone)
     assert unchanged.returncode == 0 and "no code change against" in unchanged.stdout, unchanged.stderr

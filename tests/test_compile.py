@@ -14,6 +14,7 @@ from harness.probes.compiled import CompileClock
 from harness.results import load_records
 
 
+@pytest.mark.slow
 def test_compile_clock_counts_compilations_and_recompilations() -> None:
     fn = torch.compile(lambda x: (x * 3).sin().sum(), dynamic=False)  # a new shape: a new compilation
     clock = CompileClock()
@@ -39,6 +40,7 @@ def test_break_even_arithmetic() -> None:
     assert math.isnan(break_even_steps(float("nan"), 100.0, 70.0))
 
 
+@pytest.mark.slow
 def test_a_compiled_sweep_reports_compile_time_outside_the_window(tmp_path: Path) -> None:
     from harness.cli import main
 
@@ -63,6 +65,7 @@ def test_a_compiled_sweep_reports_compile_time_outside_the_window(tmp_path: Path
     assert "## torch.compile" in text and "break-even" in text
 
 
+@pytest.mark.slow
 def test_a_machine_without_compile_records_skipped_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     from harness.cli import main

@@ -122,6 +122,7 @@ def _job(variant: str, phase: str, config: dict, base: dict | None = None, timeo
                timeout_s=timeout_s)
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process_and_a_sleeping_rank_bounds_throughput(tmp_path: Path) -> None:
     """Two torchrun launches at once, from two processes (free ports, no clash): the equivalence check (a launcher
     here) and a straggler run through the CLI (`trainbench run ... ddp=2` in a subprocess)."""
@@ -176,6 +177,7 @@ def _our_processes(marker: str) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow
 def test_raising_killed_and_hanging_ranks_end_as_records_with_nothing_left(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     timeout = 20.0

@@ -46,6 +46,7 @@ def test_a_toml_effective_batch_becomes_exact_variants(tmp_path: Path) -> None:
         load_experiment(path)
 
 
+@pytest.mark.slow
 def test_fit_ranks_every_pair_that_fits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from harness.cli import main
 

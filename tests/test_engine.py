@@ -94,6 +94,7 @@ def test_console_speedup_is_the_reports_paired_estimate() -> None:
     assert "x2 [" in line and "3.00x" not in line
 
 
+@pytest.mark.slow
 def test_planted_oversubscription_is_detected_and_named() -> None:
     cores = usable_cores()
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]

@@ -26,6 +26,7 @@ def test_search_finds_what_a_scan_finds_in_few_probes(start: int, limit: int, th
     assert len(calls) <= 2 * max(limit, 2).bit_length() + 2
 
 
+@pytest.mark.slow
 def test_fit_on_real_runs_equals_a_brute_force_scan(capsys: pytest.CaptureFixture[str]) -> None:
     from harness.cli import main
     from harness.fit import fit
@@ -61,6 +62,7 @@ def _scan(wl: str, knobs: dict, values: range, budget: float) -> list[Probe]:
         launcher.close()
 
 
+@pytest.mark.slow
 def test_fit_on_a_cpu_needs_a_budget(capsys: pytest.CaptureFixture[str]) -> None:
     from harness.cli import main
 

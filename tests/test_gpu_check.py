@@ -225,6 +225,7 @@ def test_a_broken_launcher_is_a_row_not_the_end(monkeypatch: pytest.MonkeyPatch)
 
 # --- (c) the whole pipeline on a CPU with tiny presets --------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # ~50 s on an idle 2-core machine, 2 min with a core taken; no timing asserted
 def test_cpu_dry_run_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "report"

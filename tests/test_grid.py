@@ -65,6 +65,7 @@ def test_run_sweeps_a_comma_list_and_keeps_free_text_commas() -> None:
     assert fixed == {"metric_script": "1,2,3"} and grid == {}
 
 
+@pytest.mark.slow
 def test_run_with_a_grid_records_every_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from harness.cli import main
     from harness.results import load_records

@@ -58,6 +58,7 @@ def test_phase_clock_charges_segments_to_phases() -> None:
     assert abs(step_ms[0] - sum(p[0] for p in phases.values())) < 1e-6
 
 
+@pytest.mark.slow
 def test_peak_rss_sees_a_known_allocation_within_5_percent(tmp_path) -> None:
     mib = 1024
     # One intra-op thread keeps allocator arenas alike across the two processes; the lower of two
@@ -111,6 +112,7 @@ def test_sampler_degrades_without_gpu_and_tracks_rss() -> None:
     del held
 
 
+@pytest.mark.slow
 def test_records_carry_env_and_warnings(tmp_path) -> None:
     exp = build("env", TOY, {"pin_memory": True, "bench_warmup_steps": 1, "bench_steps": 2}, {},
                 repeats=1, equivalence=False, max_reruns=0)  # one record, even if the run was contended
@@ -123,6 +125,7 @@ def test_records_carry_env_and_warnings(tmp_path) -> None:
     assert rec.env["note_nvml"].startswith("not available")
 
 
+@pytest.mark.slow
 def test_peak_rss_of_a_child_ignores_its_parents_peak(tmp_path) -> None:
     # ru_maxrss survives execve: a child started by a process that once held 1.5 GiB would report
     # 1.5 GiB. The probe reads the child's own high-water mark instead.

@@ -40,6 +40,7 @@ def test_lost_speedup(train_bench):
 """
 
 
+@pytest.mark.slow
 def test_figures_ratios_and_failing_gates(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_fixture=A_A_AND_COUNTERS, test_planted=PLANTED)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--benchmark-json=out.json")

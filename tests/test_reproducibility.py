@@ -220,6 +220,7 @@ def _memory_ms() -> float:
     return state_probe.measure(1)["memory"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs a second core for the neighbour")
 def test_a_neighbour_streaming_memory_moves_the_memory_kernel() -> None:
     alone, beside = [], []
@@ -256,6 +257,7 @@ def _cpu_cgroup() -> Path | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_cpu_quota_moves_all_three_kernels(tmp_path: Path) -> None:
     root = _cpu_cgroup()
     if root is None:

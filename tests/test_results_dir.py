@@ -88,6 +88,7 @@ def test_saved_experiment_is_plain_data_and_resolves_again(sweep):
     assert {v: c.to_dict() for v, c in again.configs.items()} == {v: c.to_dict() for v, c in exp.configs.items()}
 
 
+@pytest.mark.slow
 def test_report_renders_the_same_without_the_models(sweep, tmp_path):
     _, out = sweep
     here = write_report(out, tmp_path / "here").read_text()

@@ -9,6 +9,8 @@ import sys
 import time
 from collections import Counter
 
+import pytest
+
 from harness.experiment import build
 from harness.results import RECORDS_FILE, iter_records, load_records
 from harness.runner import plan, run_experiment
@@ -17,6 +19,7 @@ from tests.conftest import TOY
 BASE = {"bench_warmup_steps": 1, "bench_steps": 4}
 
 
+@pytest.mark.slow
 def test_crash_nan_and_timeout_become_records_while_others_finish(tmp_path) -> None:
     exp = build("failures", TOY, BASE, {"raises": {"fail": "raise"}, "nan": {"fail": "nan"},
                                         "hangs": {"fail": "hang"}, "fine": {"dim": 4}},
@@ -40,6 +43,7 @@ def test_repeats_are_interleaved_and_rotated() -> None:
         ("c", 2), ("baseline", 2), ("b", 2), ("baseline", 3), ("b", 3), ("c", 3)]
 
 
+@pytest.mark.slow
 def test_existing_results_need_resume(tmp_path) -> None:
     exp = build("again", TOY, BASE, {}, repeats=1, equivalence=False)
     run_experiment(exp, tmp_path)
@@ -58,6 +62,7 @@ def _toml(tmp_path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_reruns_nothing_finished(tmp_path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "harness.cli", "sweep", _toml(tmp_path), "--out", str(out),
@@ -87,6 +92,7 @@ def test_runs_get_fixed_malloc_thresholds_unless_the_user_sets_them(monkeypatch)
     assert child_env()["MALLOC_MMAP_THRESHOLD_"] == "65536"  # the user's setting wins
 
 
+@pytest.mark.slow
 def test_a_record_says_which_malloc_settings_it_ran_under(tmp_path) -> None:
     exp = build("malloc", TOY, {**BASE, "bench_steps": 2}, {}, repeats=1, equivalence=False, max_reruns=0)
     run_experiment(exp, tmp_path)

@@ -39,6 +39,7 @@ def test_counts_and_a_mean_loss_become_a_sum_over_non_padding_tags() -> None:
     torch.testing.assert_close(WORKLOAD.loss(out, batch, cfg).total, mean * real)
 
 
+@pytest.mark.slow
 def test_trainbench_run_profiles_it_in_fresh_processes(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", TAGGER, "--repeats", "1", "--out",
                            str(tmp_path / "r")], capture_output=True, text=True, cwd=REPO, timeout=240)
@@ -52,6 +53,7 @@ def test_trainbench_run_profiles_it_in_fresh_processes(tmp_path: Path) -> None:
     assert rec.metrics["tokens_per_s"] > 0  # token counts inferred from the integer (batch, length) input
 
 
+@pytest.mark.slow
 def test_a_three_variant_sweep_from_python_with_equivalence_gates_and_report(tmp_path: Path) -> None:
     import trainbench
     from examples.tagger import WORKLOAD

@@ -228,9 +228,9 @@ def verdict(ev: ContentionEvidence | dict[str, Any]) -> str:
         reasons.append(f"other processes kept {e['other_cpu_cores']:.2f} cores busy while it needed "
                        f"{e.get('demand_cores', 0):g} of {e['usable_cores']} (it got {e['own_cpu_cores']:.2f})")
     throttled = e.get("throttled_ms") or 0.0
-    if throttled > max(1.0, THROTTLED_PCT / 100 * e["window_s"] * 1e3):
+    if throttled > max(1.0, THROTTLED_PCT / 100 * e.get("window_s", 0.0) * 1e3):
         reasons.append(f"a CPU quota of {e.get('quota_cores') or 0:g} cores throttled it for {throttled:.0f} ms of "
-                       f"its {e['window_s']:.2f} s window")
+                       f"its {e.get('window_s', 0.0):.2f} s window")
     if e["steal_pct"] > 5.0:
         reasons.append(f"{e['steal_pct']:.0f}% of CPU time stolen by the hypervisor")
     return "; ".join(reasons)
