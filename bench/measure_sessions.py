@@ -238,6 +238,9 @@ def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: st
                      f"{n['p']:.2f}" if math.isfinite(n["p"]) else "–"])
     lines += _table(["variant", "best kernel", "R²", "SD of the session ratios", "SD after normalising",
                      "permutation p"], rows)
+    _plot(sessions, variants, report / "sessions.png")
+    lines += ["", "## Plot", "", "![Each session's ratio with its 95% interval; the band is the pooled prediction "
+              "interval for a new session](sessions.png)", ""]
     lines += ["", "## Reproduce", "", "```", command, "```", ""]
     (report / "README.md").write_text("\n".join(lines))
     (report / "sessions.json").write_text(json.dumps(
@@ -246,10 +249,67 @@ def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: st
             f"±{worst[1]:.1f}% (within-session ±{worst[2]:.1f}%)")
 
 
+def _plot(sessions: Sequence[Mapping[str, Any]], variants: Sequence[str], path: Path) -> None:
+    """Per variant, each session's ratio with its interval (filled: quiet, open: busy) and the prediction band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 4
+    rows = math.ceil(len(variants) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, v in zip(axes.flat, variants, strict=False):
+        ests = _estimates(sessions, v, "sweep")
+        pooled = repro.pool(ests)
+        if pooled is not None and pooled.sessions >= 3:
+            ax.axhspan(pooled.pred_low, pooled.pred_high, color="tab:blue", alpha=0.12, lw=0)
+            ax.axhline(pooled.ratio, color="tab:blue", lw=0.8)
+        for s in sessions:
+            e = s["summary"]["variants"].get(v)
+            if not e:
+                continue
+            lo, hi = e["ratio"] - e["ci_low"], e["ci_high"] - e["ratio"]
+            ax.errorbar([s["session"]], [e["ratio"]], yerr=[[lo], [hi]], fmt="o", color="black", capsize=3,
+                        mfc="white" if s["busy"] else "black", ms=5)
+        ax.set_title(v, fontsize=9)
+        ax.set_xticks([s["session"] for s in sessions])
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("session", fontsize=7)
+    for ax in list(axes.flat)[len(variants):]:
+        ax.axis("off")
+    fig.suptitle(f"{sessions[0]['summary']['experiment']}: speedup over the baseline per session (95% CI; open: "
+                 "busy); band: prediction for a new session", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     from harness.report.markdown import table
 
     return table(headers, rows)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse what cannot be run before anything runs (ValueError naming the option and the fix)."""
+    if args.sessions < 1:
+        raise ValueError(f"--sessions {args.sessions}: run at least 1 session (3 or more give a prediction interval)")
+    if args.every_min < 0 or args.back_to_back < 0 or args.paired_processes < 1 or args.rounds < 1:
+        raise ValueError("--every-min and --back-to-back take values >= 0, --paired-processes and --rounds >= 1")
+    try:
+        args.busy = {int(x) for x in args.busy.split(",") if x.strip()}
+    except ValueError:
+        raise ValueError(f"--busy {args.busy!r}: give session numbers separated by commas, e.g. 2,4") from None
+    if any(not 1 <= i <= args.sessions for i in args.busy):
+        raise ValueError(f"--busy {sorted(args.busy)}: session numbers run from 1 to --sessions {args.sessions}")
+    args.paired = [x for x in args.paired.split(",") if x.strip()]
+    if not args.summarize:
+        exp = load_experiments(Path(args.experiment), {})[0]
+        unknown = [v for v in args.paired if v not in exp.configs]
+        if unknown:
+            raise ValueError(f"--paired {','.join(unknown)}: not a variant of {args.experiment}; its variants: "
+                             f"{', '.join(exp.variants)}")
 
 
 def main(argv: list[str]) -> None:
@@ -266,8 +326,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--summarize", action="store_true", help="only write the study from the sessions in OUT")
     parser.add_argument("--report", default="", help="folder for the study's README.md and sessions.json")
     args = parser.parse_args(argv)
-    args.busy = {int(x) for x in args.busy.split(",") if x.strip()}
-    args.paired = [x for x in args.paired.split(",") if x.strip()]
+    try:
+        check_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python bench/measure_sessions.py " + " ".join(argv)
@@ -294,7 +357,8 @@ def main(argv: list[str]) -> None:
     for s in sessions:
         s["paired_processes"] = args.paired_processes
     if not sessions:
-        raise SystemExit(f"error: no finished session in {out}; run without --summarize first")
+        print(f"error: no finished session in {out}; run without --summarize first", file=sys.stderr)
+        raise SystemExit(2)
     line = write_study(sessions, Path(args.report) if args.report else out / "study", command)
     print(line)
 

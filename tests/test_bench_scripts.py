@@ -65,6 +65,8 @@ def test_gate_rates_prints_both_clocks_tables_and_a_verdict_line() -> None:
     ("measure_gate_rates.py", ["--pairs", "1"], "--pairs >= 2"),
     ("measure_against_rates.py", ["--reps", "0"], "use --reps >= 1"),
     ("regressions.py", ["--only", "no_such_regression"], "no_such_regression"),
+    ("measure_sessions.py", ["--out", "runs/none", "--busy", "9"], "--busy [9]: session numbers run from 1"),
+    ("measure_sessions.py", ["--out", "runs/none", "--paired", "warp"], "--paired warp: not a variant of"),
 ])
 @pytest.mark.slow
 def test_bad_usage_is_an_error_line_and_exit_2(script: str, args: list[str], message: str) -> None:

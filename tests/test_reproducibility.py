@@ -292,3 +292,24 @@ def test_a_cpu_quota_moves_all_three_kernels(tmp_path: Path) -> None:
     assert ev["quota_cores"] == pytest.approx(0.1) and ev["throttled_ms"] > 0
     assert "CPU quota of 0.1 cores" in verdict(ev)
     assert free["evidence"]["throttled_ms"] == 0 and "quota" not in verdict(free["evidence"])
+
+
+def test_the_study_tabulates_sessions_and_pools_them(tmp_path: Path, monkeypatch) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import measure_sessions
+
+    monkeypatch.setenv("TRAINBENCH_HISTORY", str(tmp_path / "history.jsonl"))
+    out = tmp_path / "study"
+    for i, scale in enumerate((1.0, 1.1, 1.0), start=1):
+        _records(out / f"session-{i}", memory_scale=scale)
+        (out / f"session-{i}.json").write_text(json.dumps(
+            {"session": i, "busy": i == 2, "started": f"2026-12-07 00:{10 * i:02d}:00", "sweep_s": 60.0,
+             "paired_s": 0.0, "exit_code": 0}))
+    sessions = measure_sessions.collect(out)
+    line = measure_sessions.write_study(sessions, tmp_path / "report", "python bench/measure_sessions.py ...")
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert line.startswith("sessions: 3 over 21 min; largest between-session SD: fast ±0.0%")
+    assert "| 2 | 2026-12-07 00:20:00 | busy | 1.0 | 0.400 | 3.850 | 0.750 | 0 |" in text  # memory x1.1 in session 2
+    row = next(r for r in text.splitlines() if r.startswith("| `fast` |"))
+    assert row.count("x1.5 [") == 4  # three sessions and the prediction interval
+    assert (tmp_path / "report" / "sessions.png").stat().st_size > 10_000
