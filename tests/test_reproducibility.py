@@ -268,11 +268,11 @@ def test_a_cpu_quota_moves_all_three_kernels(tmp_path: Path) -> None:
     except OSError as exc:
         pytest.skip(f"cannot create a cgroup under {root}: {exc}")
     try:
-        if (group / "cpu.cfs_quota_us").exists():  # v1: 1 ms of CPU every 10 ms
+        if (group / "cpu.cfs_quota_us").exists():  # v1: 2 ms of CPU every 10 ms
             (group / "cpu.cfs_period_us").write_text("10000")
-            (group / "cpu.cfs_quota_us").write_text("1000")
+            (group / "cpu.cfs_quota_us").write_text("2000")
         else:
-            (group / "cpu.max").write_text("1000 10000")
+            (group / "cpu.max").write_text("2000 10000")
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
 
         def run(in_group: bool) -> dict[str, float]:
@@ -284,13 +284,13 @@ def test_a_cpu_quota_moves_all_three_kernels(tmp_path: Path) -> None:
         free, quota = run(False), run(True)
     finally:
         group.rmdir()
-    # every block holds >= 4 ms of CPU, more than the 1 ms slice and a tick: each one waits out a 9 ms throttle
+    # every block holds >= 4 ms of CPU, more than the 2 ms slice and a tick: each one waits out an 8 ms throttle
     for k in state_probe.KERNELS:
         assert quota[k] > 1.5 * free[k], (k, free, quota)
     # and the contention probe reads the quota and its throttling from the cgroup itself
     ev = quota["evidence"]
-    assert ev["quota_cores"] == pytest.approx(0.1) and ev["throttled_ms"] > 0
-    assert "CPU quota of 0.1 cores" in verdict(ev)
+    assert ev["quota_cores"] == pytest.approx(0.2) and ev["throttled_ms"] > 0
+    assert "CPU quota of 0.2 cores" in verdict(ev)
     assert free["evidence"]["throttled_ms"] == 0 and "quota" not in verdict(free["evidence"])
 
 
