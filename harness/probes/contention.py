@@ -296,7 +296,9 @@ class MachineCheck:
         """What trainbench will do on this machine, one line each."""
         lines = [f"threads: {self.auto_reason}"]
         if self.quiet:
-            lines.append("the machine is quiet: figures measured now are comparable to other quiet runs")
+            lines.append("no other process is busy: runs of this session compare with each other; across sessions "
+                         "the host itself may have moved (the machine state above against the best, and each "
+                         "report's Reproducibility section)")
         else:
             lines.append(f"other processes keep {self.other_busy_cores:.1f} of {self.usable_cores} cores busy: "
                          "speed runs whose steps wait for a core are marked contended and re-run (within each "
