@@ -108,7 +108,7 @@ def collect(out: Path) -> list[dict[str, Any]]:
         if recs:
             base_name = data["this"]["baseline"]
             base = [r for r in recs if r.variant == base_name]
-            for v in {r.variant for r in recs} - {base_name}:
+            for v in sorted({r.variant for r in recs} - {base_name}):
                 paired[v] = _estimate(base, [r for r in recs if r.variant == v])
         state_s = sum(float(r.state.get("cost_s") or 0.0) for r in iter_records(out / f"session-{i}"))
         sessions.append({**meta, "summary": data["this"], "paired": paired, "state_cost_s": state_s})
@@ -245,8 +245,13 @@ def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: st
     (report / "README.md").write_text("\n".join(lines))
     (report / "sessions.json").write_text(json.dumps(
         [{k: v for k, v in s.items()} for s in sessions], indent=1, default=str, allow_nan=True))
-    return (f"sessions: {len(sessions)} over {span_min:.0f} min; largest between-session SD: {worst[0]} "
+    line = (f"sessions: {len(sessions)} over {span_min:.0f} min; largest between-session SD: {worst[0]} "
             f"±{worst[1]:.1f}% (within-session ±{worst[2]:.1f}%)")
+    env_cpu = str(first["summary"]["machine"]).split(" | ")[0]
+    (report / "report.json").write_text(json.dumps(  # what the reports index shows (`harness.report.write_index`)
+        {"experiment": f"reproducibility: {first['summary']['experiment']} over {len(sessions)} sessions",
+         "headline": line, "device": env_cpu, "when": f"{first['started']} – {last['started']}"}, indent=1))
+    return line
 
 
 def _plot(sessions: Sequence[Mapping[str, Any]], variants: Sequence[str], path: Path) -> None:
