@@ -638,7 +638,11 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
             if any(r.phase == "speed" for r in sweep.records):
                 from harness.history import snapshot
 
-                snapshot(out, exp.baseline_name)  # sessions.json beside the records; this session into the history
+                try:  # sessions.json beside the records; this session into the history
+                    snapshot(out, exp.baseline_name)
+                except OSError as exc:  # an unwritable history never costs the sweep its records
+                    sweep.notes.append(f"session history not written ({exc}); set TRAINBENCH_HISTORY to a "
+                                       "writable file")
             if sweep.notes or sweep.reruns or sweep.extra_s:
                 (out / PRECISION_FILE).write_text(json.dumps(
                     {"reruns": sweep.reruns, "extra_s": sweep.extra_s, "notes": sweep.notes,

@@ -313,3 +313,13 @@ def test_the_study_tabulates_sessions_and_pools_them(tmp_path: Path, monkeypatch
     row = next(r for r in text.splitlines() if r.startswith("| `fast` |"))
     assert row.count("x1.5 [") == 4  # three sessions and the prediction interval
     assert (tmp_path / "report" / "sessions.png").stat().st_size > 10_000
+
+
+def test_an_unwritable_history_costs_the_sweep_nothing(tmp_path: Path, monkeypatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("TRAINBENCH_HISTORY", str(blocker / "sessions.jsonl"))  # a folder that cannot exist
+    _records(tmp_path / "r")
+    assert len(load_records(tmp_path / "r")) == 6
+    notes = json.loads((tmp_path / "r" / "precision.json").read_text())["notes"]
+    assert any(n.startswith("session history not written") for n in notes)
