@@ -37,6 +37,7 @@ from harness.analysis import speedup
 from harness.experiment import load_experiments
 from harness.history import load_sessions
 from harness.probes.state import KERNELS
+from harness.report.reproducibility import ratio_text
 from harness.results import Record, append, iter_records
 from harness.runner import Launcher, group_job, records_from
 
@@ -115,21 +116,11 @@ def collect(out: Path) -> list[dict[str, Any]]:
     return sessions
 
 
-def _cell(e: Mapping[str, Any] | None) -> str:
-    if not e or not e.get("ratio") or not math.isfinite(e["ratio"]):
-        return "–"
-    if not (e.get("ci_low") and math.isfinite(e["ci_low"])):
-        return f"x{e['ratio']:.3g}"
-    return f"x{e['ratio']:.3g} [{e['ci_low']:.3g}, {e['ci_high']:.3g}]"
-
-
 def _estimates(sessions: Sequence[Mapping[str, Any]], variant: str, key: str) -> list[repro.SessionEstimate]:
-    out = []
-    for s in sessions:
-        e = s["summary"]["variants"].get(variant) if key == "sweep" else s["paired"].get(variant)
-        if e and e.get("ratio"):
-            out.append(repro.SessionEstimate(str(s["session"]), e["ratio"], e["ci_low"], e["ci_high"], e["n"]))
-    return out
+    """`variant`'s estimate per session: the sweep's own (``key="sweep"``) or the paired-mode one."""
+    summaries = [s["summary"] if key == "sweep" else {"session": s["session"], "variants": s["paired"]}
+                 for s in sessions]
+    return repro.session_estimates(summaries, variant)
 
 
 def _best_fit(x: np.ndarray, y: np.ndarray) -> tuple[int, float, float]:
@@ -199,7 +190,7 @@ def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: st
     for v in variants:
         ests = _estimates(sessions, v, "sweep")
         pooled = repro.pool(ests)
-        cells = [_cell(s["summary"]["variants"].get(v)) for s in sessions]
+        cells = [ratio_text(s["summary"]["variants"].get(v)) for s in sessions]
         ratios = [e.ratio for e in ests]
         moved = (max(ratios) / min(ratios) - 1) * 100 if ratios else float("nan")
         if pooled is None:
@@ -219,7 +210,7 @@ def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: st
         rows = []
         for v in paired_variants:
             sep, par = repro.pool(_estimates(sessions, v, "sweep")), repro.pool(_estimates(sessions, v, "paired"))
-            rows.append([f"`{v}`", *[_cell(s["paired"].get(v)) for s in sessions],
+            rows.append([f"`{v}`", *[ratio_text(s["paired"].get(v)) for s in sessions],
                          f"±{par.tau_pct:.1f}%" if par else "–", f"±{sep.tau_pct:.1f}%" if sep else "–",
                          f"x{par.ratio:.3g}" if par else "–", f"x{sep.ratio:.3g}" if sep else "–"])
         lines += _table(["variant", *heads, "between-session SD, paired", "between-session SD, separate",

@@ -11,9 +11,9 @@ latency-bound and a throughput-bound variant moves with it. The index separates 
   interpreter, the allocator, branch predictors; what a loop of small ops such as one-sequence-at-a-time pays).
 
 Each kernel is warmed once and timed in `BLOCKS` blocks of a few calls; its figure is the median block's ms per
-call. Measured on one core of this
-project's machine: quiet 0.5-0.8 / 3.5-4.1 / 1.2-1.3 ms; beside a process streaming memory on the other core
-the memory kernel rose to 4.9-5.6 ms (+30%), beside a busy Python loop the latency kernel to 1.5-1.6 ms (+30%).
+call. Session medians on one core of this project's machine over 7 sessions (reports/reproducibility): compute
+0.395-0.429 ms, memory 3.46-3.82 ms, latency 0.78-1.06 ms; beside a process streaming memory on the other core
+the memory kernel rose by 30-40% (tests/test_reproducibility.py).
 The engine measures the index before the window opens and after it closes (`Meter`), so a run carries the
 state of the machine on either side of its measured steps; what that costs is recorded (``cost_s``).
 """

@@ -20,16 +20,14 @@ MAX_SESSION_COLUMNS = 6
 """Earlier sessions shown as columns (the latest ones); every one of them is pooled."""
 
 
-def _ratio(e: Mapping[str, Any] | repro.SessionEstimate | None) -> str:
-    if e is None:
+def ratio_text(e: Mapping[str, Any] | None) -> str:
+    """``x1.23 [1.20, 1.26]`` of one session's estimate; '–' without one."""
+    if not e or e.get("ratio") is None or not math.isfinite(float(e["ratio"])):
         return "–"
-    get = e.get if isinstance(e, Mapping) else lambda k: getattr(e, k)
-    ratio, lo, hi = get("ratio"), get("ci_low"), get("ci_high")
-    if ratio is None or not math.isfinite(float(ratio)):
-        return "–"
-    if lo is None or not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-        return f"x{float(ratio):.3g} (no interval)"
-    return f"x{float(ratio):.3g} [{float(lo):.3g}, {float(hi):.3g}]"
+    lo, hi = e.get("ci_low"), e.get("ci_high")
+    if lo is None or hi is None or not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+        return f"x{float(e['ratio']):.3g} (no interval)"
+    return f"x{float(e['ratio']):.3g} [{float(lo):.3g}, {float(hi):.3g}]"
 
 
 def _sessions(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -94,12 +92,10 @@ def _interfered_lines(records: Sequence[Record]) -> list[str]:
 
 def _explain(v: str, this: Mapping[str, Any], prev: Mapping[str, Any]) -> str:
     """Why this session's ratio lies outside the previous session's interval (or the reverse), if the state says."""
-    mine, theirs = (this.get("variants") or {}).get(v), (prev.get("variants") or {}).get(v)
+    mine, theirs = repro.session_estimates([this], v), repro.session_estimates([prev], v)
     if not mine or not theirs:
         return ""
-    a = repro.SessionEstimate(str(this.get("session")), mine["ratio"], mine["ci_low"], mine["ci_high"], mine["n"])
-    b = repro.SessionEstimate(str(prev.get("session")), theirs["ratio"], theirs["ci_low"], theirs["ci_high"],
-                              theirs["n"])
+    a, b = mine[0], theirs[0]
     if not all(math.isfinite(x) for x in (a.ci_low, a.ci_high, b.ci_low, b.ci_high)):
         return ""
     if a.contains(b.ratio) or b.contains(a.ratio):
@@ -141,7 +137,7 @@ def reproducibility_section(s: pd.DataFrame, records: Sequence[Record], data: Ma
         if v == s.attrs["baseline"]:
             continue
         p = pooled.get(v)
-        cells = [_ratio((x.get("variants") or {}).get(v)) for x in shown]
+        cells = [ratio_text((x.get("variants") or {}).get(v)) for x in shown]
         if p is None:
             rows.append([f"`{v}`", *cells, "–", "–", "–"])
             continue
