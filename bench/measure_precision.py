@@ -10,11 +10,12 @@ forward, sized from a calibration run of the baseline's step time). Then per rep
 - 10% / 3% slowdown: is it resolved (the interval's upper end below 1)?
 - the half-width each interval reached.
 
-    python bench/measure_precision.py [--reps 20] [--busy] [key=value ...]
+    python bench/measure_precision.py [--trials 20] [--aa-only] [--busy] [key=value ...]
 
-`--busy` runs one `python -c 'while True: pass'` beside the whole measurement (killed at the end).
-The last line reads ``A/A coverage: X% of N intervals contain 1; 10% slowdown resolved in Y% of M; 3%
-slowdown resolved in Z% of M; median half-width W%``.
+`--busy` runs one `python -c 'while True: pass'` beside the whole measurement (killed at the end); `--aa-only`
+runs the baseline and its A/A copy only (half the runs: the coverage calibration). The last line reads ``A/A
+coverage: X% [L, H] of N intervals contain 1; 10% slowdown resolved in Y% of N; 3% slowdown resolved in Z% of N;
+median half-width W%``, [L, H] being the coverage's own 95% binomial (Wilson) interval.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))  # `planted:WORKLOAD`, here and (through PYTHONPATH) in every child
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH", "")]))
 
+from simulate_coverage import binomial_interval  # noqa: E402
+
 from harness.analysis import summarize  # noqa: E402
 from harness.config import parse_overrides  # noqa: E402
 from harness.engine import run  # noqa: E402
@@ -50,10 +53,11 @@ def calibrate_step_ms(base: dict[str, object]) -> float:
     return float(run(resolve(WORKLOAD, base)).metrics["step_ms_median"])
 
 
-def one_repetition(base: dict[str, object], step_ms: float, out: Path, precision: dict[str, float]) -> dict:
+def one_repetition(base: dict[str, object], step_ms: float, out: Path, precision: dict[str, float],
+                   slowdowns: dict[str, float] = SLOWDOWNS) -> dict:
     """Run the A/A + slowdown experiment once through the sweep path; per variant its interval."""
     variants = {"aa": {"seed": base.get("seed", 0)},
-                **{name: {"extra_ms": frac * step_ms} for name, frac in SLOWDOWNS.items()}}
+                **{name: {"extra_ms": frac * step_ms} for name, frac in slowdowns.items()}}
     exp = build("precision", WORKLOAD, base, variants, baseline_name="baseline", repeats=3, equivalence=False,
                 allow_same=True, **precision)
     run_experiment(exp, out)
@@ -65,7 +69,9 @@ def one_repetition(base: dict[str, object], step_ms: float, out: Path, precision
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=20, help="experiments to run (A/A intervals)")
+    parser.add_argument("--trials", "--reps", dest="reps", type=int, default=20,
+                        help="experiments to run (A/A intervals)")
+    parser.add_argument("--aa-only", action="store_true", help="no planted slowdowns: the baseline and its copy")
     parser.add_argument("--busy", action="store_true", help="one busy-loop process beside the measurement")
     parser.add_argument("--target", type=float, default=3.0, help="target half-width, percent")
     parser.add_argument("--max-repeats", type=int, default=10)
@@ -76,6 +82,7 @@ def main(argv: list[str]) -> None:
     # measures how one scheduler hiccup moves a tiny run, not what the sweep resolves
     base: dict[str, object] = {"preset": "tiny", "bench_warmup_steps": 10, "bench_steps": 300,
                                **parse_overrides(args.items)}
+    slowdowns = {} if args.aa_only else SLOWDOWNS
     precision = {"target_half_width_pct": args.target, "max_repeats": args.max_repeats, "budget_s": args.budget_s}
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     start = time.perf_counter()
@@ -87,7 +94,7 @@ def main(argv: list[str]) -> None:
         results = []
         with tempfile.TemporaryDirectory(prefix="trainbench-precision-") as tmp:
             for i in range(args.reps):
-                r = one_repetition(base, step_ms, Path(tmp) / f"rep{i}", precision)
+                r = one_repetition(base, step_ms, Path(tmp) / f"rep{i}", precision, slowdowns)
                 results.append(r)
                 print(f"rep {i + 1:>2}/{args.reps}: " + "; ".join(
                     f"{v} x{x['ratio']:.3f} [{x['low']:.3f}, {x['high']:.3f}] ±{x['half']:.1f}% n={x['n']}"
@@ -98,14 +105,17 @@ def main(argv: list[str]) -> None:
             busy.wait()
     aa = [r["aa"] for r in results]
     covered = sum(x["low"] <= 1.0 <= x["high"] for x in aa)
-    resolved = {v: sum(r[v]["high"] < 1.0 for r in results) for v in SLOWDOWNS}
+    resolved = {v: sum(r[v]["high"] < 1.0 for r in results) for v in slowdowns}
     halves = [x["half"] for r in results for x in r.values() if math.isfinite(x["half"])]
+    repeats = [x["n"] for r in results for x in r.values()]
     n = len(results)
-    print(f"{n} experiments in {time.perf_counter() - start:.0f} s")
-    print(f"A/A coverage: {100 * covered / n:.0f}% of {n} intervals contain 1; "
-          f"10% slowdown resolved in {100 * resolved['slow10'] / n:.0f}% of {n}; "
-          f"3% slowdown resolved in {100 * resolved['slow3'] / n:.0f}% of {n}; "
-          f"median half-width {statistics.median(halves) if halves else float('nan'):.1f}%")
+    low, high = binomial_interval(covered, n)
+    print(f"{n} experiments in {time.perf_counter() - start:.0f} s; repeats per interval "
+          f"{min(repeats)}-{max(repeats)} (median {statistics.median(repeats):g})")
+    print(f"A/A coverage: {100 * covered / n:.1f}% [{low:.1f}, {high:.1f}] of {n} intervals contain 1; "
+          + "".join(f"{100 * SLOWDOWNS[v]:g}% slowdown resolved in {100 * k / n:.0f}% of {n}; "
+                    for v, k in resolved.items())
+          + f"median half-width {statistics.median(halves) if halves else float('nan'):.1f}%")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def session_summary(records: Sequence[Record], baseline: str, session: str) -> d
             continue
         est, clock = speedup.estimate(base, recs)
         variants[v] = {"ratio": est.ratio, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": est.n,
-                       "method": est.method, "clock": clock, "config": config_hash(recs[0].config)}
+                       "widen": est.widen, "method": est.method, "clock": clock, "config": config_hash(recs[0].config)}
     dates = sorted(str(r.env.get("time", "")) for r in speed if r.env.get("time"))
     return {"session": session, "experiment": records[0].experiment if records else "", "baseline": baseline,
             "baseline_config": config_hash(base[0].config) if base else "",

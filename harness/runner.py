@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import select
@@ -439,8 +440,6 @@ class _Sweep:
         self.extra_s = 0.0
         """Seconds spent on re-runs and added repeats (bounded by `exp.budget_s`)."""
         self.notes: list[str] = []
-        self.round: int | None = None
-        """The repeat of the last speed job launched (a new one renews the launcher)."""
         self.renew_s = 0.0
         """Seconds the last renewal took (part of an added round's cost)."""
 
@@ -457,31 +456,33 @@ class _Sweep:
             self.progress(self.count, self.planned, job, recs[-1])
         return recs
 
-    def run(self, job: Job, extra: bool = False) -> None:
-        """Run a job; a contended speed run is run again while re-runs and budget last. The first speed
-        job of each round (repeat) starts from a renewed launcher."""
-        start = time.perf_counter()
-        if job.phase == "speed" and job.repeat != self.round:
-            self.round = job.repeat
-            self.launcher.renew()
+    def run(self, job: Job) -> None:
+        """Run an equivalence or quality job (speed jobs run by rounds: `run_round`)."""
+        self._launch(job)
+
+    def run_round(self, jobs: list[Job], extra: bool = False) -> None:
+        """Run one round of speed jobs (one repeat, its variants in order) from a renewed launcher. When a run in
+        it is contended or interfered, the whole round runs again (attempt + 1), so every pair of the repeat
+        stays interleaved in time, while the experiment's re-runs and budget last."""
+        while True:
+            start = time.perf_counter()
+            self.launcher.renew()  # each round (and each re-run of one) starts from a fresh fork server
             self.renew_s = time.perf_counter() - start
-        recs = self._launch(job)
-        if extra:
-            self.extra_s += time.perf_counter() - start
-        while job.phase == "speed" and (disturbed := self.disturbed(recs)):
-            if self.reruns >= self.exp.max_reruns or self.extra_s >= self.exp.budget_s or \
-                    self.seconds_left() < self.run_s():
-                why = "re-runs" if self.reruns >= self.exp.max_reruns else \
-                    "budget" if self.extra_s >= self.exp.budget_s else "sweep's time budget"
-                self.notes.append(f"{job.variant} repeat {job.repeat}: still {disturbed}, not re-run "
+            disturbed = [f"{job.variant} {why}" for job in jobs if (why := self.disturbed(self._launch(job)))]
+            if extra or jobs[0].attempt > 0:
+                self.extra_s += time.perf_counter() - start
+            if not disturbed:
+                return
+            why = "re-runs" if self.reruns + len(jobs) > self.exp.max_reruns else \
+                "budget" if self.extra_s >= self.exp.budget_s else \
+                "sweep's time budget" if self.seconds_left() < self.run_s() * len(jobs) else ""
+            if why:
+                self.notes.append(f"repeat {jobs[0].repeat}: {', '.join(disturbed)}; its round was not re-run "
                                   f"(the {why} of the experiment is spent)")
                 return
-            self.reruns += 1
-            job = dataclasses.replace(job, attempt=job.attempt + 1)
-            self.planned += 1
-            start = time.perf_counter()
-            recs = self._launch(job)
-            self.extra_s += time.perf_counter() - start
+            self.reruns += len(jobs)
+            self.planned += len(jobs)
+            jobs = [dataclasses.replace(job, attempt=job.attempt + 1) for job in jobs]
 
     def disturbed(self, recs: list[Record]) -> str:
         """"contended" or "interfered" (`harness.analysis.reproducibility`: its state kernels ran slower than this
@@ -503,15 +504,16 @@ class _Sweep:
         walls = [r.wall_s for r in self.records if r.phase == "speed" and r.status == "ok" and r.wall_s]
         return sum(walls) / len(walls) if walls else 0.0
 
-    def half_width_pct(self, variant: str) -> float:
-        """The 95% half-width (percent) of the variant's speedup so far (inf without an interval)."""
+    def precise_enough(self, variant: str) -> bool:
+        """The sequential stopping rule (`stats.precise_enough`) on the variant's speedup so far."""
         from harness.analysis.speedup import estimate
+        from harness.analysis.stats import precise_enough
 
         def speed(v: str) -> list[Record]:
             return [r for r in self.records if r.variant == v and r.phase == "speed"]
 
         est, _ = estimate(speed(self.exp.baseline_name), speed(variant))
-        return est.half_width_pct if est.has_interval else float("inf")
+        return precise_enough(est, self.exp.target_half_width_pct)
 
     def _measurable(self, variant: str) -> bool:
         """More repeats can only tighten an interval whose runs work: a variant (or a baseline) with a
@@ -525,8 +527,9 @@ class _Sweep:
 
     def adapt(self, first_repeat: int, job_for: Callable[[str, int], Job]) -> None:
         """Add interleaved rounds (the baseline and every unresolved variant, each in a fresh process)
-        until each speedup's interval reaches the target half-width, the variant has `max_repeats`
-        repeats, or the budget is spent.
+        until each speedup's interval reaches the target half-width from at least `stats.MIN_STOP_REPEATS`
+        repeats on (the stopping rule whose coverage bench/simulate_coverage.py measures), the variant has
+        `max_repeats` repeats, or the budget is spent.
 
         Added rounds do not use the engine's paired mode (two configs' steps in one process): measured
         here, paired rounds gave other ratios than separate processes for the same comparison (the LM's
@@ -540,8 +543,7 @@ class _Sweep:
         repeat, capped = first_repeat, []
         target = f"±{exp.target_half_width_pct:g}%"
         while True:
-            unresolved = [v for v in exp.variants[1:] if self._measurable(v) and
-                          self.half_width_pct(v) > exp.target_half_width_pct]
+            unresolved = [v for v in exp.variants[1:] if self._measurable(v) and not self.precise_enough(v)]
             capped += [v for v in unresolved if self.repeats_of(v) >= exp.max_repeats and v not in capped]
             unresolved = [v for v in unresolved if v not in capped]
             if not unresolved:
@@ -554,8 +556,8 @@ class _Sweep:
                 self.notes.append(f"{budget} spent before the target {target} for: {', '.join(unresolved)}")
                 break
             self.planned += len(names)
-            for v in names[repeat % len(names):] + names[:repeat % len(names)]:  # rotated, as planned
-                self.run(job_for(v, repeat), extra=True)
+            self.run_round([job_for(v, repeat) for v in names[repeat % len(names):] + names[:repeat % len(names)]],
+                           extra=True)  # rotated, as planned
             repeat += 1
         if capped:
             self.notes.append(f"max_repeats={exp.max_repeats} reached before the target {target} for: "
@@ -597,9 +599,10 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
                    deadline: float | None = None) -> list[Record]:
     """Run every job not already recorded; returns the records of this call (skipped included).
 
-    Equivalence checks, then the planned speed rounds (A B C, B C A, C A B, ...), each contended speed run run
-    again within the budget; then the quality runs; then added rounds for variants whose speedup
-    interval is still wider than the target, within the experiment's budget and before `deadline`
+    Equivalence checks, then the planned speed rounds (A B C, B C A, C A B, ...), a round with a contended or
+    interfered run run again whole within the budget; then the quality runs; then added rounds for variants whose
+    speedup interval is still wider than the target (or rests on fewer than `stats.MIN_STOP_REPEATS` repeats),
+    within the experiment's budget and before `deadline`
     (`time.monotonic()`; a sweep-wide budget) when given. What was re-run or left unresolved, and why, goes to
     `precision.json` beside the records.
     """
@@ -629,8 +632,12 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike[str], *, resume: 
         with tempfile.TemporaryDirectory(prefix="trainbench-") as tmp:
             sweep = _Sweep(exp, out, launcher, Path(tmp), prior + done, progress, deadline)
             sweep.planned = len(todo)
-            for job in todo:
-                sweep.run(job)
+            for _, group in itertools.groupby(todo, key=lambda j: (j.phase, j.repeat) if j.phase == "speed" else id(j)):
+                jobs_ = list(group)
+                if jobs_[0].phase == "speed":
+                    sweep.run_round(jobs_)
+                else:
+                    sweep.run(jobs_[0])
             if exp.repeats > 0:
                 sweep.adapt(max([exp.repeats, *(r.repeat + 1 for r in sweep.records if r.phase == "speed")]),
                             job_for)

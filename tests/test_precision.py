@@ -42,11 +42,21 @@ def _exp(**kw):
     return build("prec", TOY, {}, {"fast": {"n_samples": 128}}, repeats=3, equivalence=False, **kw)
 
 
-def test_tight_ratios_stop_after_the_planned_repeats(tmp_path: Path) -> None:
+def test_tight_ratios_stop_at_the_stopping_rules_minimum(tmp_path: Path) -> None:
+    from harness.analysis.stats import MIN_STOP_REPEATS
+
     launcher = PlantedLauncher({"baseline": 100.0, "fast": 150.0}, noise=[1.0, 1.001, 0.999])
     run_experiment(_exp(), tmp_path / "r", launcher=launcher)
-    assert [(j.repeat, j.variant) for j in launcher.jobs] == [  # interleaved A B, B A, A B; no more
+    # interleaved A B, B A, A B, then rounds up to the minimum a sweep may stop on (the interval is tight at 3)
+    assert [(j.repeat, j.variant) for j in launcher.jobs[:6]] == [
         (0, "baseline"), (0, "fast"), (1, "fast"), (1, "baseline"), (2, "baseline"), (2, "fast")]
+    assert max(j.repeat for j in launcher.jobs) == MIN_STOP_REPEATS - 1 and len(launcher.jobs) == 2 * MIN_STOP_REPEATS
+
+
+def test_a_fixed_number_of_repeats_has_no_stopping_rule(tmp_path: Path) -> None:
+    launcher = PlantedLauncher({"baseline": 100.0, "fast": 150.0}, noise=[1.0, 1.001, 0.999])
+    run_experiment(_exp(target_half_width_pct=0.0), tmp_path / "r", launcher=launcher)
+    assert len(launcher.jobs) == 6
 
 
 def test_wide_ratios_add_interleaved_repeats_up_to_max_repeats(tmp_path: Path) -> None:
@@ -71,17 +81,31 @@ def test_wide_ratios_add_interleaved_repeats_up_to_max_repeats(tmp_path: Path) -
     assert any("max_repeats=6 reached" in n and "fast" in n for n in notes)
 
 
-def test_contended_runs_are_rerun_within_the_budget(tmp_path: Path) -> None:
-    # every one of the first 10 speed runs is contended, but the experiment allows only 2 re-runs
+def test_a_contended_run_reruns_its_whole_round_within_the_budget(tmp_path: Path) -> None:
+    # every one of the first 10 speed runs is contended, but the experiment allows only 4 re-runs: two rounds of 2
     launcher = PlantedLauncher({"baseline": 100.0, "fast": 150.0}, noise=[1.0], contended=10)
-    run_experiment(_exp(max_reruns=2, target_half_width_pct=0.0), tmp_path / "r", launcher=launcher)
+    run_experiment(_exp(max_reruns=4, target_half_width_pct=0.0), tmp_path / "r", launcher=launcher)
     attempts = [(j.variant, j.repeat, j.attempt) for j in launcher.jobs]
-    assert attempts[:3] == [("baseline", 0, 0), ("baseline", 0, 1), ("baseline", 0, 2)]
-    assert sum(a > 0 for _, _, a in attempts) == 2
+    assert attempts[:6] == [("baseline", 0, 0), ("fast", 0, 0), ("baseline", 0, 1), ("fast", 0, 1),
+                            ("baseline", 0, 2), ("fast", 0, 2)]  # the pair re-runs together, in its order
+    assert sum(a > 0 for _, _, a in attempts) == 4
     precision = json.loads((tmp_path / "r" / PRECISION_FILE).read_text())
-    assert precision["reruns"] == 2 and any("re-runs of the experiment is spent" in n for n in precision["notes"])
+    assert precision["reruns"] == 4 and any("re-runs of the experiment is spent" in n for n in precision["notes"])
     records = load_records(tmp_path / "r")
-    assert {r.attempt for r in records if r.variant == "baseline" and r.repeat == 0} == {0, 1, 2}
+    for v in ("baseline", "fast"):
+        assert {r.attempt for r in records if r.variant == v and r.repeat == 0} == {0, 1, 2}
+
+
+def test_a_rerun_round_pairs_runs_of_the_same_attempt(tmp_path: Path) -> None:
+    from harness.analysis.speedup import estimate
+    from harness.analysis.summary import latest_attempts
+
+    launcher = PlantedLauncher({"baseline": 100.0, "fast": 150.0}, noise=[1.0], contended=1)
+    run_experiment(_exp(target_half_width_pct=0.0), tmp_path / "r", launcher=launcher)
+    latest = latest_attempts(load_records(tmp_path / "r"))
+    assert {(r.variant, r.repeat, r.attempt) for r in latest if r.repeat == 0} == {("baseline", 0, 1), ("fast", 0, 1)}
+    est, _ = estimate([r for r in latest if r.variant == "baseline"], [r for r in latest if r.variant == "fast"])
+    assert est.n == 3 and est.ratio == pytest.approx(1.5)
 
 
 def test_a_rerun_replaces_the_contended_run_in_the_summary(tmp_path: Path) -> None:
@@ -90,7 +114,8 @@ def test_a_rerun_replaces_the_contended_run_in_the_summary(tmp_path: Path) -> No
     launcher = PlantedLauncher({"baseline": 100.0, "fast": 150.0}, noise=[1.0], contended=1)
     run_experiment(_exp(target_half_width_pct=0.0), tmp_path / "r", launcher=launcher)
     summary = summarize(load_records(tmp_path / "r"), "baseline")
-    assert summary.at["baseline", "reruns"] == 1 and summary.at["baseline", "contended_runs"] == 1
+    assert summary.at["baseline", "reruns"] == 1 and summary.at["fast", "reruns"] == 1  # its round, re-run
+    assert summary.at["baseline", "contended_runs"] == 1
     assert summary.at["baseline", "still_contended"] == 0 and summary.at["fast", "speedup_pairs"] == 3
 
 
@@ -156,7 +181,7 @@ def test_a_passed_deadline_still_runs_the_planned_runs(tmp_path: Path, monkeypat
     assert [(j.variant, j.repeat, j.attempt) for j in launcher.jobs] == [  # the planned rounds, no re-run
         ("baseline", 0, 0), ("fast", 0, 0), ("fast", 1, 0), ("baseline", 1, 0), ("baseline", 2, 0), ("fast", 2, 0)]
     notes = json.loads((tmp_path / "r" / PRECISION_FILE).read_text())["notes"]
-    assert any("still contended, not re-run (the sweep's time budget" in n for n in notes)
+    assert any("baseline contended; its round was not re-run (the sweep's time budget" in n for n in notes)
 
 
 def test_sweep_budget_must_not_be_negative(capsys: pytest.CaptureFixture[str]) -> None:

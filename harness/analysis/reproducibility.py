@@ -124,13 +124,15 @@ class SessionEstimate:
     ci_low: float
     ci_high: float
     n: int
+    widen: float = 1.0
+    """The factor the t interval was widened by (`stats.SEQUENTIAL_WIDEN`; 1 in sessions recorded before it)."""
 
     @property
     def log_se(self) -> float:
         """Standard error of the log ratio, from the t interval it was made with (NaN without one)."""
         if not (self.n >= 2 and np.isfinite(self.ci_low) and np.isfinite(self.ci_high) and self.ci_low > 0):
             return float("nan")
-        return math.log(self.ci_high / self.ci_low) / (2 * stats.t_quantile_975(self.n - 1))
+        return math.log(self.ci_high / self.ci_low) / (2 * self.widen * stats.t_quantile_975(self.n - 1))
 
     def contains(self, ratio: float) -> bool:
         """True when `ratio` lies inside this session's interval."""
@@ -205,5 +207,6 @@ def session_estimates(sessions: Sequence[Mapping[str, Any]], variant: str) -> li
         if e and e.get("ratio"):
             out.append(SessionEstimate(session=str(s.get("session")), ratio=float(e["ratio"]),
                                        ci_low=float(e.get("ci_low") or float("nan")),
-                                       ci_high=float(e.get("ci_high") or float("nan")), n=int(e.get("n") or 0)))
+                                       ci_high=float(e.get("ci_high") or float("nan")), n=int(e.get("n") or 0),
+                                       widen=float(e.get("widen") or 1.0)))
     return out
