@@ -36,7 +36,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), os.environ.
 
 from simulate_coverage import binomial_interval  # noqa: E402
 
-from harness.analysis import summarize  # noqa: E402
+from harness.analysis import decision, summarize  # noqa: E402
+from harness.analysis.stats import RatioEstimate  # noqa: E402
 from harness.config import parse_overrides  # noqa: E402
 from harness.engine import run  # noqa: E402
 from harness.experiment import build  # noqa: E402
@@ -65,6 +66,10 @@ def one_repetition(base: dict[str, object], step_ms: float, out: Path, precision
     return {v: {"ratio": float(s.at[v, "speedup"]), "low": float(s.at[v, "speedup_ci_low"]),
                 "high": float(s.at[v, "speedup_ci_high"]), "half": float(s.at[v, "speedup_half_width_pct"]),
                 "n": int(s.at[v, "speedup_pairs"]), "reruns": int(s.at[v, "reruns"])} for v in variants}
+
+
+def _estimate(x: dict) -> RatioEstimate:
+    return RatioEstimate(x["ratio"], x["low"], x["high"], x["n"], "t")
 
 
 def main(argv: list[str]) -> None:
@@ -104,8 +109,8 @@ def main(argv: list[str]) -> None:
             busy.kill()
             busy.wait()
     aa = [r["aa"] for r in results]
-    covered = sum(x["low"] <= 1.0 <= x["high"] for x in aa)
-    resolved = {v: sum(r[v]["high"] < 1.0 for r in results) for v in slowdowns}
+    covered = sum(decision.contains(_estimate(x), 1.0) for x in aa)
+    resolved = {v: sum(decision.decide(_estimate(r[v])).side == decision.BELOW for r in results) for v in slowdowns}
     halves = [x["half"] for r in results for x in r.values() if math.isfinite(x["half"])]
     repeats = [x["n"] for r in results for x in r.values()]
     n = len(results)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.analysis import stats
+from harness.analysis import decision, stats
 
 NOISES_PCT = (1.0, 2.0, 3.0, 5.0)
 CONDITIONS = {"iid": (0.0, 2, 1), "AR(0.5), 2 variants": (0.5, 2, 1),
@@ -81,7 +81,7 @@ def simulate(noise_pct: float, trials: int, *, phi: float = 0.0, k: int = 2, j: 
             if n >= MAX_REPEATS or stats.precise_enough(est, TARGET_PCT, min_n=min_stop):
                 break
             n += 1
-        covered += est.ci_low <= 1.0 <= est.ci_high
+        covered += decision.contains(est, 1.0)
         repeats.append(n)
         halves.append(est.half_width_pct)
     return Coverage(trials, covered, float(np.median(repeats)), float(np.median(halves)))

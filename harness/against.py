@@ -28,8 +28,9 @@ CODE_PATHS = ("harness", "models", "trainbench", "examples", "pyproject.toml")
 """What counts as the code under test: a change elsewhere (docs, tests, reports) changes no measurement."""
 MAIN_BRANCHES = ("main", "origin/main", "master", "origin/master")
 MIN_CHANGE_PCT = 3.0
-"""A slowdown fails the gate when its interval excludes 1 and the ratio is below 1 - 3%: changes smaller
-than this are within what this machine resolves between fresh processes (bench/measure_against_rates.py)."""
+"""The equivalence margin of old against new (`decision.EQUIVALENCE_MARGIN_PCT`): a slowdown whose interval lies
+wholly inside ±3% is "equivalent", not a failure; smaller changes are within what this machine resolves between
+fresh processes (bench/measure_against_rates.py)."""
 PHASE_CAUSES = {
     "data": "data loading (DataLoader fetch / collate)",
     "forward": "the forward pass",
@@ -173,27 +174,43 @@ def where_time_went(deltas: Mapping[str, float], step_delta_ms: float) -> str:
 
 def verdict(label: str, base: Base, wall: Any, cpu: Any, deltas: Mapping[str, float],
             min_change_pct: float = MIN_CHANGE_PCT) -> tuple[bool, str]:
-    """(passed, message). Fails when new is resolved slower than old on wall time (the interval's upper
-    end below 1) by more than `min_change_pct`; the message leads with what changed and by how much."""
+    """(passed, message) from `decision.decide` on new over old (wall clock) with an equivalence margin of
+    ±`min_change_pct`: fails when new is *slower* (the interval wholly below 1 and not within the margin) or the
+    comparison has no interval; the message leads with what changed and by how much."""
+    from harness.analysis import decision
+
+    d = decision.decide(wall.estimate, margin=min_change_pct / 100)
+    head = f"old against new: {label}: new against {base.short} ({base.ref}), wall clock: {d.text()}"
+    cpu_text = f"; CPU clock {decision.decide(cpu.estimate, margin=min_change_pct / 100).text()}" \
+        if cpu is not None and cpu.estimate.has_interval else ""
+    if not wall.estimate.has_interval:
+        return False, f"{head}{cpu_text}: cannot decide ({wall.estimate.method}); see the records for failed runs"
+    if d.outcome != decision.WORSE:
+        return True, f"{head}{cpu_text}"
     e = wall.estimate
-    head = f"old against new: {label}: new runs at {e.describe()} of {base.short} ({base.ref}), wall clock"
-    cpu_text = f"; CPU clock {cpu.estimate.describe()}" if cpu is not None and cpu.estimate.has_interval else ""
-    if not e.has_interval:
-        return False, f"{head}{cpu_text}: cannot decide ({e.method}); see the records for failed runs"
-    slower = e.ci_high < 1.0 and e.ratio < 1.0 - min_change_pct / 100
-    if not slower:
-        trend = ("faster" if e.ci_low > 1.0 else "no resolved slowdown beyond "
-                 f"{min_change_pct:g}%")
-        return True, f"{head}{cpu_text}: {trend}"
     step_delta = wall.median_ms("variant") - wall.median_ms("baseline")
     why = where_time_went(deltas, step_delta)
     waiting = ""
-    if cpu is not None and cpu.estimate.has_interval and cpu.estimate.ci_low > e.ci_high:
+    if cpu is not None and decision.decide(cpu.estimate, at=e.ci_high).side == decision.ABOVE:
         waiting = ("; the CPU-time ratio is closer to 1 than the wall-time one: much of the new time is waiting "
                    "(a sleep, I/O, a lock, DataLoader workers), not work in this process")
-    return False, (f"{head}{cpu_text}: SLOWER by {100 * (1 - e.ratio):.1f}% "
-                   f"(interval excludes 1; threshold {min_change_pct:g}%); {why}{waiting}; "
-                   f"changed code: {', '.join(base.changed[:6]) or 'none'}")
+    return False, (f"{head}{cpu_text}: SLOWER by {100 * (1 - e.ratio):.1f}% (margin ±{min_change_pct:g}%); "
+                   f"{why}{waiting}; changed code: {', '.join(base.changed[:6]) or 'none'}")
+
+
+def mde_note(workload: str, records: list[Any]) -> str:
+    """What this gate's "no regression" is worth on this runner (`trainbench doctor --mde`), or how to find out."""
+    from harness.history import mde_for
+
+    env = next((r.env for r in records if r.env), {})
+    e = mde_for(workload, env)
+    if e is None:
+        return f" (smallest detectable slowdown here: unmeasured; run `trainbench doctor --mde {workload}`)"
+    worst = max((e.get("slowdown_pct") or {}).items(), key=lambda kv: int(kv[0]), default=None)
+    if worst is None:
+        return ""
+    return (f" (this runner detects slowdowns of {worst[1]:.1f}% or more at {worst[0]} repeats: `doctor --mde` of "
+            f"{str(e.get('time'))[:10]})")
 
 
 WINDOW_S = 0.5
@@ -251,4 +268,5 @@ def against(workload: str, knobs: Mapping[str, Any], base: Base, base_root: Path
     cpu = compare(old, new, clock="cpu", label=label) if all(r.step_cpu_ms for r in old + new) else None
     deltas = phase_deltas(wall)
     passed, message = verdict(label, base, wall, cpu, deltas, min_change_pct)
+    message += mde_note(workload, old + new)
     return AgainstResult(workload, label, base, wall, cpu, deltas, passed, message, out_dir)

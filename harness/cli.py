@@ -55,7 +55,7 @@ def _progress(i: int, n: int, job: Job, rec: Record | None) -> None:
     # Time left: the mean time of the jobs so far times the jobs still planned (added repeats and
     # contention re-runs raise the count as they are scheduled).
     eta = f" ~{elapsed / (i - 1) * (n - i + 1) / 60:.1f} min left" if i > 1 and n >= i else ""
-    again = f" (re-run {job.attempt}: contended)" if job.attempt else ""
+    again = f" (round re-run {job.attempt}: a run was contended or interfered)" if job.attempt else ""
     label = f"[{i:>3}/{n}{eta}] {job.experiment} {job.phase:<11} {job.variant:<24} #{job.repeat}{again}"
     if rec is None:
         print(f"{label} ...", end="", file=sys.stderr, flush=True)
@@ -414,7 +414,12 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """What this machine can measure."""
+    """What this machine can measure; with --mde, the smallest slowdown its comparisons detect."""
+    if args.mde:
+        return _doctor_mde(args)
+    if args.items:
+        raise ValueError(f"doctor: {' '.join(args.items)}: a workload and knobs go with --mde "
+                         "(trainbench doctor --mde WORKLOAD [key=value ...])")
     import platform
 
     import psutil
@@ -443,6 +448,51 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"  DataLoader workers: up to {os.cpu_count()} (more are capped with a warning)")
     print("\nthe machine now:")
     print(_machine_text())
+    return 0
+
+
+MDE_AT = (5, 10)
+"""Repeats `doctor --mde` quotes: the fewest a sweep stops on (`stats.MIN_STOP_REPEATS`) and the most a sweep or the
+old-against-new gate adds (their default `max_repeats`)."""
+
+
+def _doctor_mde(args: argparse.Namespace) -> int:
+    """Run an A/A experiment of WORKLOAD (default: lm) through the sweep path and print the slowdown detected with
+    80% power at a sweep's and the gate's repeats; the figure goes to the history, where reports quote it."""
+    import tempfile
+
+    from harness import history
+    from harness.analysis.power import Detectable, aa_log_ratios
+    from harness.results import collect_env, load_records
+
+    names, knobs = _split_args(args.items)
+    if len(names) > 1:
+        raise ValueError(f"doctor --mde: one workload, got {' '.join(names)}; e.g. trainbench doctor --mde lm")
+    if args.repeats < 3:
+        raise ValueError(f"doctor --mde --repeats {args.repeats}: use 3 or more (an interval needs 3 per side)")
+    workload = names[0] if names else "lm"
+    seed = registry.resolve(workload, knobs).seed
+    exp = build(f"mde-{workload}", workload, knobs, {"aa": {"seed": seed}}, repeats=args.repeats, equivalence=False,
+                allow_same=True, target_half_width_pct=0.0)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="trainbench-mde-") as tmp:
+        run_experiment(exp, Path(tmp) / "aa", progress=_progress)
+        records = load_records(Path(tmp) / "aa")
+    took = time.perf_counter() - start
+    label = " ".join([workload, *(f"{k}={v}" for k, v in knobs.items())])
+    found = Detectable.from_log_ratios(label, aa_log_ratios(records, "baseline", "aa"), MDE_AT)
+    env = next((r.env for r in records if r.env), collect_env())
+    entry = {"machine": history.machine_fingerprint(env), "workload": label, "repeats": found.repeats,
+             "sd_pct": found.sd_pct, "aa_ratio": found.aa_ratio,
+             "slowdown_pct": {str(n): p for n, p in found.slowdown_pct.items()},
+             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": env.get("git_commit"), "seconds": took}
+    history.append_history(entry, history.mde_path())
+    print(found.describe())
+    print(f"  a sweep stopping at {MDE_AT[0]} repeats resolves a slowdown of {found.slowdown_pct[MDE_AT[0]]:.1f}% "
+          f"4 times in 5; at its maximum of {MDE_AT[1]} (and the old-against-new gate's), "
+          f"{found.slowdown_pct[MDE_AT[1]]:.1f}%")
+    print(f"  smaller changes are not \"no regression\" on this machine, only undetected; measured in {took:.0f} s, "
+          f"recorded in {history.mde_path()}")
     return 0
 
 
@@ -590,7 +640,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--update", action="store_true", help="measure and rewrite the references")
     s.set_defaults(fn=cmd_reference)
 
-    s = sub.add_parser("doctor", help="what this machine can measure")
+    s = sub.add_parser("doctor", help="what this machine can measure; --mde: the smallest slowdown it detects")
+    s.add_argument("--mde", action="store_true",
+                   help="run an A/A experiment of WORKLOAD (default lm) and print the slowdown detected with 80%% "
+                        "power at a sweep's repeats and the gate's")
+    s.add_argument("--repeats", type=int, default=8, help="--mde: A/A repeats (default 8)")
+    s.add_argument("items", nargs="*", metavar="WORKLOAD|key=value", help="--mde: the workload and its knobs")
     s.set_defaults(fn=cmd_doctor)
 
     s = sub.add_parser("fit", help="the largest batch_size (or --knob) whose run stays within --memory GiB")

@@ -42,6 +42,33 @@ def history_path() -> Path:
     return cache_dir() / "history" / "sessions.jsonl"
 
 
+def mde_path() -> Path:
+    """Where `trainbench doctor --mde` keeps its measurements: beside the session history."""
+    return history_path().parent / "mde.jsonl"
+
+
+def latest_mde(machine: str, path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Per workload label, the newest `doctor --mde` measurement on `machine` ({} without one)."""
+    path = path or mde_path()
+    out: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if e.get("machine") == machine:
+            out[str(e.get("workload"))] = e
+    return out
+
+
+def mde_for(workload: str, env: Mapping[str, Any], path: Path | None = None) -> dict[str, Any] | None:
+    """The newest `doctor --mde` of `workload` (any knobs) on the machine `env` describes; None without one."""
+    found = [e for label, e in latest_mde(machine_fingerprint(env), path).items() if label.split()[0] == workload]
+    return max(found, key=lambda e: str(e.get("time"))) if found else None
+
+
 def machine_fingerprint(env: Mapping[str, Any]) -> str:
     """What makes two sessions the same machine: CPU model and cores, GPU, torch build (a new one is a new series)."""
     keys = ("cpu_model", "cpu_cores", "gpu_name", "torch")
@@ -140,6 +167,7 @@ def snapshot(results_dir: str | os.PathLike[str], baseline: str, *, record: bool
     history = [s for s in read_history(path) if s.get("session") != session]
     earlier = [s for s in history if comparable(this, s)]
     data = {"this": this, "earlier": earlier, "best": best_state(history, this["machine"]),
+            "mde": latest_mde(this["machine"], (path or history_path()).parent / "mde.jsonl"),
             "history_sessions_on_machine": sum(s.get("machine") == this["machine"] for s in history)}
     tmp = out / (SESSIONS_FILE + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str, allow_nan=True))

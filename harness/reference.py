@@ -13,11 +13,12 @@ whenever the training function is meant to change.
 from __future__ import annotations
 
 import json
-import math
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from harness.analysis.stats import RatioEstimate
 
 STEPS = 10
 KNOBS = {"preset": "tiny", "threads": 1}
@@ -27,9 +28,11 @@ TOLERANCE = {"float32": 2e-5, "float64": 1e-10}
 margin is for other CPUs' kernels (a different summation order moves a loss by ~1e-7 per step). Moving
 `zero_grad` out of the optimizer step moved the LM's loss after 3 steps by 2.1e-4, ten times this."""
 COUNTERS = ("flops_per_step", "forward_calls_per_step", "param_count")
-ANALYTIC_BAND = (0.5, 2.0)
-"""Measured FLOPs per step over the workload's own analytic model (`flops_per_token`) must lie in this band:
-a doubled forward or a lost backward leaves it; finer changes are the stored count's job."""
+ANALYTIC_MARGIN = 1.0
+"""Measured FLOPs per step over the workload's own analytic model (`flops_per_token`) must lie within x2 either
+way (`decision.decide` with this margin: 0.5-2): a doubled forward or a lost backward leaves it; finer changes are
+the stored count's job."""
+ANALYTIC_BAND = (1 / (1 + ANALYTIC_MARGIN), 1 + ANALYTIC_MARGIN)
 
 
 def reference_dir() -> Path:
@@ -64,10 +67,13 @@ def measure(workload: str, steps: int = STEPS) -> dict[str, Any]:
     }
 
 
-def _close(a: float, b: float, tol: float) -> bool:
-    if a is None or b is None:
-        return a == b
-    return math.isclose(a, b, rel_tol=tol, abs_tol=tol * 1e-3) or (math.isnan(a) and math.isnan(b))
+def _close(a: float | None, b: float | None, tol: float) -> bool:
+    """`b` equivalent to the stored `a` within the relative tolerance (`decision.exact`); two missing figures agree."""
+    from harness.analysis import decision
+
+    if a is None and b is None:
+        return True
+    return decision.exact(b, a, tol).outcome == decision.EQUIVALENT
 
 
 def differences(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
@@ -94,9 +100,12 @@ def analytic_problem(now: Mapping[str, Any]) -> str:
     analytic = now.get("analytic_flops_per_step")
     if not analytic:
         return ""
+    from harness.analysis import decision
+
     ratio = now["flops_per_step"] / analytic
     low, high = ANALYTIC_BAND
-    if low <= ratio <= high:
+    measured = RatioEstimate(ratio, ratio, ratio, 1, "exact", 1)
+    if decision.decide(measured, margin=ANALYTIC_MARGIN).side == decision.INSIDE:
         return ""
     return (f"flops_per_step {now['flops_per_step']:,} is x{ratio:.2f} the workload's analytic model "
             f"({analytic:,.0f}; allowed x{low:g}-x{high:g}): the step does work its cost model does not predict")

@@ -1,8 +1,9 @@
-"""`compare OLD NEW`: per-variant changes with significance, and --fail-on thresholds."""
+"""`compare OLD NEW`: per-variant changes with their decision, and --fail-on thresholds."""
 
 import pytest
 
 from harness.analysis.compare import Threshold, compare, parse_fail_on
+from harness.analysis.stats import RatioEstimate
 from tests.fixtures.synthetic import speed_record, write
 
 
@@ -15,13 +16,14 @@ def dirs(tmp_path):
     return write(tmp_path / "old", old), write(tmp_path / "new", new)
 
 
-def test_table_and_significance(dirs):
+def test_table_and_decisions(dirs):
     text, failed = compare(*dirs, fail_on=[])
     assert not failed
     a_row = next(line for line in text.splitlines() if line.startswith("| a | samples_per_s |"))
     b_row = next(line for line in text.splitlines() if line.startswith("| b | samples_per_s |"))
-    assert "-20.0%" in a_row and "| yes |" in a_row          # a 20% drop, outside the noise
-    assert "+1.0%" in b_row and "no (within noise)" in b_row  # 1% inside +-2% run-to-run noise
+    assert "-20.0%" in a_row and "| lower |" in a_row  # a 20% drop, outside the noise
+    # 1% inside +-2% run-to-run noise: neither resolved nor shown within +-3%, with what would settle it
+    assert "+1.0%" in b_row and "| unresolved; about " in b_row and "more repeats would likely resolve it" in b_row
     assert "only one directory (not compared): c" in text
 
 
@@ -34,10 +36,16 @@ def test_fail_on_crossed_and_not(dirs):
     assert failed
 
 
-def test_threshold_semantics():
-    assert Threshold("x", -10).crossed(-10.0) and Threshold("x", -10).crossed(-30.0)
-    assert not Threshold("x", -10).crossed(-9.9) and not Threshold("x", -10).crossed(50.0)
-    assert Threshold("x", 5).crossed(5.0) and not Threshold("x", 5).crossed(-20.0)
+def _est(ratio: float, low: float, high: float) -> RatioEstimate:
+    return RatioEstimate(ratio, low, high, 3, "bootstrap", 3)
+
+
+def test_a_threshold_is_crossed_by_the_whole_interval_not_the_point():
+    assert Threshold("x", -10).crossed(_est(0.7, 0.65, 0.75)) and Threshold("x", -10).crossed(_est(0.85, 0.8, 0.89))
+    assert not Threshold("x", -10).crossed(_est(0.85, 0.8, 0.95))  # the point past -10%, the interval not wholly
+    assert not Threshold("x", -10).crossed(_est(1.5, 1.4, 1.6))
+    assert Threshold("x", 5).crossed(_est(1.1, 1.06, 1.14)) and not Threshold("x", 5).crossed(_est(0.8, 0.7, 0.9))
+    assert not Threshold("x", 5).crossed(_est(1.1, float("nan"), float("nan")))  # no interval: never crossed
 
 
 @pytest.mark.parametrize("spec,message", [("samples_per_s-10%", "write METRIC"), ("samples_per_s:10", "write"),
@@ -47,13 +55,13 @@ def test_bad_fail_on_specs(spec, message):
         parse_fail_on([spec], ["samples_per_s"])
 
 
-def test_a_constant_figure_changed_by_a_hair_is_not_significant(tmp_path):
-    # peak RSS identical in every run, 0.00001 GiB apart: an interval of width 0 must not read "yes"
+def test_a_constant_figure_changed_by_a_hair_is_equivalent(tmp_path):
+    # peak RSS identical in every run, 0.00001 GiB apart: an interval of width 0, inside the margin
     old = [speed_record("a", r, peak_rss_gib=1.50000) for r in range(3)]
     new = [speed_record("a", r, peak_rss_gib=1.49999) for r in range(3)]
     text, _ = compare(write(tmp_path / "old", old), write(tmp_path / "new", new), fail_on=[])
     row = next(line for line in text.splitlines() if line.startswith("| a | peak_rss_gib |"))
-    assert "-0.0%" in row and "no (below 0.1%)" in row
+    assert "-0.0%" in row and "| equivalent within ±3% |" in row
 
 
 def test_different_configs_are_said(tmp_path):
@@ -73,7 +81,7 @@ def test_one_or_two_runs_per_side_are_insufficient_never_significant(tmp_path, c
     text, failed = compare(old, new, fail_on=[])
     row = next(line for line in text.splitlines() if line.startswith("| a | samples_per_s |"))
     assert "-49.8%" in row and "insufficient (1 vs 2 runs; need >= 3 each)" in row
-    assert "| yes |" not in text and not failed
+    assert "| lower |" not in text and "| unresolved: insufficient |" in row and not failed
     assert main(["compare", str(old), str(new)]) == 0
     assert main(["compare", str(old), str(new), "--fail-on", "samples_per_s:-10%"]) == 2
     out, err = capsys.readouterr()

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.analysis import noise_floor, stats
+from harness.analysis import decision, noise_floor, stats
 from tests.fixtures.synthetic import aa_records, speed_record
 
 
@@ -17,7 +17,7 @@ def test_bootstrap_ci_covers_known_ratio_on_synthetic_samples():
     est = stats.paired_ratio(dict(enumerate(variant)), dict(enumerate(base)))
     assert est.ci_low < 1.5 < est.ci_high
     assert est.ci_high - est.ci_low < 0.1  # and it is tight enough to be useful
-    assert est.significant and not est.straddles_one
+    assert decision.decide(est).outcome == decision.BETTER and not decision.contains(est, 1.0)
 
 
 def test_bootstrap_coverage_is_near_nominal():
@@ -44,7 +44,7 @@ def test_an_interval_from_two_samples_is_insufficient():
     est = stats.paired_ratio({0: 1.05, 1: 1.06}, {0: 1.0, 1: 1.0})
     assert est.n == 2 and est.method == "insufficient" and not est.has_interval
     assert est.describe() == "x1.05 (insufficient: n=2; need >= 3)"
-    assert math.isnan(est.half_width_pct) and not est.significant
+    assert math.isnan(est.half_width_pct) and decision.decide(est).insufficient
 
 
 def test_t_interval_coverage_is_near_nominal_with_few_repeats():
@@ -71,7 +71,7 @@ def test_block_bootstrap_widens_for_autocorrelated_steps():
 
 def test_single_pair_has_no_interval():
     est = stats.paired_ratio({0: 3.0}, {0: 1.0})
-    assert est.ratio == pytest.approx(3.0) and math.isnan(est.ci_low) and not est.significant
+    assert est.ratio == pytest.approx(3.0) and math.isnan(est.ci_low) and decision.decide(est).insufficient
 
 
 def test_bootstrap_is_seeded():

@@ -104,20 +104,23 @@ def _comparison(ratio: float, low: float, high: float, clock: str, base_ms: floa
 BASE = against.Base(ref="main", sha="abcdef0123456789", changed=("models/lm/data.py",))
 
 
-@pytest.mark.parametrize("ratio, low, high, passes", [
-    (0.995, 0.98, 1.01, True),    # A/A: the interval holds 1
-    (0.985, 0.975, 0.995, True),  # resolved, but a 1.5% change is below the 3% threshold
-    (0.90, 0.88, 0.92, False),    # a resolved 10% slowdown
-    (0.90, 0.70, 1.10, True),     # not resolved: no verdict of "slower"
-    (1.20, 1.15, 1.25, True),     # faster
+@pytest.mark.parametrize("ratio, low, high, passes, outcome", [
+    (0.995, 0.98, 1.01, True, "equivalent within ±3%"),    # A/A: the interval inside the margin
+    (0.985, 0.975, 0.995, True, "equivalent within ±3%"),  # resolved, but wholly within 3%: too small to matter
+    (0.90, 0.88, 0.92, False, "slower"),                   # a resolved 10% slowdown
+    (0.975, 0.96, 0.99, False, "slower"),                  # resolved, and not shown to be within 3%
+    (0.90, 0.70, 1.10, True, "unresolved"),                # not resolved: no verdict of "slower"
+    (1.20, 1.15, 1.25, True, "faster"),
 ])
-def test_verdict_fails_only_a_resolved_slowdown_beyond_the_threshold(ratio, low, high, passes) -> None:
+def test_verdict_fails_only_a_resolved_slowdown(ratio, low, high, passes, outcome) -> None:
     wall = _comparison(ratio, low, high, "wall", 1.6, 1.6 / ratio)
     passed, message = against.verdict("lm preset=tiny", BASE, wall, None, {"data": 0.15, "forward": 0.01})
     assert passed is passes
-    assert message.startswith("old against new: lm preset=tiny: new runs at x")
+    assert message.startswith(f"old against new: lm preset=tiny: new against abcdef0123 (main), wall clock: {outcome}: "
+                              f"x{ratio:.3g} [")
     if not passes:
-        assert "SLOWER by 10.0%" in message and "data loading" in message and "models/lm/data.py" in message
+        assert f"SLOWER by {100 * (1 - ratio):.1f}%" in message and "data loading" in message
+        assert "models/lm/data.py" in message
 
 
 def test_a_change_under_one_model_package_touches_only_that_workload() -> None:
@@ -133,7 +136,7 @@ def test_verdict_says_waiting_when_cpu_time_did_not_grow() -> None:
     wall = _comparison(0.73, 0.71, 0.75, "wall", 1.6, 2.2)
     cpu = _comparison(0.97, 0.95, 0.99, "cpu", 1.5, 1.55)
     passed, message = against.verdict("lm", BASE, wall, cpu, {"data": 0.6})
-    assert not passed and "waiting" in message and "CPU clock x0.97" in message
+    assert not passed and "waiting" in message and "CPU clock slower: x0.97 [" in message
 
 
 def test_reference_differences_name_the_first_step_that_moved() -> None:

@@ -110,7 +110,7 @@ def test_index_links_every_report(reports):
     text = write_index(reports).read_text()
     assert "| Experiment | Headline | Device | When |" in text
     assert "[demo](demo/README.md)" in text and "[scaling](scaling/README.md)" in text
-    assert "`batched` runs at x3.03" in text  # the headline: the fastest variant with its CI
+    assert "`batched` is faster than `baseline`: x3.03 [" in text  # the headline: the fastest decided variant
 
 
 def test_recorded_warnings_are_listed_once_with_their_variants(tmp_path):

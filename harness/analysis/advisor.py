@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.analysis import decision
+from harness.analysis.stats import MIN_REPEATS, RatioEstimate
 from harness.knobs import global_batch
 from harness.results import PHASE_NAMES, Record
 
@@ -137,18 +139,23 @@ def _padding_waste(f: Mapping[str, Any]) -> Finding | None:
                    f"padded/real tokens = {padded / real:.2f} > {PADDING_RATIO}")
 
 
+def _speed(f: Mapping[str, Any]) -> decision.Decision:
+    """The row's speedup over the baseline, decided (`decision.decide`, the speed margin)."""
+    est = RatioEstimate(_num(f, "speedup"), _num(f, "speedup_ci_low"), _num(f, "speedup_ci_high"),
+                        int(_num(f, "speedup_pairs")) if math.isfinite(_num(f, "speedup_pairs")) else 0,
+                        str(f.get("speedup_method") or "t"), int(_num(f, "speedup_need"))
+                        if math.isfinite(_num(f, "speedup_need")) else MIN_REPEATS)
+    return decision.decide(est, margin=decision.EQUIVALENCE_MARGIN_PCT / 100)
+
+
 def _speedup_text(f: Mapping[str, Any]) -> str:
-    lo, hi = _num(f, "speedup_ci_low"), _num(f, "speedup_ci_high")
-    ci = f" [95% CI {lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else ""
-    return f"speedup x{_num(f, 'speedup'):.2f}{ci}"
+    return f"speedup {_speed(f).text()}"
 
 
 def _amp_slower(f: Mapping[str, Any], base: Mapping[str, Any] | None) -> Finding | None:
     amp = (f.get("config") or {}).get("amp", "off")
     base_amp = ((base or {}).get("config") or {}).get("amp", "off")
-    speedup, hi = _num(f, "speedup"), _num(f, "speedup_ci_high")
-    slower = (hi < 1.0) if math.isfinite(hi) else (speedup < 0.97)
-    if base is None or amp == "off" or base_amp != "off" or not math.isfinite(speedup) or not slower:
+    if base is None or amp == "off" or base_amp != "off" or _speed(f).outcome != decision.WORSE:
         return None
     where = "a GPU" if _on_gpu(f) else "a CPU (no native fp16/bf16 matmul units: autocast adds casts)"
     return Finding("amp_slower", f"AMP ({amp}) is slower than fp32 on {where}; keep amp=off here, or use it "
@@ -169,8 +176,8 @@ def _it_per_s_across_batch(f: Mapping[str, Any], base: Mapping[str, Any] | None)
 
 
 def _faster(f: Mapping[str, Any]) -> bool:
-    """Resolved faster than the baseline: the interval's low end above 1."""
-    return _num(f, "speedup_ci_low") > 1.0
+    """Decided faster than the baseline (`decision.decide`)."""
+    return _speed(f).outcome == decision.BETTER
 
 
 def _same_effective_batch(f: Mapping[str, Any], base: Mapping[str, Any] | None) -> Finding | None:
@@ -212,19 +219,27 @@ def _compile_break_even(f: Mapping[str, Any], base: Mapping[str, Any] | None) ->
 def _quality_loss(f: Mapping[str, Any], primary: str | None, higher_is_better: bool) -> Finding | None:
     if not primary:
         return None
-    speedup, lo = _num(f, "speedup"), _num(f, "speedup_ci_low")
+    speed = _speed(f)
     value, delta = _num(f, primary), _num(f, f"{primary}_delta")
-    faster = (lo > 1.0) if math.isfinite(lo) else speedup >= MIN_SPEEDUP
+    # a speedup without an interval (one run, a plain dict) still raises the question, and says it is unresolved
+    faster = speed.outcome == decision.BETTER or (speed.insufficient and speed.estimate.ratio >= MIN_SPEEDUP)
     if not (faster and math.isfinite(value) and math.isfinite(delta)):
         return None
     base_value = value - delta
-    worse_by = -delta if higher_is_better else delta
-    if worse_by <= QUALITY_TOLERANCE * max(abs(base_value), 1e-12):
+    seeds_run = int(_num(f, "quality_seeds")) if math.isfinite(_num(f, "quality_seeds")) else 1
+    quality = decision.decide(
+        RatioEstimate(delta, _num(f, f"{primary}_delta_ci_low"), _num(f, f"{primary}_delta_ci_high"), seeds_run, "t",
+                      MIN_REPEATS),
+        at=0.0, margin=QUALITY_TOLERANCE * max(abs(base_value), 1e-12), scale="difference",
+        higher_is_better=higher_is_better, words=decision.QUALITY)
+    worse_point = (-delta if higher_is_better else delta) > quality.margin
+    if quality.outcome != decision.WORSE and not (quality.insufficient and worse_point):
         return None
+    seeds = "" if quality.resolved else "; one seed, so unresolved: replicate the quality runs over 3 or more seeds"
     return Finding("speedup_with_quality_loss", "the speedup came with a quality loss (seed 000's 2.3x that cost "
                    "39 points of accuracy): check that the variant computes the same model, then tune it "
-                   "(lr, warmup) before adopting it",
-                   f"{_speedup_text(f)}, {primary} {base_value:.4g} -> {value:.4g} ({delta:+.4g})")
+                   f"(lr, warmup) before adopting it{seeds}",
+                   f"{_speedup_text(f)}; {primary} {base_value:.4g} -> {value:.4g}: {quality.text()}")
 
 
 def _memory_near_capacity(f: Mapping[str, Any], capacity_gib: float | None) -> Finding | None:

@@ -1,12 +1,12 @@
 """`trainbench compare OLD NEW`: per variant and metric, the change between two result directories with
-its significance, and `--fail-on 'samples_per_s:-10%'` thresholds for CI.
+its decision, and `--fail-on 'samples_per_s:-10%'` thresholds for CI.
 
 Runs of two sweeps cannot be paired, so each ratio new/old is a ratio of medians of per-run values with
-an (unpaired) bootstrap CI, from the latest attempt of each run (a re-run replaces a contended one); a change is
-significant when that CI excludes 1.0. Below 3 runs on either side there is no interval: "insufficient", never
-significant, and a `--fail-on` threshold on such a metric cannot be decided (`InsufficientEvidence`, exit 2). A
-threshold is crossed when the point estimate of the change passes it (significant or not: CI gates should not wait
-for noise to settle before flagging a large drop; the table says which changes are within noise).
+an (unpaired) bootstrap CI, from the latest attempt of each run (a re-run replaces a contended one). Each change is
+decided by `decision.decide` (higher, lower, equivalent within ±3%, or unresolved). Below 3 runs on either side
+there is no interval: "insufficient", and a `--fail-on` threshold on such a metric cannot be decided
+(`InsufficientEvidence`, exit 2). A threshold is crossed when the whole interval of the change lies past it (the
+rule of every gate: a point estimate past a threshold within noise is not a failure; the table shows it).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.analysis import stats
+from harness.analysis import decision, stats
 from harness.analysis.summary import latest_attempts
 from harness.results import Record, load_records, machine_id
 
@@ -34,11 +34,11 @@ class Threshold:
     metric: str
     pct: float
 
-    def crossed(self, change_pct: float) -> bool:
-        """True when a relative change (in %) passes this threshold."""
-        if not math.isfinite(change_pct):
-            return False
-        return change_pct <= self.pct if self.pct < 0 else change_pct >= self.pct
+    def crossed(self, est: stats.RatioEstimate) -> bool:
+        """True when the whole interval of the ratio new/old lies past this threshold (`decision.decide` at
+        1 + pct/100)."""
+        side = decision.decide(est, at=1.0 + self.pct / 100.0).side
+        return side == (decision.BELOW if self.pct < 0 else decision.ABOVE)
 
 
 def parse_fail_on(specs: Sequence[str], metrics: Sequence[str]) -> list[Threshold]:
@@ -53,10 +53,6 @@ def parse_fail_on(specs: Sequence[str], metrics: Sequence[str]) -> list[Threshol
             raise ValueError(f"--fail-on {spec!r}: unknown metric '{m['metric']}'; allowed: {', '.join(metrics)}")
         out.append(Threshold(m["metric"], float(m["pct"])))
     return out
-
-
-MIN_CHANGE_PCT = 0.1
-"""Changes smaller than this are never called significant (a constant figure has an interval of width 0)."""
 
 
 class InsufficientEvidence(ValueError):
@@ -122,7 +118,7 @@ def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
     only = sorted({r.variant for r in [*old, *new]} - set(variants))
     if only:
         lines += [f"Variants in only one directory (not compared): {', '.join(only)}", ""]
-    lines += ["| variant | metric | old (median) | new (median) | change | 95% CI of new/old | significant | gate |",
+    lines += ["| variant | metric | old (median) | new (median) | change | 95% CI of new/old | decision | gate |",
               "|---|---|---:|---:|---:|---|---|---|"]
     failed = False
     undecided: list[str] = []
@@ -136,19 +132,16 @@ def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
             change = (est.ratio - 1.0) * 100.0
             ci = f"[{est.ci_low:.3f}, {est.ci_high:.3f}]" if math.isfinite(est.ci_low) else \
                 f"insufficient ({len(a)} vs {len(b)} runs; need >= {est.need} each)"
-            if not math.isfinite(est.ci_low):
-                sig = "insufficient"
-            elif abs(change) < MIN_CHANGE_PCT:  # e.g. the same peak RSS to the byte: an interval of width 0
-                sig = f"no (below {MIN_CHANGE_PCT:g}%)"
-            else:
-                sig = "yes" if est.significant else "no (within noise)"
+            d = decision.decide(est, margin=decision.EQUIVALENCE_MARGIN_PCT / 100, words=("higher", "lower"))
+            sig = "unresolved: insufficient" if d.insufficient else \
+                f"{d.label}; {d.advice()}" if d.advice() else d.label
             gate = ""
             for t in thresholds:
                 if t.metric == metric and not math.isfinite(est.ci_low):
                     undecided.append(f"{v} {metric} ({len(a)} old vs {len(b)} new runs)")
                     gate = "undecided: insufficient"
                 elif t.metric == metric:
-                    hit = t.crossed(change)
+                    hit = t.crossed(est)
                     failed |= hit
                     gate = f"❌ crossed {t.pct:+g}%" if hit else f"✅ within {t.pct:+g}%"
             lines.append(f"| {v} | {metric} | {_fmt(stats.median(a))} | {_fmt(stats.median(b))} | "

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from harness.analysis import decision
 from harness.analysis.stats import RatioEstimate
 from harness.results import METRICS, PHASE_NAMES
 
@@ -227,26 +228,25 @@ THROUGHPUTS = ("samples_per_s", "tokens_per_s", "padded_tokens_per_s", "it_per_s
 WHOLE_INTERVAL_RULE = "whole-interval rule: a ratio gate fails only when its whole 95% interval is on the wrong side"
 
 
-def decide(est: RatioEstimate, op: str, threshold: float) -> tuple[bool, str]:
-    """(passed, why) for a ratio against a threshold under the whole-interval rule.
+def gate_passes(est: RatioEstimate, op: str, threshold: float) -> tuple[bool, str]:
+    """(passed, why) for a ratio against a threshold: `decision.decide` with no margin (the threshold as written),
+    read under the whole-interval rule.
 
     A shared runner adds bursts of load to some runs, so the point estimate alone wobbles across the
     threshold; requiring the whole interval on the wrong side keeps false alarms rare (measured by
     bench/measure_gate_rates.py) while a real regression, whose interval sits clearly off, still fails.
     Without an interval (too few samples) the gate cannot be decided, and an undecided gate fails.
     """
+    d = decision.decide(est, at=threshold, words=(f"above {threshold:g}", f"below {threshold:g}"))
     if not math.isfinite(est.ratio):
         return False, f"not measured (n={est.n})"
-    if not est.has_interval:
-        return False, f"undecided: {est.describe()}; add repeats (or pairs) until an interval exists"
-    if op in (">=", ">"):
-        passed = not (est.ci_high < threshold or (op == ">" and est.ci_high <= threshold))
-    elif op in ("<=", "<"):
-        passed = not (est.ci_low > threshold or (op == "<" and est.ci_low >= threshold))
-    else:  # == / != on a measured ratio: decided on the interval containing the value
-        inside = est.ci_low <= threshold <= est.ci_high
-        passed = inside if op == "==" else not inside
-    return passed, f"{est.describe()} ({est.n} pairs, {est.method})"
+    if d.insufficient:
+        return False, f"undecided: {d.text()}; add repeats (or pairs) until an interval exists"
+    passed = {">=": d.side != decision.BELOW, ">": d.side != decision.BELOW,
+              "<=": d.side != decision.ABOVE, "<": d.side != decision.ABOVE,
+              "==": d.side == decision.UNRESOLVED,  # the threshold inside the interval
+              "!=": d.side in (decision.ABOVE, decision.BELOW)}[op]
+    return passed, f"{d.text()} ({est.n} pairs, {est.method})"
 
 
 def _ratio_gate(gate: Gate, summary: pd.DataFrame, baseline: str) -> GateResult | None:
@@ -279,7 +279,7 @@ def _ratio_gate(gate: Gate, summary: pd.DataFrame, baseline: str) -> GateResult 
             k = (left / ls) / (right / rs) if all(map(math.isfinite, (left, right, ls, rs))) and ls and rs else math.nan
             est = RatioEstimate(est.ratio * k, est.ci_low * k, est.ci_high * k, est.n, est.method, est.need)
         what, threshold = f"{gate.variant}.{gate.metric} / {gate.right_variant}.{gate.metric}", gate.factor
-    passed, why = decide(est, gate.op, threshold)
+    passed, why = gate_passes(est, gate.op, threshold)
     measured = f"{what} = {why}"
     message = "ok" if passed else f"not {gate.op} {_fmt(threshold)} ({WHOLE_INTERVAL_RULE})"
     return GateResult(gate.expr, passed, measured, message)
@@ -298,8 +298,8 @@ def _where_time_went(c: Comparison) -> str:
 
 
 def ratio_verdict(c: Comparison, min_speedup: float) -> tuple[bool, str]:
-    """(passed, message) of `c.estimate >= min_speedup` under the whole-interval rule (`decide`)."""
-    passed, why = decide(c.estimate, ">=", min_speedup)
+    """(passed, message) of `c.estimate >= min_speedup` under the whole-interval rule (`gate_passes`)."""
+    passed, why = gate_passes(c.estimate, ">=", min_speedup)
     measured = (f"speedup {why}, {c.clock} clock; median step {c.median_ms('baseline'):.2f} ms -> "
                 f"{c.median_ms('variant'):.2f} ms")
     if passed:
@@ -308,8 +308,10 @@ def ratio_verdict(c: Comparison, min_speedup: float) -> tuple[bool, str]:
         return False, f"ratio gate {c.label}: cannot decide: {measured}"
     cause = "knobs changed: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in c.changed.items()) if c.changed \
         else "no knob differs, so the code (or the machine) made the difference"
-    e = c.estimate
-    if c.changed and min_speedup > 1.05 and e.ci_low <= 1.05 and e.ci_high >= 0.95:
+    # "about nothing": the interval sits nearer 1 than the required speedup (within the geometric midpoint)
+    same = decision.decide(c.estimate, at=1.0, margin=math.sqrt(min_speedup) - 1.0).outcome in (
+        decision.EQUIVALENT, decision.UNRESOLVED) if min_speedup > 1.05 else False
+    if c.changed and same:
         # Lead with the likeliest cause: a gain that used to be large is now about nothing.
         return False, (f"ratio gate failed: {c.label}: the two settings now run at the same speed ({measured}), "
                        f"required >= {min_speedup:g}x: both settings may now run the same code path (check that "

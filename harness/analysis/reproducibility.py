@@ -135,8 +135,11 @@ class SessionEstimate:
         return math.log(self.ci_high / self.ci_low) / (2 * self.widen * stats.t_quantile_975(self.n - 1))
 
     def contains(self, ratio: float) -> bool:
-        """True when `ratio` lies inside this session's interval."""
-        return bool(self.ci_low <= ratio <= self.ci_high)
+        """True when `ratio` lies inside this session's interval (`decision.decide` at `ratio`: neither side)."""
+        from harness.analysis import decision
+
+        est = stats.RatioEstimate(self.ratio, self.ci_low, self.ci_high, self.n, "t", stats.MIN_REPEATS, self.widen)
+        return decision.contains(est, ratio)
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,16 +82,6 @@ class RatioEstimate:
             return f"x{self.ratio:.3g} (insufficient: n={self.n}; need >= {self.need})"
         return f"x{self.ratio:.3g} [{self.ci_low:.3g}, {self.ci_high:.3g}]"
 
-    @property
-    def straddles_one(self) -> bool:
-        """True when the interval includes 1.0 (no resolvable difference)."""
-        return bool(self.ci_low <= 1.0 <= self.ci_high)
-
-    @property
-    def significant(self) -> bool:
-        """True when a finite interval excludes 1.0."""
-        return bool(np.isfinite(self.ci_low) and not self.straddles_one)
-
 
 def _clean(values: Sequence[float] | np.ndarray) -> np.ndarray:
     arr = np.asarray([np.nan if v is None else v for v in values], dtype=float)
@@ -263,6 +253,12 @@ def _finite_positive(x: float | None) -> bool:
     return x is not None and np.isfinite(x) and x > 0
 
 
+def _contains_one(est: RatioEstimate) -> bool:
+    from harness.analysis import decision  # decision builds on this module
+
+    return decision.contains(est, 1.0)
+
+
 def instability_advice(*, ci: RatioEstimate | None, spreads_pct: dict[str, float], repeats: int,
                        bench_steps: int | None) -> str:
     """Empty when the result is stable; otherwise why it is not and what to do about it.
@@ -272,7 +268,7 @@ def instability_advice(*, ci: RatioEstimate | None, spreads_pct: dict[str, float
     reasons = []
     if ci is not None and not ci.has_interval:
         reasons.append(f"insufficient: {ci.n} paired repeat(s), an interval needs >= {ci.need}")
-    elif ci is not None and ci.straddles_one:
+    elif ci is not None and _contains_one(ci):
         reasons.append(f"the 95% CI [{ci.ci_low:.3f}, {ci.ci_high:.3f}] includes 1.0")
     for who, spread in spreads_pct.items():
         if np.isfinite(spread) and spread > UNSTABLE_SPREAD_PCT:

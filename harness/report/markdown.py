@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from harness.analysis import advisor, cost, gates
+from harness.analysis import advisor, cost, decision, gates
 from harness.analysis.reproducibility import INTERFERED_PCT, interfered_runs, run_state
 from harness.analysis.scaling import scaling_table
 from harness.analysis.stats import RatioEstimate
@@ -96,12 +96,18 @@ def _ci(row: pd.Series) -> str:
     return _estimate(row).describe()
 
 
+def speed_decision(row: pd.Series, floor: float | None = None) -> decision.Decision:
+    """The row's speedup decided (`decision.decide`) with the speed margin, widened to the measured noise floor
+    when there is one: faster, slower, equivalent within the margin, or unresolved."""
+    margin = decision.EQUIVALENCE_MARGIN_PCT / 100
+    if floor is not None and math.isfinite(floor):
+        margin = max(margin, floor - 1.0)
+    return decision.decide(_estimate(row), margin=margin)
+
+
 def resolved(row: pd.Series, floor: float | None) -> bool:
-    """A speedup is a finding only when its interval excludes 1 and it clears the measured noise floor."""
-    est = _estimate(row)
-    if not est.has_interval or est.ci_low <= 1.0 <= est.ci_high:
-        return False
-    return floor is None or not (1.0 / floor < est.ratio < floor)
+    """A speedup is a finding only when it is decided faster or slower (not equivalent, not unresolved)."""
+    return speed_decision(row, floor).resolved
 
 
 def peak_memory(row: pd.Series) -> float:
@@ -166,11 +172,12 @@ def headline(s: pd.DataFrame, floor: float | None = None) -> str:
         return f"`{base}`: {fmt(s.at[base, 'samples_per_s'])} samples/s (no variant measured against it)"
     found = others[[resolved(r, floor) for _, r in others.iterrows()]]
     if found.empty:
-        return (f"no variant's speed is resolved from `{base}`'s here (every interval includes 1, is missing, "
-                "or lies inside the noise floor); see the speed table")
+        return (f"no variant is decided faster or slower than `{base}` here (each is equivalent within the margin, "
+                "unresolved, or without an interval); see the speed table")
     best = found["speedup"].astype(float).idxmax()
     row = s.loc[best]
-    text = f"`{best}` runs at {_ci(row)} the samples/s of `{base}`"
+    d = speed_decision(row, floor)
+    text = f"`{best}` is {d.label} than `{base}`: {d.evidence()} its samples/s"
     primary = s.attrs.get("primary_metric")
     if primary and f"{primary}_delta" in s.columns and math.isfinite(float(row[f"{primary}_delta"])):
         text += f", {primary} {fmt_delta(row[f'{primary}_delta'])}"
@@ -276,10 +283,10 @@ def _effective_batch(s: pd.DataFrame) -> list[str]:
     best = ranked[0]
     if best == base:
         verdict = f"the baseline `{base}` is the fastest measured"
-    elif resolved(s.loc[best], None) and float(s.at[best, "speedup_ci_low"]) > 1:
+    elif speed_decision(s.loc[best]).outcome == decision.BETTER:
         verdict = f"`{best}` is the fastest, {_ci(s.loc[best])} against `{base}`"
     else:
-        verdict = f"`{best}` measured fastest, but its interval against `{base}` includes 1: not resolved"
+        verdict = f"`{best}` measured fastest, but against `{base}` it is {speed_decision(s.loc[best]).text()}"
     lines = [f"Every batch_size x grad_accum = {effective} that ran, ranked by samples/s: the same gradient each "
              f"(checked against the baseline), so only speed and memory differ. **{verdict}.**", ""]
     return lines + table(["rank", "variant", "batch_size", "grad_accum", "samples/s (min–max)", "speedup [95% CI]",
@@ -294,7 +301,7 @@ def _compile(s: pd.DataFrame) -> list[str]:
         if not math.isfinite(float(r.get("compile_s", math.nan))):
             continue
         steps = float(r["break_even_steps"])
-        faster = float(r["speedup_ci_low"]) > 1  # resolved: the interval above 1
+        faster = speed_decision(r).outcome == decision.BETTER
         even = "(baseline)" if v == s.attrs["baseline"] else \
             f"after {math.ceil(steps):,} steps" if faster and math.isfinite(steps) else \
             "never (no resolved per-step saving)" if math.isfinite(float(r["speedup_ci_high"])) or steps == math.inf \

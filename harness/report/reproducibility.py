@@ -113,13 +113,27 @@ def _explain(v: str, this: Mapping[str, Any], prev: Mapping[str, Any]) -> str:
             f"(and x{b.ratio:.3g} outside this one's): {why}.")
 
 
+def mde_lines(data: Mapping[str, Any], records: Sequence[Record]) -> list[str]:
+    """What "no regression" is worth here: the newest `trainbench doctor --mde` of this workload on this machine."""
+    workload = next((r.workload for r in records if r.workload), "")
+    found = [e for label, e in (data.get("mde") or {}).items() if label.split()[0] == workload]
+    if not found:
+        return [f"Smallest detectable slowdown: not measured on this machine; `trainbench doctor --mde {workload}` "
+                "measures it (an A/A experiment), and reports then quote it.", ""]
+    e = max(found, key=lambda x: str(x.get("time")))
+    at = ", ".join(f"{p:.1f}% at {n} repeats" for n, p in (e.get("slowdown_pct") or {}).items())
+    return [f"Smallest detectable slowdown on this machine (`trainbench doctor --mde {e['workload']}`, "
+            f"{str(e.get('time'))[:10]}): A/A spread {e['sd_pct']:.1f}% per repeat; a slowdown is resolved 4 times "
+            f"in 5 from {at}. A smaller change reads \"unresolved\" or \"equivalent\" here, not \"no regression\".", ""]
+
+
 def reproducibility_section(s: pd.DataFrame, records: Sequence[Record], data: Mapping[str, Any]) -> list[str]:
     """The section's lines ([] when no run carries a machine state)."""
     if not any(r.state for r in records):
         return []
     from harness.report.markdown import table
 
-    lines = _state_lines(data) + _interfered_lines(records)
+    lines = _state_lines(data) + _interfered_lines(records) + mde_lines(data, records)
     sessions = _sessions(data)
     if len(sessions) < 2:
         lines += ["Across sessions: this is the only session of this code, configs and machine in the history, so "
