@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.rates import rates, totals_from_metrics
+
 RANK_STATUS_ORDER = ("timeout", "crash", "oom", "nan", "ok")
 """The gathered record's status is the first of these that any rank has."""
 
@@ -283,13 +285,11 @@ def rank_summary(r: int, res: Mapping[str, Any]) -> dict[str, Any]:
     m = res.get("metrics") or {}
     step_ms = list(res.get("step_ms") or [])
     comm_ms = float((res.get("phase_ms") or {}).get("communication", 0.0))
-    wall, sps = m.get("train_wall_s"), m.get("samples_per_s")
+    totals = res.get("totals") or totals_from_metrics(m)
     return {"rank": r, "status": res.get("status", "crash"), "error": res.get("error", ""),
-            # counts, recovered from the rank's rates over its window (exact up to float rounding)
-            "window_s": wall, "samples": round(sps * wall) if sps is not None and wall else None,
-            "real_tokens": round((m.get("tokens_per_s") or 0.0) * (wall or 0.0)),
-            "padded_tokens": round((m.get("padded_tokens_per_s") or 0.0) * (wall or 0.0)),
-            "samples_per_s": sps, "step_ms": step_ms,
+            "window_s": totals.get("window_s"), "samples": totals.get("samples"), "totals": dict(totals),
+            "real_tokens": totals.get("real_tokens") or 0, "padded_tokens": totals.get("padded_tokens") or 0,
+            "samples_per_s": m.get("samples_per_s"), "step_ms": step_ms,
             "step_ms_median": statistics.median(step_ms) if step_ms else None,
             "communication_ms": comm_ms,
             "busy_ms": statistics.fmean(step_ms) - comm_ms if step_ms else None,
@@ -297,11 +297,26 @@ def rank_summary(r: int, res: Mapping[str, Any]) -> dict[str, Any]:
             "allreduce_busbw_gbps": m.get("allreduce_busbw_gbps"), "final_loss": m.get("final_loss")}
 
 
+def combined_totals(ranks: Sequence[Mapping[str, Any]], steps: int) -> dict[str, Any]:
+    """The world's totals: every rank's samples, tokens and FLOPs over the slowest rank's window (a straggler
+    bounds the throughput), `steps` optimizer steps (the fewest any rank measured)."""
+    def total(key: str) -> float | None:
+        values = [t.get(key) for t in ranks]
+        return sum(values) if all(v is not None for v in values) else None
+
+    first = ranks[0]
+    micro = (first.get("micro_steps") or 0) / first["measured_steps"] if first.get("measured_steps") else 1.0
+    return {"measured_steps": steps, "micro_steps": round(steps * micro), "samples": total("samples"),
+            "real_tokens": total("real_tokens") or 0, "padded_tokens": total("padded_tokens") or 0,
+            "window_s": max(t.get("window_s") or 0.0 for t in ranks), "flops": total("flops")}
+
+
 def gather(results: Sequence[Mapping[str, Any] | None], tails: Sequence[str], *, timed_out: bool = False,
            launcher_stderr: str = "") -> dict[str, Any]:
     """The ranks' results as one result (the fields of one `Record`), with ``ranks`` (one summary each).
 
-    Throughput: every rank's samples / the slowest rank's measured window (so one straggler bounds it). Per
+    Throughput: `harness.rates.rates` of the ranks' `combined_totals` (every rank's samples over the slowest
+    rank's measured window, so one straggler bounds it). Per
     rank, busy time = mean step time - its communication wait; skew = slowest busy - fastest busy (ms per step):
     a rank that computes longer makes every other rank wait in its all-reduce, which the skew shows and the
     communication phase of the slowest rank does not. Phases and step CPU times are the slowest rank's (the
@@ -328,27 +343,21 @@ def gather(results: Sequence[Mapping[str, Any] | None], tails: Sequence[str], *,
     if not any(x["step_ms"] for x in ranks):
         return out
     slowest = max(range(len(ranks)), key=lambda r: ranks[r]["busy_ms"])
-    window = max(x["window_s"] for x in ranks)
-    total = sum(x["samples"] for x in ranks)
     n = min(len(x["step_ms"]) for x in ranks)
     base = results[slowest]
     m = dict(base["metrics"])
-    per_s = (lambda x: x / window) if window > 0 else (lambda x: None)
-    real, padded = sum(x["real_tokens"] for x in ranks), sum(x["padded_tokens"] for x in ranks)
-    micro_per_step = m["it_per_s"] / m["steps_per_s"] if m.get("it_per_s") and m.get("steps_per_s") else 1.0
-    m.update(world_size=len(ranks), train_wall_s=window, samples_per_s=per_s(total), steps_per_s=per_s(n),
-             it_per_s=per_s(n * micro_per_step),
-             tokens_per_s=per_s(real) if real else None, padded_tokens_per_s=per_s(padded) if real else None,
+    out["totals"] = totals = combined_totals([x["totals"] for x in ranks], n)
+    m.update(rates(totals))
+    m.update(world_size=len(ranks),
              peak_rss_gib=max(x["peak_rss_gib"] or 0.0 for x in ranks),
              cuda_peak_allocated_gib=_max_or_none(x["cuda_peak_allocated_gib"] for x in ranks),
              final_loss=sum(x["final_loss"] for x in ranks) if all(x["final_loss"] is not None for x in ranks)
              else None)  # each rank's loss is its share of the global step's
-    for key in ("samples_per_step", "real_tokens_per_step", "padded_tokens_per_step", "flops_per_step"):
+    for key in ("samples_per_step", "flops_per_step"):  # the counted step's, summed over ranks
         values = [(res or {}).get("metrics", {}).get(key) for res in results]
         m[key] = sum(values) if all(v is not None for v in values) else None
     if m.get("flops_per_step") and m.get("samples_per_step"):
         m["flops_per_sample"] = m["flops_per_step"] / m["samples_per_step"]
-        m["achieved_tflops"] = m["flops_per_sample"] * m["samples_per_s"] / 1e12 if m["samples_per_s"] else None
     step_ms = [max(x["step_ms"][i] for x in ranks) for i in range(n)]
     m["step_ms_median"] = statistics.median(step_ms)
     m["step_ms_mean"] = statistics.fmean(step_ms)

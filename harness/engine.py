@@ -47,6 +47,7 @@ from harness.probes.counters import (
 from harness.probes.sampler import ResourceSampler
 from harness.probes.state import StateProbe
 from harness.probes.timers import PhaseClock, WindowTimer
+from harness.rates import rates
 from harness.trainer import Trainer, autocast
 from harness.workload import BatchCounts
 
@@ -72,6 +73,8 @@ class TrainResult:
     """Group runs only: {"group": [...names], "member": i, "first": [bool per measured step]}."""
     state: dict[str, Any] = field(default_factory=dict)
     """The machine-state index read before the window opened and after it closed (`harness.probes.state`)."""
+    totals: dict[str, Any] = field(default_factory=dict)
+    """The window's raw totals (`harness.rates.TOTAL_KEYS`); every rate in `metrics` is `rates(totals)`."""
 
 
 class Meter:
@@ -105,6 +108,8 @@ class Meter:
         self.kernels: set[str] = set()
         """The fused-attention kernels SDPA picked in the FLOP-counted step (`AttentionKernels`)."""
         self.totals = {"samples": 0, "real": 0, "padded": 0}
+        self.raw: dict[str, Any] = {}
+        """The window's totals, set by `finish` (`harness.rates`)."""
         self.window_s = 0.0
         self.losses: list[torch.Tensor] = []
         self.metrics: dict[str, float | None] = {}
@@ -195,9 +200,11 @@ class Meter:
             self.counter.remove()
         if not self.instrument:
             n = self.tr.cfg.bench_steps
-            return TrainResult(metrics={"measured_steps": n, "train_wall_s": self.window_s,
-                                        "samples_per_s": self.totals["samples"] / self.window_s,
-                                        "step_ms_mean": self.window_s * 1e3 / n})
+            self.raw = {"measured_steps": n, "micro_steps": n * cfg.grad_accum, "samples": self.totals["samples"],
+                        "window_s": self.window_s}
+            full = rates(self.raw)
+            return TrainResult(metrics={**{k: full[k] for k in ("measured_steps", "train_wall_s", "samples_per_s")},
+                                        "step_ms_mean": self.window_s * 1e3 / n}, totals=dict(self.raw))
         step_ms, phases = self.clock.resolve()
         step_cpu_ms = list(self.clock.step_cpu_ms)
         if self.window_from_steps:
@@ -205,25 +212,17 @@ class Meter:
         single = tr.device.type == "cpu" and tr.threads == 1 and tr.loader.num_workers == 0
         demand = tr.threads + tr.loader.num_workers
         evidence = self.contention.stop(step_ms, step_cpu_ms, single_threaded=single, demand_cores=demand).to_dict()
-        n, train_s, totals = len(step_ms), self.window_s, self.totals
-        m["measured_steps"] = n
-        m["train_wall_s"] = train_s
-        per_s = (lambda x: x / train_s) if train_s > 0 else (lambda x: None)
-        m["steps_per_s"] = per_s(n)
-        m["it_per_s"] = per_s(n * cfg.grad_accum)
-        m["samples_per_s"] = per_s(totals["samples"])
-        has_tokens = totals["real"] > 0
-        m["tokens_per_s"] = per_s(totals["real"]) if has_tokens else None
-        m["padded_tokens_per_s"] = per_s(totals["padded"]) if has_tokens else None
-        m["real_tokens_per_step"] = totals["real"] / n if has_tokens and n else None
-        m["padded_tokens_per_step"] = totals["padded"] / n if has_tokens and n else None
+        n, totals = len(step_ms), self.totals
+        flops_per_sample = m.get("flops_per_sample")
+        self.raw = {"measured_steps": n, "micro_steps": n * cfg.grad_accum, "samples": totals["samples"],
+                    "real_tokens": totals["real"], "padded_tokens": totals["padded"], "window_s": self.window_s,
+                    "flops": flops_per_sample * totals["samples"] if flops_per_sample else None}
+        m.update(rates(self.raw))
         m["step_ms_median"] = statistics.median(step_ms) if step_ms else None
         m["step_ms_mean"] = statistics.fmean(step_ms) if step_ms else None
         m["step_ms_p10"], m["step_ms_p90"] = _pct(step_ms, 10), _pct(step_ms, 90)
         m["step_cpu_ms_median"] = statistics.median(step_cpu_ms) if step_cpu_ms else None
         m["forward_calls_per_step"] = self.counter.passes / (n * cfg.grad_accum) if n else None
-        sps = m["samples_per_s"]
-        m["achieved_tflops"] = m["flops_per_sample"] * sps / 1e12 if sps and m.get("flops_per_sample") else None
         gpu_name = torch.cuda.get_device_name(tr.device) if tr.device.type == "cuda" else None
         achieved = m["achieved_tflops"] * 1e12 if m["achieved_tflops"] else None
         m["mfu"] = mfu(achieved, gpu_name, cfg.values)  # None on a CPU or a GPU without a cited peak
@@ -252,7 +251,7 @@ class Meter:
             timeline={k: list(v) for k, v in s.items() if v},
             notes={"nvml": sampler.nvml_status if sampler else "not sampled", "threads": tr.threads_reason,
                    **({"attention_kernels": ", ".join(sorted(self.kernels))} if self.kernels else {})},
-            contention={**evidence, "verdict": verdict(evidence)}, state=self.state.to_dict())
+            contention={**evidence, "verdict": verdict(evidence)}, state=self.state.to_dict(), totals=dict(self.raw))
 
     def _compile_metrics(self) -> None:
         """compile_s: torch.compile's seconds before the window (excluded from it); recompiles: frames compiled
@@ -385,9 +384,17 @@ def run_group(cfgs: Sequence[RunConfig | Trainer], *, rounds: int, warmup_rounds
     process = f"{os.getpid()}-{time.time_ns()}"  # identifies this process's group in the records
     for k, meter in enumerate(meters):
         res = meter.finish()
-        res.pairing = {"group": names, "member": k, "first": first[k], "process": process}
+        res.pairing = {"group": names, "member": k, "first": first[k], "process": process,
+                       "shared": [x for x in (SAMPLED_METRICS if k == 0 else ()) + PROCESS_METRICS
+                                  if res.metrics.get(x) is not None]}
         results.append(res)
     return results
+
+
+SAMPLED_METRICS = ("energy_j_per_sample", "cpu_util_pct", "gpu_util_pct", "gpu_power_w", "gpu_mem_used_gib")
+"""A group's one sampler (member 0's) sees the whole process: every member's work is in these."""
+PROCESS_METRICS = ("peak_rss_gib", "cuda_peak_allocated_gib", "cuda_peak_reserved_gib")
+"""Peaks of the process, which every member of a group shares."""
 
 
 def _plain_rounds(one_round: Callable[[], None], rounds: int, warmup_rounds: int) -> None:

@@ -20,10 +20,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 4
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)
-"""Version 2 added step_cpu_ms, contention, pairing and attempt; version 3 ranks; version 4 state (defaults make
-older lines valid)."""
+SCHEMA_VERSION = 5
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5)
+"""Version 2 added step_cpu_ms, contention, pairing and attempt; version 3 ranks; version 4 state; version 5 totals
+(defaults make older lines valid; `totals_of` recovers an older record's totals from its rates)."""
 STATUSES = ("ok", "oom", "nan", "crash", "timeout", "skipped")
 PHASES = ("speed", "quality", "equivalence")
 RECORDS_FILE = "records.jsonl"
@@ -91,13 +91,17 @@ class Record:
     pairing: Mapping[str, Any] = field(default_factory=dict)
     """Runs of a group interleaved in one process: ``group`` (the members' labels), ``member`` (this
     record's index), ``variants`` (the members' variant names), ``first`` (per measured step: did this
-    member go first in its round)."""
+    member go first in its round), ``shared`` (metrics that measured the whole process, every member's work:
+    the sampler's on member 0, the peaks on all; not this member's own figure)."""
     state: Mapping[str, Any] = field(default_factory=dict)
     """The machine-state index (`harness.probes.state`): reference-kernel ms ``before`` the window opened and
     ``after`` it closed, the ``threads`` they ran on and their ``cost_s``; empty where not measured."""
     ranks: tuple[Mapping[str, Any], ...] = ()
     """Data-parallel runs (``ddp`` > 1): one summary per rank (`harness.distributed.rank_summary`): rank, status,
     error, window_s, samples, step_ms, busy_ms, communication_ms, peaks."""
+    totals: Mapping[str, Any] = field(default_factory=dict)
+    """The measured window's raw totals (`harness.rates.TOTAL_KEYS`: steps, micro-steps, samples, real and padded
+    tokens, window seconds, FLOPs); every throughput in `metrics` is `harness.rates.rates(totals)`."""
     attempt: int = 0
     """0 for the first run of this (variant, phase, repeat); n for the n-th re-run after contention."""
     wall_s: float = 0.0
@@ -109,6 +113,13 @@ class Record:
         assert self.phase in PHASES, self.phase
         unknown = set(self.metrics) - set(METRICS)
         assert not unknown, f"unknown metrics {sorted(unknown)}"
+
+    @property
+    def window_totals(self) -> Mapping[str, Any]:
+        """`totals`, or for a record written before records kept them, recovered from its rates."""
+        from harness.rates import totals_from_metrics
+
+        return self.totals or totals_from_metrics(self.metrics)
 
     @property
     def key(self) -> tuple[str, str, int]:

@@ -365,7 +365,7 @@ def _result_fields(res: Mapping[str, Any]) -> dict[str, Any]:
                 step_cpu_ms=tuple(res.get("step_cpu_ms", ())), quality=res.get("quality", {}),
                 curve=tuple(res.get("curve", ())), equivalence=res.get("equivalence", {}),
                 timeline=res.get("timeline", {}), contention=res.get("contention", {}), pairing=pairing,
-                ranks=tuple(res.get("ranks", ())), state=res.get("state") or {})
+                ranks=tuple(res.get("ranks", ())), state=res.get("state") or {}, totals=res.get("totals") or {})
 
 
 def records_from(experiment: str, job: Job, outcome: Outcome) -> list[Record]:

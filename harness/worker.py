@@ -25,7 +25,7 @@ def result_fields(result: Any, caught: list[warnings.WarningMessage]) -> dict[st
             "step_cpu_ms": result.step_cpu_ms, "quality": result.quality, "curve": result.curve,
             "warnings": result.warnings + raised, "timeline": result.timeline, "contention": result.contention,
             "pairing": result.pairing, "notes": result.notes,
-            "state": result.state}
+            "state": result.state, "totals": result.totals}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:

@@ -64,9 +64,13 @@ class InsufficientEvidence(ValueError):
 
 
 def _values(records: Sequence[Record], variant: str, metric: str, quality: bool) -> list[float]:
+    """The metric of each of the variant's runs; a figure a group run shared with its other members (the process's
+    peak, the sampler's utilisation and energy: `Record.pairing["shared"]`) is not this variant's and is left out."""
     phase = "quality" if quality else "speed"
     out = []
     for r in records:
+        if metric in (r.pairing or {}).get("shared", ()):
+            continue
         if r.variant == variant and r.phase == phase and r.status == "ok":
             value = (r.quality if quality else r.metrics).get(metric)
             if value is not None and math.isfinite(value):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from harness.analysis import stats
+from harness.rates import samples_per_step
 from harness.results import Record
 
 CLOCKS = ("auto", "wall", "cpu")
@@ -46,9 +47,7 @@ def _resolved(r: Record) -> dict[str, Any]:
 
 
 def _samples_per_step(r: Record) -> float:
-    m = r.metrics
-    sps, wall, n = m.get("samples_per_s"), m.get("train_wall_s"), m.get("measured_steps")
-    return float(sps) * float(wall) / float(n) if sps and wall and n else float("nan")
+    return samples_per_step(r.window_totals)
 
 
 def _times(r: Record, clock: str) -> np.ndarray:
@@ -90,7 +89,7 @@ def estimate(base: Sequence[Record], variant: Sequence[Record], clock: str = "au
         return stats.block_bootstrap_ratio(np.concatenate(per_process)), clock
     clock = "wall" if clock == "auto" else clock
     if clock == "cpu":
-        value = {k: r.metrics.get("samples_per_s", 0) * r.metrics.get("train_wall_s", 0) / (sum(r.step_cpu_ms) / 1e3)
+        value = {k: (r.window_totals.get("samples") or 0) / (sum(r.step_cpu_ms) / 1e3)
                  for k, r in {**{("b", k): x for k, x in b.items()}, **{("v", k): y for k, y in v.items()}}.items()
                  if r.step_cpu_ms}
         num = {k[1]: x for k, x in value.items() if k[0] == "v"}

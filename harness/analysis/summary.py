@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness.analysis import reproducibility, speedup, stats
 from harness.knobs import global_batch
+from harness.rates import samples_per_step
 from harness.results import METRICS, PHASE_NAMES, Record
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def _speed_columns(row: dict[str, Any], ok: Sequence[Record]) -> None:
     row["step_ms"] = row["step_ms_median"]
     if steps:  # pooled per-step percentiles, across every measured step of every repeat
         row["step_ms_p10"], row["step_ms_p90"] = stats.percentile(steps, 10), stats.percentile(steps, 90)
-    per_step = row["samples_per_step"]
+    per_step = stats.median([samples_per_step(r.window_totals) for r in ok])
     if np.isfinite(per_step) and np.isfinite(row["step_ms_p90"]):
         row["samples_per_s_p10"] = per_step * 1000.0 / row["step_ms_p90"]
         row["samples_per_s_p90"] = per_step * 1000.0 / row["step_ms_p10"]
