@@ -12,10 +12,11 @@ A/A runs, where the true ratio is 1:
   `k` runs in the runner's rotated order (round r starts at variant r), and the ratio pairs variant `j` with
   the baseline of the same round.
 
-    python bench/simulate_coverage.py [--trials 20000]
+    python bench/simulate_coverage.py [--trials 20000] [--min-stop 5] [--widen 1.25]
 
 prints, per condition, the coverage of the rule as it was (stop from 3 processes, plain t) and as it is
-(`stats.MIN_STOP_REPEATS`, `stats.SEQUENTIAL_WIDEN`), with the median repeats and half-width.
+(`stats.MIN_STOP_REPEATS`, `stats.SEQUENTIAL_WIDEN`, or the rule `--min-stop`/`--widen` name), with the median
+repeats and half-width.
 """
 
 from __future__ import annotations
@@ -99,14 +100,17 @@ def binomial_interval(k: int, n: int) -> tuple[float, float]:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20_000)
+    parser.add_argument("--min-stop", type=int, default=stats.MIN_STOP_REPEATS, help="the rule's fewest repeats")
+    parser.add_argument("--widen", type=float, default=stats.SEQUENTIAL_WIDEN, help="the rule's factor on t")
     args = parser.parse_args(argv)
-    print(f"| noise | runs | as it was: stop from {START}, plain t | as it is: stop from {stats.MIN_STOP_REPEATS}, "
-          f"t x{stats.SEQUENTIAL_WIDEN:g} | repeats (median) | half-width (median) |")
+    name = "as it is" if (args.min_stop, args.widen) == (stats.MIN_STOP_REPEATS, stats.SEQUENTIAL_WIDEN) else "tried"
+    print(f"| noise | runs | as it was: stop from {START}, plain t | {name}: stop from {args.min_stop}, "
+          f"t x{args.widen:g} | repeats (median) | half-width (median) |")
     print("|---|---|---:|---:|---:|---:|")
     for name, (phi, k, j) in CONDITIONS.items():
         for noise in NOISES_PCT:
             old = simulate(noise, args.trials, phi=phi, k=k, j=j, min_stop=START, widen=1.0)
-            new = simulate(noise, args.trials, phi=phi, k=k, j=j)
+            new = simulate(noise, args.trials, phi=phi, k=k, j=j, min_stop=args.min_stop, widen=args.widen)
             print(f"| {noise:g}% | {name} | {old.pct:.1f}% | **{new.pct:.1f}%** | {old.median_repeats:g} -> "
                   f"{new.median_repeats:g} | {old.median_half_width_pct:.1f}% -> {new.median_half_width_pct:.1f}% |",
                   flush=True)

@@ -206,10 +206,10 @@ def mde_note(workload: str, records: list[Any]) -> str:
     e = mde_for(workload, env)
     if e is None:
         return f" (smallest detectable slowdown here: unmeasured; run `trainbench doctor --mde {workload}`)"
-    worst = max((e.get("slowdown_pct") or {}).items(), key=lambda kv: int(kv[0]), default=None)
-    if worst is None:
+    finest = max((e.get("slowdown_pct") or {}).items(), key=lambda kv: int(kv[0]), default=None)
+    if finest is None:
         return ""
-    return (f" (this runner detects slowdowns of {worst[1]:.1f}% or more at {worst[0]} repeats: `doctor --mde` of "
+    return (f" (this runner detects slowdowns of {finest[1]:.1f}% or more at {finest[0]} repeats: `doctor --mde` of "
             f"{str(e.get('time'))[:10]})")
 
 
