@@ -51,12 +51,13 @@ LMWorkload.forward = _slower_forward
 
 
 def one(base: against.Base, old: Path, frac: float, step_ms: float, tmp: Path, i: int, knobs: dict,
-        max_repeats: int) -> against.AgainstResult:
+        max_repeats: int, budget_s: float = 120.0) -> against.AgainstResult:
     with against.exported(base) as new:
         if frac:
             path = new / "models" / "lm" / "workload.py"
             path.write_text(path.read_text() + PLANT.format(ms=f"{frac * step_ms:.4f}"))
-        return against.against("lm", knobs, base, old, tmp / f"{frac}-{i}", new_root=new, max_repeats=max_repeats)
+        return against.against("lm", knobs, base, old, tmp / f"{frac}-{i}", new_root=new, max_repeats=max_repeats,
+                               budget_s=budget_s)
 
 
 def main(argv: list[str]) -> None:
@@ -64,6 +65,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--reps", type=int, default=10, help="against runs per condition")
     parser.add_argument("--busy", action="store_true", help="one busy-loop process beside the measurement")
     parser.add_argument("--max-repeats", type=int, default=10, help="repeats per against run, at most")
+    parser.add_argument("--budget-s", type=float, default=120.0,
+                        help="seconds of added repeats and re-runs per against run (0: the planned 3 only)")
     parser.add_argument("items", nargs="*", help="knob=value overrides of the tiny LM (default: windows of ~0.5 s)")
     args = parser.parse_args(argv)
     if args.reps < 1 or args.max_repeats < 3:
@@ -83,7 +86,7 @@ def main(argv: list[str]) -> None:
         with against.exported(base) as old, tempfile.TemporaryDirectory(prefix="trainbench-rates-") as tmp:
             for i in range(args.reps):
                 for name, frac in SLOWDOWNS.items():  # conditions alternate, so drift hits all alike
-                    res = one(base, old, frac, step_ms, Path(tmp), i, knobs, args.max_repeats)
+                    res = one(base, old, frac, step_ms, Path(tmp), i, knobs, args.max_repeats, args.budget_s)
                     caught[name].append(not res.passed)
                     if res.wall is not None:
                         halves.append(res.wall.estimate.half_width_pct)

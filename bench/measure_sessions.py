@@ -159,24 +159,9 @@ def normalisation(sessions: Sequence[Mapping[str, Any]], variant: str, permutati
             "sd_pct": (math.exp(resid_sd) - 1) * 100, "p": float(np.mean(np.array(chance) >= r2 - 1e-12))}
 
 
-def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: str) -> str:
-    """reports/reproducibility: README.md and sessions.json; returns the closing line."""
-    report.mkdir(parents=True, exist_ok=True)
-    variants = list(dict.fromkeys(v for s in sessions for v in s["summary"]["variants"]))
-    paired_variants = list(dict.fromkeys(v for s in sessions for v in s["paired"]))
-    first, last = sessions[0], sessions[-1]
-    span_min = (time.mktime(time.strptime(last["started"], "%Y-%m-%d %H:%M:%S")) -
-                time.mktime(time.strptime(first["started"], "%Y-%m-%d %H:%M:%S")) + last["sweep_s"]) / 60
-    commit = str(first["summary"].get("commit"))[:10]
-    heads = [f"{s['session']}{' (busy)' if s['busy'] else ''}" for s in sessions]
-    lines = [f"# Reproducibility: {first['summary']['experiment']} over {len(sessions)} sessions", "",
-             f"The same experiment run as {len(sessions)} sessions over {span_min:.0f} minutes on one machine "
-             f"(commit `{commit}`, {first['summary']['machine']}), each exactly as a user runs it "
-             "(`trainbench sweep`, default settings), sessions marked busy beside one `python -c 'while True: pass'`. "
-             "Per variant: each session's speedup over the baseline with its within-session 95% interval, the "
-             "between-session SD of the ratio (random effects, DerSimonian-Laird) beside the median within-session "
-             "half-width, and the 95% prediction interval for a new session (Higgins et al. 2009).", "",
-             "## Sessions", ""]
+def _sessions_section(sessions: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One row per session: when, quiet or busy, how long, its state, its interfered runs and the index's cost."""
+    lines: list[str] = []
     rows = []
     for s in sessions:
         state = next(iter(s["summary"]["state"].values()), {})
@@ -185,6 +170,13 @@ def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: st
                      f"{s['state_cost_s']:.1f} s ({s['state_cost_s'] / s['sweep_s'] * 100:.1f}%)"])
     lines += _table(["session", "started (UTC)", "machine", "sweep min", *[f"{k} ms" for k in KERNELS],
                      "interfered runs", "state index cost (of the sweep)"], rows)
+    return lines
+
+
+def _speedup_section(sessions: Sequence[Mapping[str, Any]], variants: Sequence[str],
+                     heads: Sequence[str]) -> tuple[list[str], tuple[str, float, float]]:
+    """Each session's ratio per variant with the pooled figures; and the variant that moves most between sessions."""
+    lines: list[str] = []
     lines += ["", "## Speedup per session (separate processes, the sweep's own figures)", ""]
     rows, worst = [], ("", -1.0, 0.0)
     for v in variants:
@@ -203,6 +195,13 @@ def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: st
             worst = (v, pooled.tau_pct, pooled.within_pct)
     lines += _table(["variant", *heads, "max/min - 1", "between-session SD", "within-session ±",
                      "next session (95% prediction)"], rows)
+    return lines, worst
+
+
+def _paired_section(sessions: Sequence[Mapping[str, Any]], paired_variants: Sequence[str],
+                    heads: Sequence[str]) -> list[str]:
+    """The same ratios from the engine's paired mode, beside the separate processes'."""
+    lines: list[str] = []
     if paired_variants:
         lines += ["", "## Finer interleaving: the same ratios in the engine's paired mode", "",
                   "Each session also ran the baseline and these variants step by step in the same processes "
@@ -215,6 +214,12 @@ def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: st
                          f"x{par.ratio:.3g}" if par else "–", f"x{sep.ratio:.3g}" if sep else "–"])
         lines += _table(["variant", *heads, "between-session SD, paired", "between-session SD, separate",
                          "pooled ratio, paired", "pooled ratio, separate"], rows)
+    return lines
+
+
+def _normalisation_section(sessions: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> list[str]:
+    """Whether dividing by a state kernel would remove the between-session shift."""
+    lines: list[str] = []
     lines += ["", "## Would the state index remove the shift?", "",
               "Per variant, the kernel whose session medians best explain the session log ratios (one slope, least "
               "squares), the share of their variance it explains (R²), the SD of the session ratios before and after "
@@ -229,6 +234,31 @@ def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: st
                      f"{n['p']:.2f}" if math.isfinite(n["p"]) else "–"])
     lines += _table(["variant", "best kernel", "R²", "SD of the session ratios", "SD after normalising",
                      "permutation p"], rows)
+    return lines
+
+
+def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: str) -> str:
+    """reports/reproducibility: README.md and sessions.json; returns the closing line."""
+    report.mkdir(parents=True, exist_ok=True)
+    variants = list(dict.fromkeys(v for s in sessions for v in s["summary"]["variants"]))
+    paired_variants = list(dict.fromkeys(v for s in sessions for v in s["paired"]))
+    first, last = sessions[0], sessions[-1]
+    span_min = (time.mktime(time.strptime(last["started"], "%Y-%m-%d %H:%M:%S")) -
+                time.mktime(time.strptime(first["started"], "%Y-%m-%d %H:%M:%S")) + last["sweep_s"]) / 60
+    commit = str(first["summary"].get("commit"))[:10]
+    heads = [f"{s['session']}{' (busy)' if s['busy'] else ''}" for s in sessions]
+    lines = [f"# Reproducibility: {first['summary']['experiment']} over {len(sessions)} sessions", "",
+             f"The same experiment run as {len(sessions)} sessions over {span_min:.0f} minutes on one machine "
+             f"(commit `{commit}`, {first['summary']['machine']}), each exactly as a user runs it "
+             "(`trainbench sweep`, default settings), sessions marked busy beside one `python -c 'while True: pass'`. "
+             "Per variant: each session's speedup over the baseline with its within-session 95% interval, the "
+             "between-session SD of the ratio (random effects, DerSimonian-Laird) beside the median within-session "
+             "half-width, and the 95% prediction interval for a new session (Higgins et al. 2009).", "",
+             "## Sessions", ""]
+    lines += _sessions_section(sessions)
+    speed_lines, worst = _speedup_section(sessions, variants, heads)
+    lines += speed_lines + _paired_section(sessions, paired_variants, heads)
+    lines += _normalisation_section(sessions, variants)
     _plot(sessions, variants, report / "sessions.png")
     lines += ["", "## Plot", "", "![Each session's ratio with its 95% interval; the band is the pooled prediction "
               "interval for a new session](sessions.png)", ""]
@@ -282,7 +312,7 @@ def _plot(sessions: Sequence[Mapping[str, Any]], variants: Sequence[str], path: 
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    from harness.report.markdown import table
+    from harness.report.tables import table
 
     return table(headers, rows)
 

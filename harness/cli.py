@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from harness import registry
 from harness.against import MIN_CHANGE_PCT
@@ -104,11 +105,48 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _fmt(x: object, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and x != x) else format(x, spec)
+
+
+def _speedup_cell(row: Any, is_baseline: bool, timed: str) -> str:
+    """The variant's speed decision against the baseline (`decision.decide`, the speed margin)."""
+    from harness.analysis import decision
+    from harness.analysis.stats import RatioEstimate
+
+    if is_baseline or timed != "speed":
+        text = "baseline" if is_baseline else "-"
+    else:
+        est = RatioEstimate(row["speedup"], row["speedup_ci_low"], row["speedup_ci_high"], int(row["speedup_pairs"]),
+                            row["speedup_method"], int(row["speedup_need"]))
+        text = decision.decide(est, margin=decision.EQUIVALENCE_MARGIN_PCT / 100).text()
+    return text + (f" ({row['contended_runs']} contended run(s))" if row.get("contended_runs") else "")
+
+
+def _summary_line(v: str, row: Any, records: Sequence[Record], baseline: str, timed: str) -> str:
+    runs = [r for r in records if r.variant == v and r.phase == timed]
+    ok = [r for r in runs if r.status == "ok"]
+    sps = [r.metrics["samples_per_s"] for r in ok if r.metrics.get("samples_per_s")]
+
+    def med(name: str) -> float | None:
+        return _median([r.metrics[name] for r in ok if r.metrics.get(name) is not None])
+
+    fails = sorted({r.status for r in runs if r.status != "ok"})
+    sps_text = f"{_median(sps):,.1f} ({min(sps):,.1f}-{max(sps):,.1f})" if sps else "-"
+    eq_text = {"pass": "yes", "fail": "NO", "skipped": "n/a", "baseline": "-", "not checked": "-"}.get(
+        row["equiv_status"], row["equiv_status"])
+    qual = [r for r in records if r.variant == v and r.phase == "quality" and r.status == "ok"]
+    q_text = ", ".join(f"{k}={val:.4g}" for k, val in list(qual[0].quality.items())[:3]) if qual else "-"
+    return (f"| {v} | {len(ok)}/{len(runs)}{' ' + ','.join(fails) if fails else ''} | {sps_text} "
+            f"| {_fmt(med('step_ms_median'), '.1f')} | {_fmt(med('tokens_per_s'), ',.0f')} "
+            f"| {_fmt(med('forward_calls_per_step'), '.2f')} | {_fmt(med('peak_rss_gib'), '.2f')} "
+            f"| {_speedup_cell(row, v == baseline, timed)} | {eq_text} | {q_text} |")
+
+
 def plain_summary(records: Sequence[Record], baseline: str) -> str:
     """The plain markdown table printed after `run` and `sweep`: one row per variant, its figures from
-    `harness.analysis.summarize` (the speedup is the same paired estimate the report and gates use)."""
-    import math
-
+    `harness.analysis.summarize` (the speedup is the same paired estimate the report and gates use, decided by
+    the same rule)."""
     from harness.analysis import summarize
 
     summary = summarize(list(records), baseline)
@@ -116,40 +154,8 @@ def plain_summary(records: Sequence[Record], baseline: str) -> str:
             "| peak RSS GiB | speedup [95% CI] | equivalent | quality |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     timed = "speed" if any(r.phase == "speed" for r in records) else "quality"  # quality runs are timed too
-
-    def fmt(x: object, spec: str) -> str:
-        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-    for v, row in summary.iterrows():
-        runs = [r for r in records if r.variant == v and r.phase == timed]
-        ok = [r for r in runs if r.status == "ok"]
-        sps = [r.metrics["samples_per_s"] for r in ok if r.metrics.get("samples_per_s")]
-
-        def med(name: str, ok: list[Record] = ok) -> float | None:
-            return _median([r.metrics[name] for r in ok if r.metrics.get(name) is not None])
-
-        fails = sorted({r.status for r in runs if r.status != "ok"})
-        sps_text = f"{_median(sps):,.1f} ({min(sps):,.1f}-{max(sps):,.1f})" if sps else "-"
-        if v == baseline or timed != "speed":
-            speedup = "baseline" if v == baseline else "-"
-        else:
-            from harness.analysis.stats import RatioEstimate
-
-            speedup = RatioEstimate(row["speedup"], row["speedup_ci_low"], row["speedup_ci_high"],
-                                    int(row["speedup_pairs"]), row["speedup_method"],
-                                    int(row["speedup_need"])).describe()
-        if row.get("contended_runs"):
-            speedup += f" ({row['contended_runs']} contended run(s))"
-        eq_text = {"pass": "yes", "fail": "NO", "skipped": "n/a", "baseline": "-", "not checked": "-"}.get(
-            row["equiv_status"], row["equiv_status"])
-        qual = [r for r in records if r.variant == v and r.phase == "quality" and r.status == "ok"]
-        q_text = ", ".join(f"{k}={val:.4g}" for k, val in list(qual[0].quality.items())[:3]) if qual else "-"
-        lines.append(f"| {v} | {len(ok)}/{len(runs)}{' ' + ','.join(fails) if fails else ''} | {sps_text} "
-                     f"| {fmt(med('step_ms_median'), '.1f')} | {fmt(med('tokens_per_s'), ',.0f')} "
-                     f"| {fmt(med('forward_calls_per_step'), '.2f')} | {fmt(med('peak_rss_gib'), '.2f')} "
-                     f"| {speedup} | {eq_text} | {q_text} |")
-    failed = [r for r in records if r.status != "ok"]
-    for r in failed:
+    lines += [_summary_line(str(v), row, records, baseline, timed) for v, row in summary.iterrows()]
+    for r in (r for r in records if r.status != "ok"):
         lines.append(f"\n{r.variant} {r.phase} #{r.repeat}: {r.status}: {r.error.splitlines()[0] if r.error else ''}")
     warned = dict.fromkeys(w for r in records for w in r.warnings)
     if warned:
@@ -387,7 +393,8 @@ def _compare_against(args: argparse.Namespace) -> int:
     with against.exported(base) as root:
         against.check_imports_from(root)
         for w in workloads:
-            res = against.against(w, overrides, base, root, out / folder_name(w), min_change_pct=args.min_change)
+            res = against.against(w, overrides, base, root, out / folder_name(w), min_change_pct=args.min_change,
+                                  budget_s=args.budget_s)
             print(("ok   " if res.passed else "FAIL ") + res.message)
             failed += not res.passed
     print(f"records: {out}")
@@ -632,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-change", type=float, default=MIN_CHANGE_PCT, metavar="PCT",
                    help=f"with --against: smallest slowdown that fails (default {MIN_CHANGE_PCT:g}%%)")
     s.add_argument("--out", help="with --against: results directory (default runs/against-SHA-TIME)")
+    s.add_argument("--budget-s", type=float, default=120.0, metavar="S",
+                   help="with --against: seconds of added repeats and re-runs per workload (default 120)")
     s.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("reference", help="check each workload's stored loss trajectory, quality and counters "

@@ -340,36 +340,39 @@ def gather(results: Sequence[Mapping[str, Any] | None], tails: Sequence[str], *,
                 "equivalence": failed.get("equivalence", {})}
     out = dict(results[0])  # rank 0: equivalence verdict, quality and its curve (every rank holds the same model)
     out["ranks"] = ranks
-    if not any(x["step_ms"] for x in ranks):
-        return out
+    if any(x["step_ms"] for x in ranks):
+        out.update(_world_speed(results, ranks))
+    return out
+
+
+def _world_speed(results: Sequence[Mapping[str, Any]], ranks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The speed fields of the gathered record (`gather`'s docstring says how each is combined)."""
     slowest = max(range(len(ranks)), key=lambda r: ranks[r]["busy_ms"])
     n = min(len(x["step_ms"]) for x in ranks)
     base = results[slowest]
     m = dict(base["metrics"])
-    out["totals"] = totals = combined_totals([x["totals"] for x in ranks], n)
+    totals = combined_totals([x["totals"] for x in ranks], n)
     m.update(rates(totals))
-    m.update(world_size=len(ranks),
-             peak_rss_gib=max(x["peak_rss_gib"] or 0.0 for x in ranks),
+    losses = [x["final_loss"] for x in ranks]
+    m.update(world_size=len(ranks), peak_rss_gib=max(x["peak_rss_gib"] or 0.0 for x in ranks),
              cuda_peak_allocated_gib=_max_or_none(x["cuda_peak_allocated_gib"] for x in ranks),
-             final_loss=sum(x["final_loss"] for x in ranks) if all(x["final_loss"] is not None for x in ranks)
-             else None)  # each rank's loss is its share of the global step's
+             final_loss=sum(losses) if None not in losses else None)  # each rank's loss: its share of the step's
     for key in ("samples_per_step", "flops_per_step"):  # the counted step's, summed over ranks
-        values = [(res or {}).get("metrics", {}).get(key) for res in results]
-        m[key] = sum(values) if all(v is not None for v in values) else None
+        values = [res.get("metrics", {}).get(key) for res in results]
+        m[key] = sum(values) if None not in values else None
     if m.get("flops_per_step") and m.get("samples_per_step"):
         m["flops_per_sample"] = m["flops_per_step"] / m["samples_per_step"]
     step_ms = [max(x["step_ms"][i] for x in ranks) for i in range(n)]
-    m["step_ms_median"] = statistics.median(step_ms)
-    m["step_ms_mean"] = statistics.fmean(step_ms)
+    mean = statistics.fmean(step_ms)
     busy = [x["busy_ms"] for x in ranks]
-    m["rank_skew_ms"] = max(busy) - min(busy)
-    m["rank_skew_pct"] = m["rank_skew_ms"] / m["step_ms_mean"] * 100 if m["step_ms_mean"] else None
-    m["communication_ms"] = ranks[slowest]["communication_ms"]
-    m["communication_pct"] = m["communication_ms"] / m["step_ms_mean"] * 100 if m["step_ms_mean"] else None
-    m["allreduce_busbw_gbps"] = _max_or_none(x["allreduce_busbw_gbps"] for x in ranks)
-    out.update(metrics=m, step_ms=step_ms, step_cpu_ms=base.get("step_cpu_ms", []), phase_ms=base.get("phase_ms", {}),
-               contention=_evidence(results), timeline=base.get("timeline", {}))
-    return out
+    comm = ranks[slowest]["communication_ms"]
+    m.update(step_ms_median=statistics.median(step_ms), step_ms_mean=mean, rank_skew_ms=max(busy) - min(busy),
+             rank_skew_pct=(max(busy) - min(busy)) / mean * 100 if mean else None, communication_ms=comm,
+             communication_pct=comm / mean * 100 if mean else None,
+             allreduce_busbw_gbps=_max_or_none(x["allreduce_busbw_gbps"] for x in ranks))
+    return {"metrics": m, "totals": totals, "step_ms": step_ms, "step_cpu_ms": base.get("step_cpu_ms", []),
+            "phase_ms": base.get("phase_ms", {}), "contention": _evidence(results),
+            "timeline": base.get("timeline", {})}
 
 
 def _max_or_none(values: Any) -> float | None:

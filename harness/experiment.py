@@ -254,24 +254,18 @@ def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] |
     return _from_data(data, path, overrides)
 
 
-def _from_data(data: Mapping[str, Any], path: str | os.PathLike[str],
-               overrides: Mapping[str, Any] | None) -> Experiment:
-    where = Path(path).name
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
-    if "workload" not in data:
-        raise ValueError(f"{where}: missing 'workload = \"...\"' (e.g. workload = \"lm\")")
+def _variants_of(data: Mapping[str, Any], where: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """(baseline, baseline name, variants): the named variants, the [grid]'s points and an effective_batch's
+    splits."""
     variants = data.get("variants", {})
     if not isinstance(variants, Mapping):
         raise ValueError(f"{where}: 'variants' must be tables, e.g. [variants.fast] amp = \"bf16\"")
+    variants = dict(variants)
     if "grid" in data:
         max_points = data.get("max_grid_points", MAX_GRID_POINTS)
         if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
             raise ValueError(f"{where}: 'max_grid_points' must be a positive integer, got {max_points!r}")
-        points = expand_grid(data["grid"], max_points, where=f"{where}: [grid]")
-        variants = dict(variants)
-        for point in points:
+        for point in expand_grid(data["grid"], max_points, where=f"{where}: [grid]"):
             name = point_name(point)
             if name in variants:
                 raise ValueError(f"{where}: grid point '{name}' is also a named variant; drop one")
@@ -282,34 +276,53 @@ def _from_data(data: Mapping[str, Any], path: str | os.PathLike[str],
         baseline, base_name, points = effective_batch_variants(data["effective_batch"], baseline,
                                                                where=f"{where}: effective_batch")
         baseline_name = str(data.get("baseline_name", base_name))
-        variants = {**variants, **points}
+        variants.update(points)
+    return baseline, baseline_name, variants
+
+
+def _number(data: Mapping[str, Any], key: str, kind: type, where: str, example: Any = None) -> Any:
+    """`data[key]` checked to be a number (an integer for `kind` int), as `kind`; None when absent."""
+    raw = data.get(key)
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or (kind is int and raw != int(raw)):
+        eg = f"; e.g. {key} = {example}" if example is not None else ""
+        raise ValueError(f"{where}: '{key}' must be {'an integer' if kind is int else 'a number'}, got {raw!r}{eg}")
+    return kind(raw)
+
+
+def _from_data(data: Mapping[str, Any], path: str | os.PathLike[str],
+               overrides: Mapping[str, Any] | None) -> Experiment:
+    where = Path(path).name
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    if "workload" not in data:
+        raise ValueError(f"{where}: missing 'workload = \"...\"' (e.g. workload = \"lm\")")
+    baseline, baseline_name, variants = _variants_of(data, where)
     gates = data.get("gates", [])
     if not isinstance(gates, list) or not all(isinstance(g, str) for g in gates):
         raise ValueError(f"{where}: 'gates' must be a list of strings, e.g. gates = [\"fast.speedup >= 1.5\"]")
+    precision = {key: value for key, kind in (("target_half_width_pct", float), ("max_repeats", int),
+                                              ("budget_s", float), ("max_reruns", int))
+                 if (value := _number(data, key, kind, where, Experiment.__dataclass_fields__[key].default))
+                 is not None}
+    repeats, timeout_s, quality_epochs = (_number(data, k, kind, where) for k, kind in
+                                          (("repeats", int), ("timeout_s", float), ("quality_epochs", int)))
+    if data.get("quality_target") is not None and (isinstance(data["quality_target"], bool) or
+                                                   not isinstance(data["quality_target"], (int, float))):
+        raise ValueError(f"{where}: 'quality_target' must be a number (the primary metric's target), "
+                         f"got {data['quality_target']!r}")
     target = data.get("quality_target")
-    precision: dict[str, Any] = {}
-    for key, kind in (("target_half_width_pct", float), ("max_repeats", int), ("budget_s", float),
-                      ("max_reruns", int)):
-        if key in data:
-            raw = data[key]
-            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or (kind is int and raw != int(raw)):
-                raise ValueError(f"{where}: '{key}' must be {'an integer' if kind is int else 'a number'}, "
-                                 f"got {raw!r}; e.g. {key} = {Experiment.__dataclass_fields__[key].default}")
-            precision[key] = kind(raw)
-    for key, kind in (("repeats", int), ("timeout_s", float), ("quality_epochs", int)):
-        raw = data.get(key)
-        if raw is not None and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
-            raise ValueError(f"{where}: '{key}' must be {'an integer' if kind is int else 'a number'}, got {raw!r}")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
-        raise ValueError(f"{where}: 'quality_target' must be a number (the primary metric's target), got {target!r}")
     if "equivalence" in data and not isinstance(data["equivalence"], bool):
         raise ValueError(f"{where}: 'equivalence' must be true or false, got {data['equivalence']!r}")
     try:
         return build(
             str(data.get("name", Path(path).stem)), str(data["workload"]), baseline, variants,
             baseline_name=baseline_name, forced=overrides,
-            description=str(data.get("description", "")), repeats=int(data.get("repeats", 3)),
-            timeout_s=float(data.get("timeout_s", 600)), quality_epochs=int(data.get("quality_epochs", 0)),
+            description=str(data.get("description", "")), repeats=3 if repeats is None else repeats,
+            timeout_s=600.0 if timeout_s is None else timeout_s,
+            quality_epochs=0 if quality_epochs is None else quality_epochs,
             quality_target=None if target is None else float(target),
             equivalence=bool(data.get("equivalence", True)), gates=tuple(gates), source=str(path), **precision)
     except ValueError as exc:

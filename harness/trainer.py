@@ -15,7 +15,7 @@ import contextlib
 import random
 from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +30,6 @@ from harness.optim import make_ema, make_optimizer, make_scheduler, update_ema
 from harness.probes.contention import default_threads
 from harness.probes.timers import PhaseClock, reading
 from harness.workload import BatchCounts, LossResult, Workload, upcast
-
-if TYPE_CHECKING:
-    from harness.engine import TrainResult
 
 
 class NonFiniteLoss(RuntimeError):
@@ -265,9 +262,3 @@ class Trainer:
             module.train()
             out.update({prefix + k: float(v) for k, v in metrics.items()})
         return out
-
-def train(cfg: RunConfig) -> TrainResult:
-    """Build and run one config through the engine (`harness.engine.run`)."""
-    from harness.engine import run
-
-    return run(cfg)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from harness.analysis import decision, noise_floor, stats
+from harness.analysis.summary import instability_advice
 from tests.fixtures.synthetic import aa_records, speed_record
 
 
@@ -95,12 +96,12 @@ def test_spread_and_percentiles_hand_computed():
 
 def test_instability_advice():
     tight = stats.RatioEstimate(1.5, 1.4, 1.6, 5)
-    assert stats.instability_advice(ci=tight, spreads_pct={"its": 3.0, "the baseline's": 4.0}, repeats=5,
+    assert instability_advice(ci=tight, spreads_pct={"its": 3.0, "the baseline's": 4.0}, repeats=5,
                                     bench_steps=20) == ""
     straddle = stats.RatioEstimate(1.02, 0.97, 1.08, 5)
-    text = stats.instability_advice(ci=straddle, spreads_pct={"its": 3.0}, repeats=5, bench_steps=20)
+    text = instability_advice(ci=straddle, spreads_pct={"its": 3.0}, repeats=5, bench_steps=20)
     assert "includes 1.0" in text and "repeats=10" in text and "bench_steps=40" in text
-    noisy = stats.instability_advice(ci=tight, spreads_pct={"its": 2.0, "the baseline's": 15.0}, repeats=3,
+    noisy = instability_advice(ci=tight, spreads_pct={"its": 2.0, "the baseline's": 15.0}, repeats=3,
                                      bench_steps=None)
     assert "the baseline's run-to-run spread 15%" in noisy and "its run" not in noisy
     assert "quieter machine" in noisy and "bench_steps" not in noisy

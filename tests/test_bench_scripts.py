@@ -89,8 +89,8 @@ def test_measure_overhead_prints_the_paired_interval_and_the_overhead_line(monke
 
 @pytest.mark.slow
 def test_against_rates_runs_each_condition_through_the_against_path() -> None:
-    lines = _ok(_run("measure_against_rates.py", "--reps", "1", "--max-repeats", "3", "bench_steps=30",
-                     timeout=600))
+    lines = _ok(_run("measure_against_rates.py", "--reps", "1", "--max-repeats", "3", "--budget-s", "0",
+                     "bench_steps=30", timeout=600))
     assert lines[0].startswith("tiny LM step ")
     reps = [line for line in lines if line.startswith("rep  1/1 ")]
     assert [r.split()[2] for r in reps] == ["same:", "slow10:", "slow5:"]

@@ -220,7 +220,7 @@ def test_exported_base_imports_its_own_code(clone: Path) -> None:
 
 def _compare_against(clone: Path, *knobs: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "harness.cli", "compare", "--against", "main", "lm", "preset=tiny",
-           "bench_steps=40", *knobs, "--out", str(clone / "runs" / "x")]
+           "bench_steps=40", *knobs, "--budget-s", "30", "--out", str(clone / "runs" / "x")]
     return subprocess.run(cmd, cwd=clone, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(clone)})
 

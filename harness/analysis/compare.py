@@ -96,15 +96,9 @@ def _fmt(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.4g}"
 
 
-def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
-            fail_on: list[str]) -> tuple[str, bool]:
-    """Markdown table of per-variant, per-metric changes (new vs old) and whether a --fail-on was crossed."""
-    old, new = latest_attempts(load_records(old_dir)), latest_attempts(load_records(new_dir))
-    quality_names = sorted({m for r in [*old, *new] for m in r.quality})
-    metrics = [*COMPARED, *quality_names]
-    thresholds = parse_fail_on(fail_on, metrics)
-    variants = [v for v in dict.fromkeys(r.variant for r in new) if any(r.variant == v for r in old)]
-    lines = [f"# Compare `{old_dir}` -> `{new_dir}`", ""]
+def _notes(old: Sequence[Record], new: Sequence[Record], variants: Sequence[str]) -> list[str]:
+    """What makes the changes below more than the code's: another machine, a moved state, other configs."""
+    lines = []
     machines = ({machine_id(r.env) for r in old}, {machine_id(r.env) for r in new})
     if machines[0] != machines[1]:
         lines += [f"> **Different machines** ({', '.join(sorted(machines[0]))} vs {', '.join(sorted(machines[1]))}):"
@@ -122,36 +116,53 @@ def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
     only = sorted({r.variant for r in [*old, *new]} - set(variants))
     if only:
         lines += [f"Variants in only one directory (not compared): {', '.join(only)}", ""]
-    lines += ["| variant | metric | old (median) | new (median) | change | 95% CI of new/old | decision | gate |",
-              "|---|---|---:|---:|---:|---|---|---|"]
-    failed = False
-    undecided: list[str] = []
-    for v in variants:
-        for metric in metrics:
-            q = metric in quality_names
-            a, b = _values(old, v, metric, q), _values(new, v, metric, q)
-            if not a or not b:
-                continue
-            est = stats.unpaired_ratio(b, a)
-            change = (est.ratio - 1.0) * 100.0
-            ci = f"[{est.ci_low:.3f}, {est.ci_high:.3f}]" if math.isfinite(est.ci_low) else \
-                f"insufficient ({len(a)} vs {len(b)} runs; need >= {est.need} each)"
-            d = decision.decide(est, margin=decision.EQUIVALENCE_MARGIN_PCT / 100, words=("higher", "lower"))
-            sig = "unresolved: insufficient" if d.insufficient else \
-                f"{d.label}; {d.advice()}" if d.advice() else d.label
-            gate = ""
-            for t in thresholds:
-                if t.metric == metric and not math.isfinite(est.ci_low):
-                    undecided.append(f"{v} {metric} ({len(a)} old vs {len(b)} new runs)")
-                    gate = "undecided: insufficient"
-                elif t.metric == metric:
-                    hit = t.crossed(est)
-                    failed |= hit
-                    gate = f"❌ crossed {t.pct:+g}%" if hit else f"✅ within {t.pct:+g}%"
-            lines.append(f"| {v} | {metric} | {_fmt(stats.median(a))} | {_fmt(stats.median(b))} | "
-                         f"{change:+.1f}% | {ci} | {sig} | {gate} |")
-    if not variants:
-        lines.append("| (no variant in both directories) | | | | | | | |")
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    line: str
+    crossed: bool
+    undecided: str
+    """Why a --fail-on threshold on this row could not be decided ('' when it could, or none applies)."""
+
+
+def _row(v: str, metric: str, a: list[float], b: list[float], thresholds: Sequence[Threshold]) -> _Row:
+    """One table row: the change new/old of `metric`, its decision, and each --fail-on threshold on it."""
+    est = stats.unpaired_ratio(b, a)
+    ci = f"[{est.ci_low:.3f}, {est.ci_high:.3f}]" if est.has_interval else \
+        f"insufficient ({len(a)} vs {len(b)} runs; need >= {est.need} each)"
+    d = decision.decide(est, margin=decision.EQUIVALENCE_MARGIN_PCT / 100, words=("higher", "lower"))
+    said = "unresolved: insufficient" if d.insufficient else f"{d.label}; {d.advice()}" if d.advice() else d.label
+    gate, crossed, undecided = "", False, ""
+    for t in (t for t in thresholds if t.metric == metric):
+        if not est.has_interval:
+            undecided, gate = f"{v} {metric} ({len(a)} old vs {len(b)} new runs)", "undecided: insufficient"
+        else:
+            crossed = t.crossed(est)
+            gate = f"❌ crossed {t.pct:+g}%" if crossed else f"✅ within {t.pct:+g}%"
+    change = f"{(est.ratio - 1.0) * 100.0:+.1f}%"
+    cells = [v, metric, _fmt(stats.median(a)), _fmt(stats.median(b)), change, ci, said, gate]
+    line = "| " + " | ".join(cells) + " |"
+    return _Row(line, crossed, undecided)
+
+
+def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
+            fail_on: list[str]) -> tuple[str, bool]:
+    """Markdown table of per-variant, per-metric changes (new vs old) and whether a --fail-on was crossed."""
+    old, new = latest_attempts(load_records(old_dir)), latest_attempts(load_records(new_dir))
+    quality_names = sorted({m for r in [*old, *new] for m in r.quality})
+    metrics = [*COMPARED, *quality_names]
+    thresholds = parse_fail_on(fail_on, metrics)
+    variants = [v for v in dict.fromkeys(r.variant for r in new) if any(r.variant == v for r in old)]
+    lines = [f"# Compare `{old_dir}` -> `{new_dir}`", "", *_notes(old, new, variants),
+             "| variant | metric | old (median) | new (median) | change | 95% CI of new/old | decision | gate |",
+             "|---|---|---:|---:|---:|---|---|---|"]
+    rows = [_row(v, m, a, b, thresholds) for v in variants for m in metrics
+            if (a := _values(old, v, m, m in quality_names)) and (b := _values(new, v, m, m in quality_names))]
+    failed = any(r.crossed for r in rows)
+    undecided = [r.undecided for r in rows if r.undecided]
+    lines += [r.line for r in rows] or ["| (no variant in both directories) | | | | | | | |"]
     lines += ["", f"**Result: {'FAILED' if failed else 'undecided' if undecided else 'passed'}**"
               + (f" (--fail-on {', '.join(fail_on)})" if fail_on else "")]
     text = "\n".join(lines) + "\n"

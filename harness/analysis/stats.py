@@ -251,32 +251,3 @@ def unpaired_ratio(numerator: Sequence[float], denominator: Sequence[float], *, 
 
 def _finite_positive(x: float | None) -> bool:
     return x is not None and np.isfinite(x) and x > 0
-
-
-def _contains_one(est: RatioEstimate) -> bool:
-    from harness.analysis import decision  # decision builds on this module
-
-    return decision.contains(est, 1.0)
-
-
-def instability_advice(*, ci: RatioEstimate | None, spreads_pct: dict[str, float], repeats: int,
-                       bench_steps: int | None) -> str:
-    """Empty when the result is stable; otherwise why it is not and what to do about it.
-
-    `spreads_pct` names each run-to-run spread that matters (this variant's, the baseline's).
-    """
-    reasons = []
-    if ci is not None and not ci.has_interval:
-        reasons.append(f"insufficient: {ci.n} paired repeat(s), an interval needs >= {ci.need}")
-    elif ci is not None and _contains_one(ci):
-        reasons.append(f"the 95% CI [{ci.ci_low:.3f}, {ci.ci_high:.3f}] includes 1.0")
-    for who, spread in spreads_pct.items():
-        if np.isfinite(spread) and spread > UNSTABLE_SPREAD_PCT:
-            reasons.append(f"{who} run-to-run spread {spread:.0f}% > {UNSTABLE_SPREAD_PCT:.0f}%")
-    if not reasons:
-        return ""
-    todo = [f"more repeats (repeats={max(5, 2 * repeats)})"]
-    if bench_steps:
-        todo.append(f"a longer measure window (bench_steps={2 * bench_steps})")
-    todo.append("a quieter machine (no other jobs, fixed clocks)")
-    return "; ".join(reasons) + " -> try " + ", ".join(todo)

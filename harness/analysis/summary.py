@@ -8,14 +8,14 @@ gates (`scan.speedup >= 3`) and reports read them directly; `summary.attrs` carr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from harness.analysis import reproducibility, speedup, stats
+from harness.analysis import decision, reproducibility, speedup, stats
 from harness.knobs import global_batch
 from harness.rates import samples_per_step
 from harness.results import METRICS, PHASE_NAMES, Record
@@ -224,6 +224,99 @@ def _compile_columns(df: pd.DataFrame, baseline: str) -> None:
         if np.isfinite(r["compile_s"]) and v != baseline else np.nan for v, r in df.iterrows()]
 
 
+def instability_advice(*, ci: stats.RatioEstimate | None, spreads_pct: dict[str, float], repeats: int,
+                       bench_steps: int | None) -> str:
+    """Empty when the result is stable; otherwise why it is not and what to do about it.
+
+    `spreads_pct` names each run-to-run spread that matters (this variant's, the baseline's).
+    """
+    reasons = []
+    if ci is not None and not ci.has_interval:
+        reasons.append(f"insufficient: {ci.n} paired repeat(s), an interval needs >= {ci.need}")
+    elif ci is not None and decision.contains(ci, 1.0):
+        reasons.append(f"the 95% CI [{ci.ci_low:.3f}, {ci.ci_high:.3f}] includes 1.0")
+    for who, spread in spreads_pct.items():
+        if np.isfinite(spread) and spread > stats.UNSTABLE_SPREAD_PCT:
+            reasons.append(f"{who} run-to-run spread {spread:.0f}% > {stats.UNSTABLE_SPREAD_PCT:.0f}%")
+    if not reasons:
+        return ""
+    todo = [f"more repeats (repeats={max(5, 2 * repeats)})"]
+    if bench_steps:
+        todo.append(f"a longer measure window (bench_steps={2 * bench_steps})")
+    todo.append("a quieter machine (no other jobs, fixed clocks)")
+    return "; ".join(reasons) + " -> try " + ", ".join(todo)
+
+
+def _disturbance_columns(row: dict[str, Any], all_speed: Sequence[Record], latest: Sequence[Record],
+                         flagged: Mapping[tuple[str, int, int], str]) -> None:
+    """Contended and interfered runs (every attempt), re-runs, and runs still contended in the latest attempts."""
+    v = row["variant"]
+    contended = [r for r in all_speed if r.contention.get("verdict")]
+    row["contended_runs"] = len(contended)
+    row["contention"] = "; ".join(f"repeat {r.repeat} attempt {r.attempt}: {r.contention['verdict']}"
+                                  for r in contended)
+    interfered = [(r, flagged[(v, r.repeat, r.attempt)]) for r in all_speed if (v, r.repeat, r.attempt) in flagged]
+    row["interfered_runs"] = len(interfered)
+    row["interference"] = "; ".join(f"repeat {r.repeat} attempt {r.attempt}: {why}" for r, why in interfered)
+    row["reruns"] = sum(r.attempt > 0 for r in all_speed)
+    row["still_contended"] = sum(bool(r.contention.get("verdict")) for r in latest)
+
+
+def _speedup_columns(row: dict[str, Any], base_speed: Sequence[Record] | None, ok_speed: Sequence[Record],
+                     base_runs: Mapping[int, float], repeats: int) -> None:
+    """The speedup over the baseline with its interval (`base_speed=None`: this row is the baseline), and the
+    advice when it is unstable."""
+    if base_speed is None:
+        est = None
+        row.update(speedup=1.0, speedup_ci_low=np.nan, speedup_ci_high=np.nan, speedup_pairs=len(base_runs),
+                   speedup_method="baseline", speedup_need=0, speedup_half_width_pct=np.nan, speedup_clock="")
+        spreads = {"its": row["spread_pct"]}
+    else:
+        est, clock = speedup.estimate(base_speed, ok_speed)
+        row.update(speedup=est.ratio, speedup_ci_low=est.ci_low, speedup_ci_high=est.ci_high,
+                   speedup_pairs=est.n, speedup_method=est.method, speedup_need=est.need,
+                   speedup_half_width_pct=est.half_width_pct, speedup_clock=clock)
+        spreads = {"its": row["spread_pct"], "the baseline's": stats.spread_pct(list(base_runs.values()))}
+    advice = instability_advice(ci=est, spreads_pct=spreads, repeats=max(repeats, 1),
+                                      bench_steps=row["config"].get("bench_steps")) if ok_speed else ""
+    row["unstable"], row["advice"] = bool(advice), advice
+
+
+def _variant_row(recs: Sequence[Record], base_config: Mapping[str, Any], base_speed: Sequence[Record] | None,
+                 base_runs: Mapping[int, float], flagged: Mapping[tuple[str, int, int], str]) -> dict[str, Any]:
+    """One variant's row without its quality columns (`base_speed=None`: the baseline's own row)."""
+    v = recs[0].variant
+    all_speed = [r for r in recs if r.phase == "speed"]
+    speed = latest_attempts(all_speed)
+    ok_speed = [r for r in speed if r.status == "ok"]
+    runs_ok, runs_failed, status, errors = _status_text(recs)
+    config = dict(recs[0].config)
+    row: dict[str, Any] = {
+        "variant": v, "workload": recs[0].workload, "preset": recs[0].preset, "status": status,
+        "runs_ok": runs_ok, "runs_failed": runs_failed, "errors": errors, "repeats": len(speed),
+        "config": config, "env": dict(recs[0].env),
+        "changed": {k: (base_config.get(k), config.get(k)) for k in config if config.get(k) != base_config.get(k)},
+    }
+    _speed_columns(row, ok_speed)
+    row["speed_records"] = tuple(ok_speed)
+    _disturbance_columns(row, all_speed, speed, flagged)
+    _speedup_columns(row, base_speed, ok_speed, base_runs, len(speed))
+    _equivalence_columns(row, [r for r in recs if r.phase == "equivalence"], base_speed is None)
+    return row
+
+
+def _comparison_columns(df: pd.DataFrame, baseline: str, meta: Any) -> float | None:
+    """Quality deltas against the baseline and the primary metric at the equal wall time every curve reached;
+    returns that time (None without curves)."""
+    for m in meta.metrics:
+        df[f"{m}_delta"] = df[m] - df.at[baseline, m]
+    curves = {v: c for v, c in df["curve"].items() if c}
+    equal_time_s = min((c[-1].get("wall_s", np.inf) for c in curves.values()), default=np.nan)
+    df["primary_at_equal_time"] = [curve_value_at(df.at[v, "curve"], meta.primary, equal_time_s)
+                                   if v in curves and meta.primary else np.nan for v in df.index]
+    return float(equal_time_s) if np.isfinite(equal_time_s) else None
+
+
 def summarize(records: list[Record], baseline: str, *, target: float | None = None,
               primary_metric: str | None = None, higher_is_better: bool | None = None,
               workload: WorkloadDescription | None = None) -> pd.DataFrame:
@@ -243,58 +336,14 @@ def summarize(records: list[Record], baseline: str, *, target: float | None = No
     flagged = {(r.variant, r.repeat, r.attempt): why for r, why in reproducibility.interfered_runs(records)}
     rows = []
     for v in names:
-        recs = by_variant[v]
-        all_speed = [r for r in recs if r.phase == "speed"]
-        speed = latest_attempts(all_speed)
-        ok_speed = [r for r in speed if r.status == "ok"]
-        runs_ok, runs_failed, status, errors = _status_text(recs)
-        config = dict(recs[0].config)
-        row: dict[str, Any] = {
-            "variant": v, "workload": recs[0].workload, "preset": recs[0].preset, "status": status,
-            "runs_ok": runs_ok, "runs_failed": runs_failed, "errors": errors, "repeats": len(speed),
-            "config": config, "env": dict(recs[0].env),
-            "changed": {k: (base_config.get(k), config.get(k)) for k in config if config.get(k) != base_config.get(k)},
-        }
-        _speed_columns(row, ok_speed)
-        row["speed_records"] = tuple(ok_speed)
-        contended = [r for r in all_speed if r.contention.get("verdict")]
-        row["contended_runs"] = len(contended)
-        row["contention"] = "; ".join(f"repeat {r.repeat} attempt {r.attempt}: {r.contention['verdict']}"
-                                      for r in contended)
-        interfered = [(r, flagged[(v, r.repeat, r.attempt)]) for r in all_speed if (v, r.repeat, r.attempt) in flagged]
-        row["interfered_runs"] = len(interfered)
-        row["interference"] = "; ".join(f"repeat {r.repeat} attempt {r.attempt}: {why}" for r, why in interfered)
-        row["reruns"] = sum(r.attempt > 0 for r in all_speed)
-        row["still_contended"] = sum(bool(r.contention.get("verdict")) for r in speed)
-        if v == baseline:
-            est = None
-            row.update(speedup=1.0, speedup_ci_low=np.nan, speedup_ci_high=np.nan, speedup_pairs=len(base_runs),
-                       speedup_method="baseline", speedup_need=0, speedup_half_width_pct=np.nan, speedup_clock="")
-        else:
-            est, clock = speedup.estimate(base_speed, ok_speed)
-            row.update(speedup=est.ratio, speedup_ci_low=est.ci_low, speedup_ci_high=est.ci_high,
-                       speedup_pairs=est.n, speedup_method=est.method, speedup_need=est.need,
-                       speedup_half_width_pct=est.half_width_pct, speedup_clock=clock)
-        spreads = {"its": row["spread_pct"]} if v == baseline else \
-            {"its": row["spread_pct"], "the baseline's": stats.spread_pct(list(base_runs.values()))}
-        advice = stats.instability_advice(ci=est, spreads_pct=spreads, repeats=max(len(speed), 1),
-                                          bench_steps=config.get("bench_steps")) if ok_speed else ""
-        row["unstable"], row["advice"] = bool(advice), advice
-        _equivalence_columns(row, [r for r in recs if r.phase == "equivalence"], v == baseline)
-        _quality_columns(row, [r for r in recs if r.phase == "quality" and r.status == "ok"], meta, target)
+        row = _variant_row(by_variant[v], base_config, base_speed if v != baseline else None, base_runs, flagged)
+        _quality_columns(row, [r for r in by_variant[v] if r.phase == "quality" and r.status == "ok"], meta, target)
         rows.append(row)
-
     df = pd.DataFrame(rows).set_index("variant")
     _compile_columns(df, baseline)
-    for m in meta.metrics:
-        df[f"{m}_delta"] = df[m] - df.at[baseline, m]
-    curves = {v: c for v, c in df["curve"].items() if c}
-    equal_time_s = min((c[-1].get("wall_s", np.inf) for c in curves.values()), default=np.nan)
-    df["primary_at_equal_time"] = [curve_value_at(df.at[v, "curve"], meta.primary, equal_time_s)
-                                   if v in curves and meta.primary else np.nan for v in df.index]
+    equal_time_s = _comparison_columns(df, baseline, meta)
     df.attrs.update(baseline=baseline, primary_metric=meta.primary, higher_is_better=meta.higher_is_better,
-                    quality_metrics=list(meta.metrics), target=target,
-                    equal_time_s=float(equal_time_s) if np.isfinite(equal_time_s) else None)
+                    quality_metrics=list(meta.metrics), target=target, equal_time_s=equal_time_s)
     return df
 
 

@@ -30,6 +30,7 @@ from harness.experiment import load_saved_experiment
 from harness.history import load_sessions
 from harness.knobs import GENERIC_BY_NAME, global_batch
 from harness.report.reproducibility import across_sessions, reproducibility_section
+from harness.report.tables import table
 from harness.results import PHASE_NAMES, PRECISION_FILE, Record, load_records
 
 if TYPE_CHECKING:
@@ -74,15 +75,6 @@ def fmt_delta(x: Any) -> str:
     if not math.isfinite(x):
         return "–"
     return "±0" if x == 0 else f"{x:+.3g}"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> list[str]:
-    """Markdown table lines; `align` is one char per column: l (default) or r."""
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-    spec = [("---:" if (align[i:i + 1] == "r") else "---") for i in range(len(headers))]
-    return ["| " + " | ".join(headers) + " |", "| " + " | ".join(spec) + " |",
-            *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows), ""]
 
 
 def _estimate(row: pd.Series) -> RatioEstimate:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from harness.analysis import reproducibility as repro
 from harness.probes.state import KERNELS
+from harness.report.tables import table
 from harness.results import Record
 
 MAX_SESSION_COLUMNS = 6
@@ -59,8 +60,6 @@ def _state_lines(data: Mapping[str, Any]) -> list[str]:
                          int(state.get("runs", 0))])
     if not rows:
         return []
-    from harness.report.markdown import table
-
     n = data.get("history_sessions_on_machine", 0)
     lines = ["Machine state: the median ms of three reference kernels timed before and after every speed run on its "
              "own threads (compute: a 256x256 matmul; memory: a 32 MiB copy; latency: 100 small dependent ops), "
@@ -131,8 +130,6 @@ def reproducibility_section(s: pd.DataFrame, records: Sequence[Record], data: Ma
     """The section's lines ([] when no run carries a machine state)."""
     if not any(r.state for r in records):
         return []
-    from harness.report.markdown import table
-
     lines = _state_lines(data) + _interfered_lines(records) + mde_lines(data, records)
     sessions = _sessions(data)
     if len(sessions) < 2:
