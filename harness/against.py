@@ -178,6 +178,7 @@ def verdict(label: str, base: Base, wall: Any, cpu: Any, deltas: Mapping[str, fl
     ±`min_change_pct`: fails when new is *slower* (the interval wholly below 1 and not within the margin) or the
     comparison has no interval; the message leads with what changed and by how much."""
     from harness.analysis import decision
+    from harness.analysis.speedup import clock_gap
 
     d = decision.decide(wall.estimate, margin=min_change_pct / 100)
     head = f"old against new: {label}: new against {base.short} ({base.ref}), wall clock: {d.text()}"
@@ -191,7 +192,7 @@ def verdict(label: str, base: Base, wall: Any, cpu: Any, deltas: Mapping[str, fl
     step_delta = wall.median_ms("variant") - wall.median_ms("baseline")
     why = where_time_went(deltas, step_delta)
     waiting = ""
-    if cpu is not None and decision.decide(cpu.estimate, at=e.ci_high).side == decision.ABOVE:
+    if cpu is not None and decision.decide(clock_gap(wall.baseline, wall.variant)).side == decision.ABOVE:
         waiting = ("; the CPU-time ratio is closer to 1 than the wall-time one: much of the new time is waiting "
                    "(a sleep, I/O, a lock, DataLoader workers), not work in this process")
     return False, (f"{head}{cpu_text}: SLOWER by {100 * (1 - e.ratio):.1f}% (margin ±{min_change_pct:g}%); "

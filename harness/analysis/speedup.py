@@ -76,6 +76,27 @@ def _ok_by_repeat(records: Sequence[Record]) -> dict[int, Record]:
     return out
 
 
+def throughput_by_repeat(runs: Mapping[int, Record], clock: str) -> dict[int, float]:
+    """Samples per second of each repeat's run: over its wall window, or ("cpu") over its steps' CPU time."""
+    if clock == "cpu":
+        return {k: (r.window_totals.get("samples") or 0) / (sum(r.step_cpu_ms) / 1e3)
+                for k, r in runs.items() if r.step_cpu_ms and sum(r.step_cpu_ms) > 0}
+    return {k: r.metrics.get("samples_per_s") for k, r in runs.items()}
+
+
+def clock_gap(base: Sequence[Record], variant: Sequence[Record]) -> stats.RatioEstimate:
+    """Per repeat, the variant's speedup on CPU time over its speedup on wall time: above 1 when the variant's
+    extra wall time was not work in its process (a sleep, I/O, a lock, workers). Paired within each repeat, so
+    the host's noise, common to both clocks of a run, cancels."""
+    b, v = _ok_by_repeat(base), _ok_by_repeat(variant)
+
+    def speedups(clock: str) -> dict[int, float]:
+        den = throughput_by_repeat(b, clock)
+        return {k: x / den[k] for k, x in throughput_by_repeat(v, clock).items() if x and den.get(k)}
+
+    return stats.paired_ratio(speedups("cpu"), speedups("wall"))
+
+
 def estimate(base: Sequence[Record], variant: Sequence[Record], clock: str = "auto") -> tuple[stats.RatioEstimate, str]:
     """(speedup of `variant` over `base` with its interval, the clock it is on)."""
     b, v = _ok_by_repeat(base), _ok_by_repeat(variant)
@@ -88,15 +109,7 @@ def estimate(base: Sequence[Record], variant: Sequence[Record], clock: str = "au
             return stats.repeat_ratio([stats.geometric_mean(r) for r in per_process]), clock
         return stats.block_bootstrap_ratio(np.concatenate(per_process)), clock
     clock = "wall" if clock == "auto" else clock
-    if clock == "cpu":
-        value = {k: (r.window_totals.get("samples") or 0) / (sum(r.step_cpu_ms) / 1e3)
-                 for k, r in {**{("b", k): x for k, x in b.items()}, **{("v", k): y for k, y in v.items()}}.items()
-                 if r.step_cpu_ms}
-        num = {k[1]: x for k, x in value.items() if k[0] == "v"}
-        den = {k[1]: x for k, x in value.items() if k[0] == "b"}
-    else:
-        num = {k: r.metrics.get("samples_per_s") for k, r in v.items()}
-        den = {k: r.metrics.get("samples_per_s") for k, r in b.items()}
+    num, den = throughput_by_repeat(v, clock), throughput_by_repeat(b, clock)
     return stats.paired_ratio(num, den), clock
 
 
