@@ -178,6 +178,14 @@ class Launcher:
 
     def renew(self) -> None:
         """Start the next round of runs from fresh state (nothing to do for plain processes)."""
+        self.renew_start()
+        self.renew_finish()
+
+    def renew_start(self) -> None:
+        """Begin renewing without waiting for it (`renew` = start + finish; `ByVariant` overlaps several)."""
+
+    def renew_finish(self) -> None:
+        """Wait until a renewal begun by `renew_start` is ready."""
 
     def close(self) -> None:
         """Release resources (nothing for plain processes)."""
@@ -196,12 +204,25 @@ class ForkServer(Launcher):
         self._start_server()
 
     def _start_server(self) -> None:
+        self._spawn()
+        self._await_ready()
+
+    def _spawn(self) -> None:
         self.server = subprocess.Popen([sys.executable, "-m", "harness.forkserver", *self.preload],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                        env=child_env(self.root), cwd=self.root)
         self._buf = b""
+
+    def _await_ready(self) -> None:
         if self._line(120.0) != "ready":
             raise RuntimeError("fork server did not start")
+
+    def renew_start(self) -> None:
+        self.close()
+        self._spawn()
+
+    def renew_finish(self) -> None:
+        self._await_ready()
 
     def renew(self) -> None:
         """A new server for the next round (~2 s). Every child inherits its server's state: before runs got
@@ -309,8 +330,12 @@ class ByVariant(Launcher):
         return self.launchers[job.variant].launch(job, workdir)
 
     def renew(self) -> None:
+        """Every launcher's renewal at once: old and new code's servers start side by side, between rounds
+        (nothing is measured then), so a round waits for the slower of them, not their sum."""
         for launcher in self.launchers.values():
-            launcher.renew()
+            launcher.renew_start()
+        for launcher in self.launchers.values():
+            launcher.renew_finish()
 
     def close(self) -> None:
         for launcher in self.launchers.values():

@@ -98,3 +98,23 @@ def test_a_record_says_which_malloc_settings_it_ran_under(tmp_path) -> None:
     run_experiment(exp, tmp_path)
     (rec,) = load_records(tmp_path)
     assert rec.env["malloc"].startswith("MALLOC_MMAP_THRESHOLD_=")
+
+
+def test_by_variant_starts_every_renewal_before_waiting_for_any() -> None:
+    from harness.runner import ByVariant, Launcher
+
+    calls: list[str] = []
+
+    class Slow(Launcher):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def renew_start(self) -> None:
+            calls.append(f"start {self.name}")
+
+        def renew_finish(self) -> None:
+            calls.append(f"ready {self.name}")
+
+    ByVariant({"old": Slow("old"), "new": Slow("new")}).renew()
+    assert calls == ["start old", "start new", "ready old", "ready new"]  # the two servers start side by side
