@@ -63,7 +63,7 @@ def _launcher(workloads: Sequence[str]) -> Any:
     """The harness's process launcher: a fork server preloaded with the workloads, or plain processes."""
     import subprocess
 
-    from harness.runner import ForkServer, Launcher
+    from harness.launch import ForkServer, Launcher
 
     try:
         return ForkServer([f"models.{name}" for name in workloads])
@@ -73,7 +73,7 @@ def _launcher(workloads: Sequence[str]) -> Any:
 
 def _run_isolated(launcher: Any, config: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """Train `config` in a fresh process via harness.worker; gpu_check's row fields (metric names live here)."""
-    from harness.runner import Job
+    from harness.jobs import Job
 
     job = Job(experiment="gpu_check", variant=f"{config['workload']}_{config['amp']}", phase="speed", repeat=0,
               config=config, timeout_s=timeout_s)

@@ -1,7 +1,7 @@
 """Measure what gradient checkpointing costs and saves on the doctrans workload, one setting per process.
 
 For every micro-batch shape (batch x accumulation, effective batch 32 by default) and checkpointing
-on/off, a fresh worker process (`harness.runner.Launcher`: ``python -m harness.worker``) builds the
+on/off, a fresh worker process (`harness.launch.Launcher`: ``python -m harness.worker``) builds the
 trainer from the same seed and runs a speed run through the engine: `--warmup` optimizer steps, then
 `--steps` measured ones. Settings are interleaved (A B C D A B C D ...) over `--repeats` so machine
 drift hits all of them. Everything printed comes from the records: median step wall ms and CPU ms,
@@ -27,9 +27,10 @@ from typing import Any
 from harness.analysis import stats
 from harness.analysis.speedup import compare
 from harness.config import RunConfig, parse_overrides
+from harness.jobs import Job, records_from
+from harness.launch import Launcher
 from harness.registry import resolve
 from harness.results import Record
-from harness.runner import Job, Launcher, records_from
 
 EXPERIMENT = "doctrans-checkpointing"
 MIB_PER_GIB = 1024

@@ -40,6 +40,7 @@ import torch
 from harness.analysis.gates import ratio_verdict
 from harness.analysis.speedup import Comparison, compare
 from harness.config import RunConfig, parse_overrides
+from harness.loads import burn_cpu_s
 from harness.probes.timers import PhaseClock
 from harness.pytest_plugin import DEFAULT_PAIRS, DEFAULT_WARMUP_PAIRS, measure_speedup
 from harness.registry import resolve
@@ -62,9 +63,7 @@ class SlowedTrainer(Trainer):
         # Not a measurement: the planted load is sized by the step's CPU time; the engine times the step.
         start = time.process_time()
         out = super().train_step(stream, clock, keep_host)
-        until = time.process_time() + self.slowdown * (time.process_time() - start)
-        while time.process_time() < until:  # burns CPU: slowed by other jobs exactly as compute is
-            pass
+        burn_cpu_s(self.slowdown * (time.process_time() - start))  # slowed by other jobs exactly as compute is
         return out
 
 

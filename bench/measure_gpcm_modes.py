@@ -1,7 +1,7 @@
 """Deep-GPCM training steps in each forward mode (sequential / parallel / scan), measured through the engine.
 
 The modes' trainers are built from the same seed and their optimizer steps interleaved step by step in
-this process (`harness.runner.run_group_here`: A B C, C B A, ...), so drift in a shared machine's load
+this process (`harness.jobs.run_group_here`: A B C, C B A, ...), so drift in a shared machine's load
 hits every mode alike. Per mode it prints, from the records: the median, p10 and p90 wall ms of a full
 optimizer step (fetch, forward, loss, backward, optimizer), the median CPU ms, the mean forward ms per
 step (the engine's "forward" phase), samples/s, and the speedup over `sequential` with its 95% interval
@@ -28,9 +28,9 @@ import torch
 from harness.analysis.speedup import CLOCKS, Comparison, compare
 from harness.config import RunConfig, parse_overrides
 from harness.equivalence import check_equivalence
+from harness.jobs import run_group_here
 from harness.registry import resolve
 from harness.results import Record
-from harness.runner import run_group_here
 from models.gpcm.model import FORWARD_MODES
 
 BASELINE = "sequential"

@@ -36,10 +36,11 @@ from harness.analysis import reproducibility as repro
 from harness.analysis import speedup
 from harness.experiment import load_experiments
 from harness.history import load_sessions
+from harness.jobs import group_job, records_from
+from harness.launch import Launcher
 from harness.probes.state import KERNELS
 from harness.report.reproducibility import ratio_text
 from harness.results import Record, append, iter_records
-from harness.runner import Launcher, group_job, records_from
 
 PAIRED_FILE = "paired"
 """Per session, the records of the paired-mode processes (a results directory of their own)."""

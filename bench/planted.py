@@ -8,10 +8,10 @@ busy loop on this process's CPU clock, so it costs CPU like real compute and sho
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from harness.knobs import Knob
+from harness.loads import burn_cpu_s
 from models.lm import LMWorkload
 
 if TYPE_CHECKING:
@@ -19,10 +19,8 @@ if TYPE_CHECKING:
 
 
 def burn_cpu_ms(ms: float) -> None:
-    """Spin for `ms` milliseconds of this process's CPU time."""
-    until = time.process_time() + ms / 1e3
-    while time.process_time() < until:
-        pass
+    """Spin for `ms` milliseconds of this process's CPU time (`harness.loads.burn_cpu_s`)."""
+    burn_cpu_s(ms / 1e3)
 
 
 class PlantedLM(LMWorkload):

@@ -1,10 +1,13 @@
 """Your own model in trainbench: a GRU sequence tagger through the light path (trainbench.SimpleWorkload).
 
-The whole adapter, model and data included, is the 22 non-blank lines below this docstring
+The whole adapter, model and data included, is the 23 non-blank lines below this docstring
 (tests/test_simple.py counts them): variable-length sentences padded with 0, a token-level
-cross-entropy that is a mean over the non-padding tags. Try it from the repository root:
+cross-entropy that is a mean over the non-padding tags, and the model's own knob `width`
+(typed by its default, validated, swept and reported like the generic knobs). From the
+repository root:
 
     trainbench run examples.tagger:WORKLOAD --repeats 3
+    trainbench run examples.tagger:WORKLOAD width=32,64          # a grid over your own knob
     trainbench run examples.tagger:WORKLOAD batch_size=8 grad_accum=2 epochs=2
 """
 import torch
@@ -36,6 +39,7 @@ def pad(items: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 WORKLOAD = SimpleWorkload(
-    "tagger", model=Tagger, train=sentences, eval=lambda: sentences(64, seed=1), collate=pad, pad_id=0,
+    "tagger", model=lambda cfg: Tagger(dim=cfg.width), train=lambda cfg: sentences(),
+    eval=lambda cfg: sentences(64, seed=1), collate=pad, pad_id=0, knobs={"width": 32},
     loss=lambda out, batch: cross_entropy(out.flatten(0, 1), batch[1].flatten(), ignore_index=0),
     batch_size=16, bench_steps=5)

@@ -126,7 +126,7 @@ def exported(base: Base, root: str | Path = ".") -> Iterator[Path]:
 def check_imports_from(root: Path) -> None:
     """A process started as the runner starts the base's children imports `harness` and `models` from
     `root`, not from the working tree or an installed copy (else old == new and the gate sees nothing)."""
-    from harness.runner import child_env
+    from harness.launch import child_env
 
     code = "import harness, models; print(harness.__file__); print(models.__file__)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=child_env(root), capture_output=True,
@@ -240,9 +240,10 @@ def against(workload: str, knobs: Mapping[str, Any], base: Base, base_root: Path
     tree) and decide."""
     from harness.analysis.speedup import compare
     from harness.experiment import build
+    from harness.launch import ByVariant, default_launcher
     from harness.registry import resolve
     from harness.results import load_records
-    from harness.runner import ByVariant, default_launcher, run_experiment
+    from harness.runner import run_experiment
 
     knobs = sized_window(workload, knobs)
     same = {"seed": resolve(workload, knobs).seed}  # "new" sets one knob to the value both have: an A/A pair

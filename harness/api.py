@@ -4,8 +4,10 @@
     df = trainbench.run("mymodels:WORKLOAD", repeats=3, batch_size=16)
     df = trainbench.sweep("mymodels:WORKLOAD", {"big_batch": {"batch_size": 64}}, gates=["big_batch.equivalent"])
 
-A workload is a registered name, a ``module:object`` path, or the `Workload` object itself (found again
-by its ``module:object`` path, so it must live in an importable module). Each returns the DataFrame of
+A workload is a registered name, a ``module:object`` or ``script.py:object`` path, or the `Workload`
+object itself, found again by each run's fresh process: by its module, or by the script that defines it
+and calls `run`/`sweep` under ``if __name__ == "__main__":``. A notebook's workload has no file to
+import: move it into a module. Each returns the DataFrame of
 `harness.analysis.summarize` (one row per variant: throughput, speedup and its interval, equivalence,
 quality, contention) with the results directory in ``df.attrs["out"]`` and, where gates were given,
 their `GateResult`s in ``df.attrs["gates"]``.
@@ -34,13 +36,32 @@ def workload_path(workload: str | Workload) -> str:
     if registry.builtin().get(workload.name) is workload:
         return workload.name
     for module_name, module in list(sys.modules.items()):
-        if module_name == "__main__" or module is None:
+        if module_name == "__main__" or module is None or module_name.startswith("trainbench_script_"):
             continue
         for attr, value in list(vars(module).items()):
             if value is workload:
                 return f"{module_name}:{attr}"
-    raise ValueError(f"workload '{workload.name}' is not an attribute of any importable module (defined in a "
-                     "script's __main__?); move it into a module file and pass the object or 'module:NAME'")
+    main = sys.modules.get("__main__")
+    attr = next((a for a, v in list(vars(main).items()) if v is workload), None) if main is not None else None
+    if attr is not None and getattr(main, "__file__", None):
+        # a script: each run's process imports the file itself (its `if __name__ == "__main__":` block stays idle)
+        file = Path(main.__file__).resolve()
+        inside = file.is_relative_to(Path.cwd().resolve())  # runs start in this directory: no machine path recorded
+        return f"{file.relative_to(Path.cwd().resolve()) if inside else file}:{attr}"
+    if attr is not None:
+        raise ValueError(f"workload '{workload.name}' is defined in a notebook or an interactive session, which a "
+                         "run's fresh process cannot import; move it into a module file (e.g. mymodels.py beside "
+                         "the notebook), import it from there and pass the object")
+    raise ValueError(f"workload '{workload.name}' is not an attribute of any importable module (made inside a "
+                     "function?); assign it at the top level of a module file and pass the object or 'module:NAME'")
+
+
+def _refuse_nested() -> None:
+    from harness.registry import importing_script
+
+    if importing_script():
+        raise ValueError("trainbench.run/sweep called while a workload script is being imported by a run's "
+                           "process; put the call under `if __name__ == \"__main__\":` in the script")
 
 
 def _out(out: str | Path | None, label: str) -> Path:
@@ -68,6 +89,7 @@ def run(workload: str | Workload, *, repeats: int = 3, out: str | Path | None = 
     from harness.experiment import build
     from harness.runner import run_experiment
 
+    _refuse_nested()
     path = workload_path(workload)
     exp = build("run", path, knobs, {}, baseline_name="run", repeats=repeats, equivalence=False,
                 max_repeats=max(repeats, 10), target_half_width_pct=0.0)
@@ -85,6 +107,7 @@ def sweep(workload: str | Workload, variants: Mapping[str, Mapping[str, Any]], *
     from harness.experiment import build
     from harness.runner import run_experiment
 
+    _refuse_nested()
     path = workload_path(workload)
     exp = build("sweep", path, dict(baseline or {}), variants, baseline_name=baseline_name, repeats=repeats,
                 equivalence=equivalence, quality_epochs=quality_epochs, gates=tuple(gates), **precision)

@@ -133,7 +133,7 @@ def resolve(workload: Workload, *layers: Mapping[str, Any], name: str | None = N
 def check_parallel(values: Mapping[str, Any]) -> None:
     """ValueError (one line, naming the knob and what is allowed) for a data-parallel setting this machine cannot
     run: more ranks than cores (CPU) or GPUs (CUDA), fsdp off CUDA, several nodes without a rendezvous endpoint."""
-    from harness.probes.contention import usable_cores
+    from harness.machine import usable_cores
 
     ddp, cuda = values["ddp"], device_type(values["device"]) == "cuda"
     if cuda:

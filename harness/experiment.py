@@ -30,7 +30,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,15 +49,14 @@ PRECISION_KEYS = ("target_half_width_pct", "max_repeats", "budget_s", "max_rerun
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Experiment:
-    """A validated experiment: every variant's config is resolved before anything runs."""
+class ExperimentFields:
+    """What an experiment is, runnable (`Experiment`) or as saved beside its records (`SavedExperiment`)."""
 
     name: str
     workload: str
-    description: str
-    baseline_name: str
-    configs: Mapping[str, RunConfig]
-    """Variant name -> config, baseline first, in file order."""
+    """Registered name or ``module:object`` path."""
+    description: str = ""
+    baseline_name: str = "baseline"
     overrides: Mapping[str, Mapping[str, Any]]
     """Variant name -> the knobs it sets on top of the baseline (empty for the baseline); the
     baseline section's own knobs are kept under the key ``__baseline__``."""
@@ -69,6 +68,14 @@ class Experiment:
     equivalence: bool = True
     gates: tuple[str, ...] = ()
     source: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Experiment(ExperimentFields):
+    """A validated experiment: every variant's config is resolved before anything runs."""
+
+    configs: Mapping[str, RunConfig]
+    """Variant name -> config, baseline first, in file order."""
     target_half_width_pct: float = 3.0
     """Keep adding interleaved repeats of a variant until its speedup's 95% interval is at most this
     wide on each side, in percent of the ratio (0: run exactly `repeats`)."""
@@ -351,24 +358,11 @@ def knob_kinds(exp: Experiment, variant: str) -> set[str]:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class SavedExperiment:
+class SavedExperiment(ExperimentFields):
     """An experiment as saved beside its records: plain data, readable without the workload's code."""
 
-    name: str
-    workload: str
-    description: str = ""
-    baseline_name: str = "baseline"
-    overrides: Mapping[str, Mapping[str, Any]]
-    """As `Experiment.overrides` (the baseline section's knobs under ``__baseline__``)."""
     configs: Mapping[str, Mapping[str, Any]]
     """Variant name -> resolved config as a plain dict (`RunConfig.to_dict`), baseline first."""
-    repeats: int = 3
-    timeout_s: float = 600.0
-    quality_epochs: int = 0
-    quality_target: float | None = None
-    equivalence: bool = True
-    gates: tuple[str, ...] = ()
-    source: str = ""
     precision: Mapping[str, Any] = field(default_factory=dict)
     """`Experiment.precision` (absent in directories written before it existed)."""
 
@@ -383,12 +377,10 @@ def save_experiment(exp: Experiment, out_dir: str | os.PathLike[str]) -> None:
     from harness.description import describe, save_description
 
     out = Path(out_dir)
-    data = {"name": exp.name, "workload": exp.workload, "description": exp.description,
-            "baseline_name": exp.baseline_name, "repeats": exp.repeats, "timeout_s": exp.timeout_s,
-            "quality_epochs": exp.quality_epochs, "quality_target": exp.quality_target,
-            "equivalence": exp.equivalence, "gates": list(exp.gates), "source": exp.source,
-            "overrides": {k: dict(v) for k, v in exp.overrides.items()},
-            "configs": {k: c.to_dict() for k, c in exp.configs.items()}, "precision": exp.precision}
+    # the saved form is SavedExperiment's fields, read off the experiment (one field list, not two)
+    data = {f.name: getattr(exp, f.name) for f in fields(SavedExperiment)}
+    data.update(gates=list(exp.gates), overrides={k: dict(v) for k, v in exp.overrides.items()},
+                configs={k: c.to_dict() for k, c in exp.configs.items()})
     (out / EXPERIMENT_FILE).write_text(json.dumps(data, indent=2, default=str))
     save_description(describe(exp.configs[exp.baseline_name].get_workload(), exp.configs), out)
 
@@ -403,14 +395,15 @@ def load_saved_experiment(out_dir: str | os.PathLike[str]) -> SavedExperiment | 
     except json.JSONDecodeError as exc:
         raise ValueError(f"'{path}' is not valid JSON ({exc.msg}, line {exc.lineno}); restore it or re-run "
                          "the sweep") from None
+    required = [f.name for f in fields(SavedExperiment) if f.default is MISSING and f.default_factory is MISSING]
     try:
-        return SavedExperiment(
-            name=d["name"], workload=d["workload"], description=d.get("description", ""),
-            baseline_name=d["baseline_name"], overrides={k: dict(v) for k, v in d["overrides"].items()},
-            configs={k: dict(v) for k, v in d["configs"].items()}, repeats=int(d["repeats"]),
-            timeout_s=float(d["timeout_s"]), quality_epochs=int(d["quality_epochs"]),
-            quality_target=d.get("quality_target"), equivalence=bool(d["equivalence"]), gates=tuple(d["gates"]),
-            source=d.get("source", ""), precision=dict(d.get("precision") or {}))
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise KeyError(", ".join(missing))
+        known = {f.name: d[f.name] for f in fields(SavedExperiment) if f.name in d}
+        return SavedExperiment(**{**known, "overrides": {k: dict(v) for k, v in d["overrides"].items()},
+                                  "configs": {k: dict(v) for k, v in d["configs"].items()},
+                                  "gates": tuple(d.get("gates", ())), "precision": dict(d.get("precision") or {})})
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"'{path}' is not a saved experiment (bad or missing {exc}); re-run the sweep") from None
 

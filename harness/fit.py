@@ -110,8 +110,8 @@ def _line(probes: list[Probe]) -> tuple[float | None, float | None]:
 def run_probe(cfg_knobs: Mapping[str, Any], workload: str, knob: str, value: int, budget_gib: float,
               workdir: Path, launcher: Any, timeout_s: float) -> Probe:
     """One short run at `knob=value` in a fresh process; fits when ok and within the budget."""
+    from harness.jobs import Job, records_from
     from harness.registry import resolve
-    from harness.runner import Job, records_from
 
     cfg = resolve(workload, cfg_knobs, {knob: value, **PROBE_STEPS})
     job = Job(experiment="fit", variant=f"{knob}={value}", phase="speed", repeat=0,
@@ -133,8 +133,8 @@ def fit(workload: str, knobs: Mapping[str, Any], budget_gib: float, *, knob: str
     """Search the largest `knob` value within `budget_gib` (see the module docstring), at most `limit`."""
     from harness.config import all_knobs, resolve_device
     from harness.experiment import build
+    from harness.launch import default_launcher
     from harness.registry import get, resolve
-    from harness.runner import default_launcher
 
     cfg = resolve(workload, knobs)
     spec = all_knobs(get(workload)).get(knob)

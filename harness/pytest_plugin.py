@@ -99,8 +99,6 @@ def xdist_active(config: pytest.Config) -> bool:
 # Nothing here measures or decides: configs go to the engine (`harness.engine`, through the runner's
 # paired mode), records come back, and `harness.analysis.gates` gives the verdict.
 
-CLOCKS = ("auto", "wall", "cpu")
-
 
 def measure_counters(cfg: RunConfig) -> StepCounters:
     """Counters of the second optimizer step of a fresh trainer for `cfg` (`harness.engine.step_counters`)."""
@@ -125,7 +123,7 @@ def measure_speedup(baseline: RunConfig | Trainer, variant: RunConfig | Trainer,
     A prepared `Trainer` may stand for a config (a planted regression patched into its loader).
     """
     from harness.analysis.speedup import compare
-    from harness.runner import run_group_here
+    from harness.jobs import run_group_here
 
     if pairs < 2:
         raise ValueError(f"pairs: bad value {pairs}; a confidence interval needs at least 2 pairs (use >= 20)")
@@ -256,7 +254,7 @@ class TrainBench:
     def __call__(self, workload: str, **knobs: Any) -> StepBench:
         """Benchmark one config's optimizer step with pytest-benchmark (bench_steps rounds after
         bench_warmup_steps warmup steps) and return its figures, also stored in `benchmark.extra_info`."""
-        from harness.runner import run_group_here
+        from harness.jobs import run_group_here
 
         self._refuse_if_unreliable()
         cfg = self._resolve(workload, knobs)
@@ -324,7 +322,7 @@ class TrainBench:
                    steps: int = 1, **common: Any) -> None:
         """Equivalence gate: one step of both configs gives the same outputs, loss and gradients; with
         `steps` > 1 also the same loss at each of that many optimizer steps and the same parameters after."""
-        from harness.probes.compiled import unavailable_for
+        from harness.machine import unavailable_for
 
         configs = self._resolve(workload, common, baseline), self._resolve(workload, common, variant)
         reason = unavailable_for(configs)

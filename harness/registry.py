@@ -8,10 +8,15 @@ group; a user's own workload is named as ``package.module:object`` on the comman
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
+import sys
+import zlib
 from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from harness import config
@@ -86,12 +91,50 @@ def _package(name: str) -> Workload | None:
     return _check(wl, f"models.{name}") if wl is not None and wl.name == name else None
 
 
-def get(name: str) -> Workload:
-    """A workload by registered name or by ``module:object`` path; ValueError names the choices."""
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
+_importing_script = False
+"""True while `script_module` runs a script's top level (`harness.api` refuses to start an experiment then)."""
+
+
+def importing_script() -> bool:
+    """Whether a workload script's top level is running now, imported by `script_module`."""
+    return _importing_script
+
+
+def script_module(path: str) -> ModuleType:
+    """The module of a workload script (``path/to/script.py``): the running ``__main__`` when it is that
+    script, else the file imported once under a private name (its ``if __name__ == "__main__":`` block,
+    which starts the experiment, does not run again)."""
+    file = Path(path).resolve()
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None) and Path(main.__file__).resolve() == file:
+        return main
+    if not file.is_file():
+        raise ValueError(f"workload script '{path}' does not exist; give the path of the .py file that defines it")
+    name = f"trainbench_script_{file.stem}_{zlib.crc32(str(file).encode()):08x}"
+    if name not in sys.modules:
+        global _importing_script
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        _importing_script = True
         try:
-            module = importlib.import_module(module_name)
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        finally:
+            _importing_script = False
+    return sys.modules[name]
+
+
+def get(name: str) -> Workload:
+    """A workload by registered name, ``module:object`` or ``script.py:object`` path; ValueError names the
+    choices."""
+    if ":" in name:
+        module_name, _, attr = name.rpartition(":")
+        try:
+            module = script_module(module_name) if module_name.endswith(".py") else \
+                importlib.import_module(module_name)
         except ImportError as exc:
             raise ValueError(f"workload '{name}': cannot import module '{module_name}' ({exc}); "
                              "check the path and that it is on PYTHONPATH") from None

@@ -294,7 +294,11 @@ def check_writable_dir(path: str | os.PathLike[str], what: str = "--out") -> Pat
 
 
 def folder_name(label: str) -> str:
-    """A workload name or ``module:object`` path as a folder name (no ':' or '/')."""
+    """A workload name or ``module:object`` path as a folder name (no ':' or '/'); a ``script.py:object``
+    path by the script's name, not its directories."""
+    module, _, attr = label.rpartition(":")
+    if module.endswith(".py"):
+        label = f"{Path(module).stem}:{attr}"
     return label.replace(":", "-").replace("/", "-")
 
 

@@ -26,8 +26,8 @@ from harness.config import RunConfig, resolve_device, runtime_warnings
 from harness.data import effective_workers, make_loader
 from harness.distributed import Parallel
 from harness.knobs import world_of
+from harness.machine import default_threads
 from harness.optim import make_ema, make_optimizer, make_scheduler, update_ema
-from harness.probes.contention import default_threads
 from harness.probes.timers import PhaseClock, reading
 from harness.workload import BatchCounts, LossResult, Workload, upcast
 
@@ -191,8 +191,9 @@ class Trainer:
         self.quality_run = cfg.epochs > 0
         self.total_steps = cfg.epochs * steps_per_epoch if self.quality_run else \
             cfg.bench_warmup_steps + cfg.bench_steps
-        self.opt = make_optimizer(self.model, cfg)
-        self.sched, self.plateau = make_scheduler(self.opt, cfg, self.total_steps)
+        self.opt = self.wl.build_optimizer(self.model, cfg) or make_optimizer(self.model, cfg)
+        own = self.wl.build_scheduler(self.opt, cfg, self.total_steps)
+        self.sched, self.plateau = (own, None) if own is not None else make_scheduler(self.opt, cfg, self.total_steps)
         self.ema = make_ema(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
 

@@ -36,7 +36,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     # here by every run so that peak memory compares variants, not who imported it first)
     from harness import distributed, engine
     from harness.config import resolve_device
-    from harness.probes.compiled import unavailable_for
+    from harness.machine import unavailable_for
     from harness.registry import resolve
     from harness.results import collect_env
     from harness.trainer import NonFiniteLoss

@@ -100,6 +100,16 @@ class Workload(ABC):
         """Raise ValueError for combinations of knobs this workload cannot run."""
         return None
 
+    def build_optimizer(self, model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer | None:
+        """The workload's own optimizer, or None for the one the generic knobs describe (`harness.optim`)."""
+        return None
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, cfg: RunConfig,
+                        total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The workload's own learning-rate schedule, stepped once per optimizer step after `total_steps`
+        are planned; None for the one the generic knobs describe."""
+        return None
+
     # --- the step -------------------------------------------------------------------------------
 
     @abstractmethod

@@ -130,9 +130,9 @@ BUNDLED = sorted((Path(__file__).resolve().parent.parent / "bench" / "experiment
 
 @pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.name)
 def test_every_bundled_experiment_loads_and_its_gates_parse(path: Path) -> None:
-    from harness.cli import _validate_gates
+    from harness.cli.common import validate_gates
     from harness.experiment import load_experiments
 
     for exp in load_experiments(path):
         assert len(exp.variants) >= 2
-        _validate_gates(exp)
+        validate_gates(exp)

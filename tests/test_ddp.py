@@ -19,9 +19,11 @@ from harness import distributed
 from harness.config import check_parallel
 from harness.data import make_loader
 from harness.experiment import build, knob_kinds
+from harness.jobs import Job, records_from
+from harness.launch import Launcher, child_env
 from harness.registry import resolve
 from harness.results import load_records
-from harness.runner import Job, Launcher, child_env, records_from, run_experiment
+from harness.runner import run_experiment
 from tests.conftest import TOY
 
 SLEEP_MS = 150.0
@@ -75,7 +77,7 @@ def test_bad_parallel_settings_name_the_knob(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def distributed_cores() -> int:
-    from harness.probes.contention import usable_cores
+    from harness.machine import usable_cores
 
     return usable_cores()
 

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 from harness.analysis import summarize
-from harness.cli import plain_summary
+from harness.cli.common import plain_summary
 from harness.engine import run
-from harness.probes.contention import usable_cores, verdict
+from harness.loads import burn_cpu_s
+from harness.machine import usable_cores
+from harness.probes.contention import verdict
 from harness.probes.counters import peak_rss_self_gib
 from harness.probes.sampler import ResourceSampler
 from harness.registry import resolve
@@ -76,9 +78,7 @@ def test_profile_reports_the_window_peak(tmp_path) -> None:
 def test_first_cpu_sample_is_not_a_spike() -> None:
     sampler = ResourceSampler(None, interval_s=0.05, children=False)
     sampler.start()
-    until = time.perf_counter() + 0.4
-    while time.perf_counter() < until:
-        pass
+    burn_cpu_s(0.4)
     sampler.stop()
     cpu = sampler.series["cpu_util_pct"]
     assert len(cpu) >= 3 and max(cpu) <= 100.0 * usable_cores() * 1.2, cpu

@@ -52,7 +52,7 @@ def _scan(wl: str, knobs: dict, values: range, budget: float) -> list[Probe]:
 
     from harness.experiment import build
     from harness.fit import run_probe
-    from harness.runner import default_launcher
+    from harness.launch import default_launcher
 
     launcher = default_launcher(build("fit", wl, knobs, {}, equivalence=False))
     try:

@@ -97,8 +97,8 @@ def test_plugin_ratio_gate_and_toml_gate_agree_on_the_same_records():
     # pytest plugin's ratio verdict, at thresholds below, inside and above the measured interval.
     from harness.analysis.speedup import compare
     from harness.analysis.summary import summarize
+    from harness.jobs import run_group_here
     from harness.registry import resolve
-    from harness.runner import run_group_here
 
     base = resolve("lm", {"preset": "tiny", "device": "cpu", "threads": 1, "forward": "per_sequence"})
     records = run_group_here("agree", {"per_sequence": base, "batched": base.replace(forward="batched")},

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.runner import Outcome
+from harness.jobs import Outcome
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "gpu_check.py"

@@ -57,7 +57,7 @@ def test_a_bad_toml_grid_is_refused(tmp_path: Path, body: str, message: str) -> 
 
 
 def test_run_sweeps_a_comma_list_and_keeps_free_text_commas() -> None:
-    from harness.cli import grid_items
+    from harness.cli.measure import grid_items
 
     fixed, grid = grid_items("lm", {"batch_size": "4,8", "amp": "off,bf16", "preset": "tiny"})
     assert fixed == {"preset": "tiny"} and grid == {"batch_size": ["4", "8"], "amp": ["off", "bf16"]}

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from harness.experiment import build, load_experiment
+from harness.jobs import Job, Outcome
+from harness.launch import Launcher
 from harness.results import PRECISION_FILE, load_records
-from harness.runner import Job, Launcher, Outcome, run_experiment
+from harness.runner import run_experiment
 from tests.conftest import TOY
 
 

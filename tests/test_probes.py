@@ -144,14 +144,14 @@ def test_peak_rss_of_a_child_ignores_its_parents_peak(tmp_path) -> None:
 
 
 def test_proc_stat_counts_only_the_cpus_of_the_affinity_set() -> None:
-    from harness.probes.contention import _proc_stat
+    from harness.machine import proc_stat
 
     hz = os.sysconf("SC_CLK_TCK")
     text = ("cpu  900 0 0 300 0 0 0 0 0 0\n"
             "cpu0 100 0 0 100 0 0 0 0 0 0\n"   # ours: 1 s busy of 2 s
             "cpu1 0 0 0 200 0 0 0 0 0 0\n"     # ours: idle
             "cpu2 800 0 0 0 0 0 0 0 0 0\n")    # outside the set (a cpuset container's neighbour): not counted
-    busy, steal, total = _proc_stat(text, {0, 1})
+    busy, steal, total = proc_stat(text, {0, 1})
     assert busy == pytest.approx(100 / hz) and total == pytest.approx(400 / hz) and steal == 0
-    busy_all, _, total_all = _proc_stat(text.splitlines()[0] + "\n", {0, 1})  # no per-CPU lines: the total line
+    busy_all, _, total_all = proc_stat(text.splitlines()[0] + "\n", {0, 1})  # no per-CPU lines: the total line
     assert busy_all == pytest.approx(900 / hz) and total_all == pytest.approx(1200 / hz)

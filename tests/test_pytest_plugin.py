@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 from harness.engine import StepCounters
+from harness.loads import burn_cpu_s
 from harness.pytest_plugin import (
     counter_verdict,
     equivalence_verdict,
@@ -43,10 +43,7 @@ def _bench_module(name: str) -> Any:
     return module
 
 
-def _busy(cpu_s: float) -> None:
-    until = time.process_time() + cpu_s
-    while time.process_time() < until:  # burns CPU like real work, so the CPU clock sees it
-        pass
+_busy = burn_cpu_s  # burns CPU like real work, so the CPU clock sees it
 
 
 class SlowCollate:

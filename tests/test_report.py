@@ -128,11 +128,11 @@ def test_recorded_warnings_are_listed_once_with_their_variants(tmp_path):
 def test_the_console_shows_each_warning_once_per_experiment(capsys):
     import dataclasses
 
-    from harness.cli import _progress
-    from harness.runner import Job
+    from harness.cli.common import progress
+    from harness.jobs import Job
 
     warn = "pin_memory=true has no effect on a CPU run (nothing is copied to a GPU)"
     for r in range(2):
         job = Job(experiment="warned", variant="b", phase="speed", repeat=r, config={})
-        _progress(r + 1, 2, job, dataclasses.replace(speed_record("b", r), warnings=(warn,)))
+        progress(r + 1, 2, job, dataclasses.replace(speed_record("b", r), warnings=(warn,)))
     assert capsys.readouterr().err.count(f"warning: {warn}") == 1

@@ -19,10 +19,12 @@ from harness import history
 from harness.analysis import reproducibility as repro
 from harness.analysis import summarize
 from harness.experiment import build
+from harness.jobs import Job, Outcome
+from harness.launch import Launcher
 from harness.probes import state as state_probe
 from harness.probes.contention import verdict
 from harness.results import Record, load_records
-from harness.runner import Job, Launcher, Outcome, run_experiment
+from harness.runner import run_experiment
 from tests.conftest import TOY
 
 QUIET = {"compute": 0.4, "memory": 3.5, "latency": 0.75}

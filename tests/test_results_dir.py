@@ -15,9 +15,10 @@ import pytest
 from harness import results
 from harness.description import load_description
 from harness.experiment import build, load_saved_experiment, resolve_saved
+from harness.jobs import plan
 from harness.report import write_report
 from harness.results import EXPERIMENT_FILE, WORKLOAD_FILE, Record, append, load_records
-from harness.runner import plan, run_experiment
+from harness.runner import run_experiment
 from tests.conftest import REPO, TOY
 from tests.fixtures.synthetic import speed_record
 

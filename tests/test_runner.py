@@ -12,8 +12,9 @@ from collections import Counter
 import pytest
 
 from harness.experiment import build
+from harness.jobs import plan
 from harness.results import RECORDS_FILE, iter_records, load_records
-from harness.runner import plan, run_experiment
+from harness.runner import run_experiment
 from tests.conftest import TOY
 
 BASE = {"bench_warmup_steps": 1, "bench_steps": 4}
@@ -84,7 +85,7 @@ def test_resume_after_kill_reruns_nothing_finished(tmp_path) -> None:
 
 
 def test_runs_get_fixed_malloc_thresholds_unless_the_user_sets_them(monkeypatch) -> None:
-    from harness.runner import MALLOC_ENV, child_env
+    from harness.launch import MALLOC_ENV, child_env
 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     assert child_env()["MALLOC_MMAP_THRESHOLD_"] == MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"] == str(32 * 1024**2)
@@ -101,7 +102,7 @@ def test_a_record_says_which_malloc_settings_it_ran_under(tmp_path) -> None:
 
 
 def test_by_variant_starts_every_renewal_before_waiting_for_any() -> None:
-    from harness.runner import ByVariant, Launcher
+    from harness.launch import ByVariant, Launcher
 
     calls: list[str] = []
 

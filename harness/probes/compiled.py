@@ -8,16 +8,14 @@ it closes), so a record says how much compiling happened before the window (`com
 never in the throughput) and whether any happened inside it (it should not: the window would then time
 the compiler, and the engine warns).
 
-`compile_unavailable()` tells a machine that cannot compile at all (no C++ compiler for inductor, a
-Python torch.compile does not support) from a model that fails to compile: the first is a skipped run
-with the reason, the second a crash worth reading.
+`harness.machine.compile_unavailable()` tells a machine that cannot compile at all (no C++ compiler for
+inductor, a Python torch.compile does not support) from a model that fails to compile: the first is a
+skipped run with the reason, the second a crash worth reading.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,33 +53,3 @@ class CompileClock:
         """(seconds, frames compiled) from mark `a` to mark `b`."""
         x, y = self.marks[a], self.marks[b]
         return max(0.0, y.seconds - x.seconds), y.frames - x.frames
-
-
-def unavailable_for(configs: Iterable[Any]) -> str | None:
-    """Why the first of `configs` that compiles cannot run here (`compile_unavailable` in its mode); None when
-    none compiles or compiling works."""
-    mode = next((c.compile_mode for c in configs if c.compile), None)
-    return compile_unavailable(mode) if mode is not None else None
-
-
-def compile_unavailable(mode: str = "default") -> str | None:
-    """None when torch.compile works here; else why not, in one line. Compiles a two-op function with a
-    gradient once (a cache hit after the first run on a machine)."""
-    import torch
-
-    def f(x: torch.Tensor) -> torch.Tensor:
-        return (x.sin() * 2).sum()
-
-    try:
-        fn = torch.compile(f, mode=None if mode == "default" else mode)
-        x = torch.ones(3, requires_grad=True)
-        fn(x).backward()
-    except Exception as exc:  # any failure here is the machine's, not the model's
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return f"torch.compile is unavailable here ({type(exc).__name__}: {first[:200]})"
-    finally:
-        try:
-            torch._dynamo.reset()  # the probe's frame must not count as the model's compilation
-        except Exception:
-            pass
-    return None
