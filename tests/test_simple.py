@@ -264,3 +264,17 @@ def test_the_script_sweeps_its_own_knob_through_trainbench_run_in_fresh_processe
     recs = latest_attempts(r for r in load_records(tmp_path / "r") if r.phase == "speed")
     assert sorted(r.config["depth"] for r in recs) == [1, 3] and all(r.status == "ok" for r in recs)
     assert all(r.config["width"] == 64 and r.config["lr"] == 0.05 for r in recs)
+
+
+def test_the_trainbench_command_finds_a_module_in_the_working_directory(tmp_path: Path, monkeypatch,
+                                                                         capsys) -> None:
+    from harness.cli import main
+
+    (tmp_path / "mymodels_cwd.py").write_text(
+        "import torch\nfrom trainbench import SimpleWorkload\n"
+        "W = SimpleWorkload('mine', model=lambda cfg: torch.nn.Linear(2, 2), train=lambda cfg: [],"
+        " loss=lambda out, batch: out.sum(), knobs={'width': 8})\n")
+    monkeypatch.chdir(tmp_path)  # an installed console script has neither '' nor the working directory on sys.path
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert main(["list", "mymodels_cwd:W"]) == 0
+    assert "| width | int |" in capsys.readouterr().out

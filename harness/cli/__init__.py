@@ -10,6 +10,7 @@ reference), `info` (list, doctor); `common` holds what they share.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -112,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trainbench` command."""
+    # `trainbench run mymodels:WORKLOAD` finds mymodels.py in the working directory, as `python -m` would
+    # (an installed console script puts only its own directory on sys.path; each run's process gets the
+    # working directory on PYTHONPATH from `harness.launch.child_env`)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
