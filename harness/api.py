@@ -45,9 +45,9 @@ def workload_path(workload: str | Workload) -> str:
     attr = next((a for a, v in list(vars(main).items()) if v is workload), None) if main is not None else None
     if attr is not None and getattr(main, "__file__", None):
         # a script: each run's process imports the file itself (its `if __name__ == "__main__":` block stays idle)
-        file = Path(main.__file__).resolve()
-        inside = file.is_relative_to(Path.cwd().resolve())  # runs start in this directory: no machine path recorded
-        return f"{file.relative_to(Path.cwd().resolve()) if inside else file}:{attr}"
+        file, here = Path(main.__file__).resolve(), Path.cwd().resolve()
+        # runs start in this directory: a script inside it is recorded by its relative path, no machine path
+        return f"{file.relative_to(here) if file.is_relative_to(here) else file}:{attr}"
     if attr is not None:
         raise ValueError(f"workload '{workload.name}' is defined in a notebook or an interactive session, which a "
                          "run's fresh process cannot import; move it into a module file (e.g. mymodels.py beside "
@@ -61,7 +61,7 @@ def _refuse_nested() -> None:
 
     if importing_script():
         raise ValueError("trainbench.run/sweep called while a workload script is being imported by a run's "
-                           "process; put the call under `if __name__ == \"__main__\":` in the script")
+                         "process; put the call under `if __name__ == \"__main__\":` in the script")
 
 
 def _out(out: str | Path | None, label: str) -> Path:

@@ -156,19 +156,16 @@ class ForkServer(Launcher):
             raise RuntimeError("fork server did not start")
 
     def renew_start(self) -> None:
+        """A new server for the next round (~2 s; `renew_finish` waits for it). Every child inherits its server's
+        state: before runs got fixed malloc thresholds (`MALLOC_ENV`) the LM's CPU preset ran at 104-110,
+        112-114, 114 and 120-122 samples/s from four servers, each within 2% across its own runs. One server per
+        round puts whatever a server still carries between repeats, where the interval sees it, instead of
+        between sweeps."""
         self.close()
         self._spawn()
 
     def renew_finish(self) -> None:
         self._await_ready()
-
-    def renew(self) -> None:
-        """A new server for the next round (~2 s). Every child inherits its server's state: before runs got
-        fixed malloc thresholds (`MALLOC_ENV`) the LM's CPU preset ran at 104-110, 112-114, 114 and 120-122
-        samples/s from four servers, each within 2% across its own runs. One server per round puts whatever
-        a server still carries between repeats, where the interval sees it, instead of between sweeps."""
-        self.close()
-        self._start_server()
 
     def _line(self, timeout: float | None) -> str:
         deadline = None if timeout is None else time.monotonic() + timeout
