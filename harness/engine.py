@@ -21,6 +21,7 @@ opens), `cuda_peak_*_gib` the allocator's peaks over the same window.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -37,8 +38,10 @@ from harness.peaks import mfu
 from harness.probes.compiled import CompileClock
 from harness.probes.contention import ContentionProbe, verdict
 from harness.probes.counters import (
+    GIB,
     AttentionKernels,
     ForwardCounter,
+    SavedTensors,
     count_flops,
     cuda_peaks_gib,
     peak_rss_self_gib,
@@ -133,13 +136,16 @@ class Meter:
         self.counter.enabled = measured or watch
         try:
             if flops:
-                with AttentionKernels() as kernels:
+                # saved-tensor hooks stay off a compiled model (dynamo would trace or refuse them)
+                saved = None if self.tr.cfg.values.get("compile") else SavedTensors(self.tr.model)
+                with AttentionKernels() as kernels, saved or contextlib.nullcontext():
                     (loss, counts), n_flops = count_flops(
                         lambda: self.tr.train_step(self.stream, self.clock, keep_host))
                 self.kernels = kernels.kernels
                 samples = sum(c.samples for c in counts)
                 self.metrics.update(samples_per_step=samples, flops_per_step=n_flops,
-                                    flops_per_sample=n_flops / max(samples, 1))
+                                    flops_per_sample=n_flops / max(samples, 1),
+                                    saved_tensors_gib=saved.peak_bytes / GIB if saved else None)
             else:
                 loss, counts = self.tr.train_step(self.stream, self.clock, keep_host)
         finally:

@@ -9,9 +9,11 @@ record too, with its status and the child's error text, so a sweep never loses t
 from __future__ import annotations
 
 import fcntl
+import gzip
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import time
@@ -39,7 +41,7 @@ METRICS = (
     "steps_per_s", "it_per_s", "samples_per_s", "tokens_per_s", "padded_tokens_per_s",
     "step_ms_median", "step_ms_p10", "step_ms_p90", "step_ms_mean",
     "forward_calls_per_step", "flops_per_step", "flops_per_sample", "achieved_tflops", "mfu",
-    "peak_rss_gib", "cuda_peak_allocated_gib", "cuda_peak_reserved_gib",
+    "peak_rss_gib", "cuda_peak_allocated_gib", "cuda_peak_reserved_gib", "saved_tensors_gib",
     "gpu_util_pct", "gpu_mem_used_gib", "gpu_power_w", "energy_j_per_sample", "cpu_util_pct",
     "samples_per_step", "real_tokens_per_step", "padded_tokens_per_step", "param_count",
     "train_wall_s", "measured_steps", "final_loss", "best_epoch", "epochs_run", "instrument_overhead_pct",
@@ -169,11 +171,17 @@ def append(directory: str | os.PathLike[str], record: Record) -> None:
 
 
 def iter_records(directory: str | os.PathLike[str]) -> Iterator[Record]:
-    """Records of a results directory in file order; a torn last line (killed writer) is skipped."""
+    """Records of a results directory in file order (`records.jsonl`, or a report's compressed copy
+    `records.jsonl.gz`); a torn last line (killed writer) is skipped."""
     path = Path(directory) / RECORDS_FILE
-    if not path.exists():
+    packed = path.with_name(RECORDS_FILE + ".gz")
+    if path.exists():
+        lines = path.read_text().splitlines()
+    elif packed.exists():
+        path = packed
+        lines = gzip.decompress(packed.read_bytes()).decode().splitlines()
+    else:
         return
-    lines = path.read_text().splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -204,6 +212,40 @@ def _parse_record(data: Any, where: str) -> Record:
         return Record.from_dict(data)
     except (TypeError, ValueError, AssertionError) as exc:
         raise ValueError(f"{where}: {exc}") from None
+
+
+BUNDLE_DIR = "results"
+"""The folder of a report that holds the results it was rendered from (records compressed)."""
+
+
+def find_results(directory: str | os.PathLike[str]) -> Path:
+    """The results directory `directory` names: itself, or the `results/` a report carries beside it."""
+    path = Path(directory)
+    bundled = path / BUNDLE_DIR
+    has = [(d / RECORDS_FILE).exists() or (d / (RECORDS_FILE + ".gz")).exists() for d in (path, bundled)]
+    return bundled if has[1] and not has[0] else path
+
+
+def bundle(results_dir: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Copy a results directory's records (gzip, no timestamp: the same records give the same bytes) and its
+    JSON descriptions into `dest`, so a report carries what it was rendered from; returns `dest`."""
+    src, dest = Path(results_dir), Path(dest)
+    if src.resolve() == dest.resolve():
+        return dest
+    if dest.is_dir():  # an earlier bundle: none of its files may outlive it
+        for old in [*dest.glob("*.json"), dest / (RECORDS_FILE + ".gz")]:
+            old.unlink(missing_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    plain = src / RECORDS_FILE
+    if plain.exists():
+        with open(dest / (RECORDS_FILE + ".gz"), "wb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as out:
+            out.write(plain.read_bytes())
+    elif (src / (RECORDS_FILE + ".gz")).exists():
+        shutil.copyfile(src / (RECORDS_FILE + ".gz"), dest / (RECORDS_FILE + ".gz"))
+    for f in sorted(src.glob("*.json")):
+        shutil.copyfile(f, dest / f.name)
+    return dest
 
 
 def load_records(directory: str | os.PathLike[str]) -> list[Record]:

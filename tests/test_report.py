@@ -74,7 +74,7 @@ def test_report_structure(demo_report):
 
 def test_plots_written_and_nonempty(demo_report):
     found = images(demo_report)
-    assert {p.name for p in found} == {"throughput.png", "phases.png", "quality.png", "timeline.png"}
+    assert {p.name for p in found} == {"throughput.png", "phases.png", "quality.png", "resources.png"}
     for png in found:
         assert_png(png)
 

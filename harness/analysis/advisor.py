@@ -30,8 +30,6 @@ KERNEL_LAUNCH_US = 5.0
 """Typical host cost of one CUDA kernel launch; launches x this >= half a step means launch-bound."""
 PADDING_RATIO = 1.3
 MEMORY_FRACTION = 0.90
-QUALITY_TOLERANCE = 0.02
-"""Relative loss of the primary metric that counts as a quality cost (2% of the baseline's value)."""
 MIN_SPEEDUP = 1.05
 COMMUNICATION_PCT = 25.0
 """Data-parallel runs: gradient all-reduce time not overlapped with compute above this share of a step."""
@@ -227,11 +225,9 @@ def _quality_loss(f: Mapping[str, Any], primary: str | None, higher_is_better: b
         return None
     base_value = value - delta
     seeds_run = int(_num(f, "quality_seeds")) if math.isfinite(_num(f, "quality_seeds")) else 1
-    quality = decision.decide(
+    quality = decision.quality_decision(
         RatioEstimate(delta, _num(f, f"{primary}_delta_ci_low"), _num(f, f"{primary}_delta_ci_high"), seeds_run, "t",
-                      MIN_REPEATS),
-        at=0.0, margin=QUALITY_TOLERANCE * max(abs(base_value), 1e-12), scale="difference",
-        higher_is_better=higher_is_better, words=decision.QUALITY)
+                      MIN_REPEATS), base_value, higher_is_better=higher_is_better)
     worse_point = (-delta if higher_is_better else delta) > quality.margin
     if quality.outcome != decision.WORSE and not (quality.insufficient and worse_point):
         return None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from harness.analysis import decision, stats
 from harness.analysis.summary import latest_attempts
-from harness.results import Record, load_records, machine_id
+from harness.results import Record, find_results, load_records, machine_id
 
 COMPARED = ("samples_per_s", "tokens_per_s", "it_per_s", "step_ms_median", "forward_calls_per_step",
             "flops_per_step", "peak_rss_gib", "cuda_peak_allocated_gib", "energy_j_per_sample")
@@ -150,7 +150,8 @@ def _row(v: str, metric: str, a: list[float], b: list[float], thresholds: Sequen
 def compare(old_dir: str | os.PathLike[str], new_dir: str | os.PathLike[str],
             fail_on: list[str]) -> tuple[str, bool]:
     """Markdown table of per-variant, per-metric changes (new vs old) and whether a --fail-on was crossed."""
-    old, new = latest_attempts(load_records(old_dir)), latest_attempts(load_records(new_dir))
+    old = latest_attempts(load_records(find_results(old_dir)))  # a report's folder reads its bundled results
+    new = latest_attempts(load_records(find_results(new_dir)))
     quality_names = sorted({m for r in [*old, *new] for m in r.quality})
     metrics = [*COMPARED, *quality_names]
     thresholds = parse_fail_on(fail_on, metrics)

@@ -16,6 +16,9 @@ difference of two qualities, or a gate's threshold) and an equivalence margin ±
 A difference smaller than the margin but resolved (an interval of [1.01, 1.02] at ±3%) is *equivalent*: it is
 real and too small to matter. With no margin (a gate's threshold, written as the user wants it) only the other
 three outcomes occur.
+
+`verdict` turns a variant's decided speed and costs (its function, its quality, its memory) into one word: adopt,
+reject or unresolved.
 """
 
 from __future__ import annotations
@@ -189,3 +192,53 @@ def exact(value: float | None, reference: float | None, rel_tol: float, *, floor
         point = (value - reference) / max(abs(reference), floor)
     est = RatioEstimate(point, point, point, 1, "exact", 1)
     return decide(est, at=0.0, margin=rel_tol, scale="difference", words=("higher", "lower"))
+
+
+ADOPT, REJECT = "adopt", "reject"
+QUALITY_MARGIN = 0.02
+"""The equivalence margin of a quality change: 2% of the baseline's value of the metric."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with a variant: ADOPT, REJECT or UNRESOLVED, and why, from its decided speed and costs."""
+
+    word: str
+    why: str
+
+
+def quality_decision(delta: RatioEstimate, base_value: float, *, higher_is_better: bool = True) -> Decision:
+    """A quality change (a difference with its interval across seeds) decided against 0 with the quality margin
+    (`QUALITY_MARGIN` of the baseline's value): better, worse, equivalent, or unresolved (one seed: insufficient)."""
+    return decide(delta, at=0.0, margin=QUALITY_MARGIN * max(abs(base_value), 1e-12), scale="difference",
+                  higher_is_better=higher_is_better, words=QUALITY)
+
+
+def verdict(speed: Decision, *, same_function: bool | None, quality: Decision | None,
+            memory_ratio: float | None = None) -> Verdict:
+    """Adopt a variant when it is decided faster and costs nothing decided: it computes the same function (the
+    equivalence check passed) or its quality is decided equivalent or better. Reject it when it is decided slower,
+    its quality decided worse, its function differs with no quality run to vouch for it, or it is equivalent in
+    speed without saving memory (`memory_ratio`, variant / baseline, below 0.9). Anything else is unresolved, with
+    what would resolve it."""
+    if speed.outcome == WORSE:
+        return Verdict(REJECT, f"{speed.words[1]}: {speed.evidence()}")
+    if quality is not None and quality.outcome == WORSE:
+        return Verdict(REJECT, f"quality {quality.label}: {quality.evidence()}")
+    quality_ok = quality is not None and quality.outcome in (EQUIVALENT, BETTER)
+    if same_function is False and not quality_ok:
+        return Verdict(REJECT, "computes a different function (the equivalence check failed)"
+                       + ("" if quality is not None else " and no quality run shows what that costs"))
+    if speed.outcome == EQUIVALENT:
+        if memory_ratio is not None and math.isfinite(memory_ratio) and memory_ratio < 0.9:
+            return Verdict(ADOPT, f"same speed ({speed.label}), memory x{memory_ratio:.2f}")
+        return Verdict(REJECT, f"no speed gain ({speed.label})")
+    if speed.outcome == UNRESOLVED:
+        return Verdict(UNRESOLVED, f"speed unresolved: {speed.advice() or speed.evidence()}")
+    if same_function or quality_ok:
+        cost = "same function" if same_function else f"quality {quality.label}"  # type: ignore[union-attr]
+        return Verdict(ADOPT, f"{speed.words[0]}, {cost}")
+    if quality is None:
+        return Verdict(UNRESOLVED, f"{speed.words[0]}, but its quality cost is unmeasured (a quality knob: run the "
+                                   "experiment with quality_epochs and 3 or more seeds)")
+    return Verdict(UNRESOLVED, f"{speed.words[0]}, quality change unresolved: {quality.advice()}")

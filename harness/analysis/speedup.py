@@ -22,6 +22,10 @@ from harness.rates import samples_per_step
 from harness.results import Record
 
 CLOCKS = ("auto", "wall", "cpu")
+UNITS = {"samples": ("samples", "samples_per_s"), "tokens": ("real_tokens", "tokens_per_s")}
+"""The unit a speedup counts work in: its total in `Record.window_totals` and its rate metric. Real tokens
+where a variant changes what one sample holds (chunk length, padding): samples/s would count a shorter
+chunk as more work."""
 
 
 def pick_clock(clock: str, configs: Sequence[Mapping[str, Any]]) -> str:
@@ -46,19 +50,22 @@ def _resolved(r: Record) -> dict[str, Any]:
     return cfg
 
 
-def _samples_per_step(r: Record) -> float:
-    return samples_per_step(r.window_totals)
+def _per_step(r: Record, unit: str) -> float:
+    if unit == "samples":
+        return samples_per_step(r.window_totals)
+    total, steps = r.window_totals.get(UNITS[unit][0]), r.window_totals.get("measured_steps")
+    return float(total) / float(steps) if total and steps else float("nan")
 
 
 def _times(r: Record, clock: str) -> np.ndarray:
     return np.asarray(r.step_cpu_ms if clock == "cpu" else r.step_ms, dtype=float)
 
 
-def step_ratios(base: Record, variant: Record, clock: str) -> np.ndarray:
-    """Per measured step of one process: the variant's throughput over the baseline's."""
+def step_ratios(base: Record, variant: Record, clock: str, unit: str = "samples") -> np.ndarray:
+    """Per measured step of one process: the variant's throughput (in `unit`, `UNITS`) over the baseline's."""
     tb, tv = _times(base, clock), _times(variant, clock)
     n = min(tb.size, tv.size)
-    scale = _samples_per_step(variant) / _samples_per_step(base)
+    scale = _per_step(variant, unit) / _per_step(base, unit)
     with np.errstate(divide="ignore", invalid="ignore"):
         return tb[:n] / tv[:n] * scale
 
@@ -76,12 +83,14 @@ def _ok_by_repeat(records: Sequence[Record]) -> dict[int, Record]:
     return out
 
 
-def throughput_by_repeat(runs: Mapping[int, Record], clock: str) -> dict[int, float]:
-    """Samples per second of each repeat's run: over its wall window, or ("cpu") over its steps' CPU time."""
+def throughput_by_repeat(runs: Mapping[int, Record], clock: str, unit: str = "samples") -> dict[int, float]:
+    """Work (`unit`: samples or real tokens) per second of each repeat's run: over its wall window, or ("cpu")
+    over its steps' CPU time."""
+    total, rate = UNITS[unit]
     if clock == "cpu":
-        return {k: (r.window_totals.get("samples") or 0) / (sum(r.step_cpu_ms) / 1e3)
+        return {k: (r.window_totals.get(total) or 0) / (sum(r.step_cpu_ms) / 1e3)
                 for k, r in runs.items() if r.step_cpu_ms and sum(r.step_cpu_ms) > 0}
-    return {k: r.metrics.get("samples_per_s") for k, r in runs.items()}
+    return {k: r.metrics.get(rate) for k, r in runs.items()}
 
 
 def clock_gap(base: Sequence[Record], variant: Sequence[Record]) -> stats.RatioEstimate:
@@ -97,20 +106,37 @@ def clock_gap(base: Sequence[Record], variant: Sequence[Record]) -> stats.RatioE
     return stats.paired_ratio(speedups("cpu"), speedups("wall"))
 
 
-def estimate(base: Sequence[Record], variant: Sequence[Record], clock: str = "auto") -> tuple[stats.RatioEstimate, str]:
-    """(speedup of `variant` over `base` with its interval, the clock it is on)."""
+def estimate(base: Sequence[Record], variant: Sequence[Record], clock: str = "auto",
+             unit: str = "samples") -> tuple[stats.RatioEstimate, str]:
+    """(speedup of `variant` over `base` in `unit`'s throughput with its interval, the clock it is on)."""
     b, v = _ok_by_repeat(base), _ok_by_repeat(variant)
     repeats = sorted(b.keys() & v.keys())
     pairs = [(b[k], v[k]) for k in repeats]
     if pairs and all(_same_process(x, y) for x, y in pairs):
         clock = pick_clock(clock, [_resolved(r) for pair in pairs for r in pair])
-        per_process = [step_ratios(x, y, clock) for x, y in pairs]
+        per_process = [step_ratios(x, y, clock, unit) for x, y in pairs]
         if len(per_process) >= stats.MIN_REPEATS:
             return stats.repeat_ratio([stats.geometric_mean(r) for r in per_process]), clock
         return stats.block_bootstrap_ratio(np.concatenate(per_process)), clock
     clock = "wall" if clock == "auto" else clock
-    num, den = throughput_by_repeat(v, clock), throughput_by_repeat(b, clock)
+    num, den = throughput_by_repeat(v, clock, unit), throughput_by_repeat(b, clock, unit)
     return stats.paired_ratio(num, den), clock
+
+
+def work_unit(records: Sequence[Record], baseline: str) -> str:
+    """The unit a sweep's speedups count: "tokens" when the runs count real tokens and some variant's real tokens
+    per sample differ from the baseline's by more than 1% (a sample is then not the same work), else "samples"."""
+    per_sample: dict[str, list[float]] = {}
+    for r in records:
+        t = r.window_totals
+        if r.phase == "speed" and r.status == "ok" and t.get("samples"):
+            per_sample.setdefault(r.variant, []).append((t.get("real_tokens") or 0) / t["samples"])
+    base = per_sample.get(baseline)
+    if not base or not all(x > 0 for xs in per_sample.values() for x in xs):
+        return "samples"
+    ref = float(np.median(base))
+    differs = any(abs(float(np.median(xs)) / ref - 1.0) > 0.01 for xs in per_sample.values())
+    return "tokens" if differs else "samples"
 
 
 def changed_knobs(base: Mapping[str, Any], variant: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

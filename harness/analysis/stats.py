@@ -31,6 +31,9 @@ MIN_REPEATS = 3
 """Fewest paired processes an interval across processes is computed from."""
 MIN_STEP_PAIRS = 10
 """Fewest step pairs a within-process (block bootstrap) interval is computed from."""
+CALIBRATED_WINDOW_S = 0.5
+"""The measured window the A/A calibration ran (`bench/measure_precision.py`: 300 steps of the tiny LM); a report
+warns about variants measured over shorter windows, whose intervals that calibration does not vouch for."""
 MIN_STOP_REPEATS = 5
 """Fewest processes per side before a sweep may stop adding repeats because the interval is narrow enough."""
 SEQUENTIAL_WIDEN = 1.25
@@ -224,6 +227,22 @@ def paired_ratio(numerator: dict[int, float], denominator: dict[int, float], *,
     keys = sorted(k for k in numerator.keys() & denominator.keys()
                   if _finite_positive(numerator[k]) and _finite_positive(denominator[k]))
     return repeat_ratio([numerator[k] / denominator[k] for k in keys], min_n=min_n)
+
+
+def paired_difference(a: dict[int, float | None], b: dict[int, float | None], *,
+                      min_n: int = MIN_REPEATS) -> RatioEstimate:
+    """Mean of a[k] - b[k] over the keys (seeds) both have, with a 95% Student-t interval from `min_n` pairs on
+    (`RatioEstimate.ratio` holds the difference). Quality runs are a fixed number of seeds, so no widening."""
+    keys = sorted(k for k in a.keys() & b.keys() if a[k] is not None and b[k] is not None
+                  and np.isfinite(a[k]) and np.isfinite(b[k]))
+    diffs = np.asarray([float(a[k]) - float(b[k]) for k in keys])  # type: ignore[arg-type]
+    if diffs.size == 0:
+        return RatioEstimate(float("nan"), float("nan"), float("nan"), 0, "insufficient", min_n)
+    mean = float(diffs.mean())
+    if diffs.size < min_n:
+        return RatioEstimate(mean, float("nan"), float("nan"), int(diffs.size), "insufficient", min_n)
+    half = t_quantile_975(diffs.size - 1) * float(diffs.std(ddof=1)) / np.sqrt(diffs.size)
+    return RatioEstimate(mean, mean - half, mean + half, int(diffs.size), "t", min_n)
 
 
 def unpaired_ratio(numerator: Sequence[float], denominator: Sequence[float], *, n_boot: int = N_BOOT,

@@ -3,7 +3,10 @@ equivalence, quality and its deltas, time-to-target, and run status (failures co
 
 The DataFrame is indexed by variant (baseline first). Column names are metric names with units, so
 gates (`scan.speedup >= 3`) and reports read them directly; `summary.attrs` carries the context
-(baseline, primary metric and its direction, quality metrics, target, equal-time budget).
+(baseline, the unit speedups count work in, primary metric and its direction, quality metrics, target,
+equal-time budget). `speedup` is the ratio of throughputs in `attrs["work_unit"]`: samples, or real tokens
+where a variant changes the tokens a sample holds (`speedup.work_unit`). Quality deltas get an interval
+(`<metric>_delta_ci_low/high`, paired by seed) when both sides ran >= 3 seeds.
 """
 
 from __future__ import annotations
@@ -175,6 +178,7 @@ def _equivalence_columns(row: dict[str, Any], recs: Sequence[Record], is_baselin
 def _quality_columns(row: dict[str, Any], ok: Sequence[Record], meta: QualityMeta, target: float | None) -> None:
     for m in meta.metrics:
         row[m] = stats.median([r.quality.get(m) for r in ok])
+    row["quality_runs"] = {r.repeat: dict(r.quality) for r in ok}
     for m in QUALITY_RUN_METRICS:
         row[m] = stats.median([r.metrics.get(m) for r in ok])
     curve = list(ok[0].curve) if ok else []
@@ -263,7 +267,7 @@ def _disturbance_columns(row: dict[str, Any], all_speed: Sequence[Record], lates
 
 
 def _speedup_columns(row: dict[str, Any], base_speed: Sequence[Record] | None, ok_speed: Sequence[Record],
-                     base_runs: Mapping[int, float], repeats: int) -> None:
+                     base_runs: Mapping[int, float], repeats: int, unit: str) -> None:
     """The speedup over the baseline with its interval (`base_speed=None`: this row is the baseline), and the
     advice when it is unstable."""
     if base_speed is None:
@@ -272,7 +276,7 @@ def _speedup_columns(row: dict[str, Any], base_speed: Sequence[Record] | None, o
                    speedup_method="baseline", speedup_need=0, speedup_half_width_pct=np.nan, speedup_clock="")
         spreads = {"its": row["spread_pct"]}
     else:
-        est, clock = speedup.estimate(base_speed, ok_speed)
+        est, clock = speedup.estimate(base_speed, ok_speed, unit=unit)
         row.update(speedup=est.ratio, speedup_ci_low=est.ci_low, speedup_ci_high=est.ci_high,
                    speedup_pairs=est.n, speedup_method=est.method, speedup_need=est.need,
                    speedup_half_width_pct=est.half_width_pct, speedup_clock=clock)
@@ -283,7 +287,8 @@ def _speedup_columns(row: dict[str, Any], base_speed: Sequence[Record] | None, o
 
 
 def _variant_row(recs: Sequence[Record], base_config: Mapping[str, Any], base_speed: Sequence[Record] | None,
-                 base_runs: Mapping[int, float], flagged: Mapping[tuple[str, int, int], str]) -> dict[str, Any]:
+                 base_runs: Mapping[int, float], flagged: Mapping[tuple[str, int, int], str],
+                 unit: str) -> dict[str, Any]:
     """One variant's row without its quality columns (`base_speed=None`: the baseline's own row)."""
     v = recs[0].variant
     all_speed = [r for r in recs if r.phase == "speed"]
@@ -300,7 +305,7 @@ def _variant_row(recs: Sequence[Record], base_config: Mapping[str, Any], base_sp
     _speed_columns(row, ok_speed)
     row["speed_records"] = tuple(ok_speed)
     _disturbance_columns(row, all_speed, speed, flagged)
-    _speedup_columns(row, base_speed, ok_speed, base_runs, len(speed))
+    _speedup_columns(row, base_speed, ok_speed, base_runs, len(speed), unit)
     _equivalence_columns(row, [r for r in recs if r.phase == "equivalence"], base_speed is None)
     return row
 
@@ -308,8 +313,14 @@ def _variant_row(recs: Sequence[Record], base_config: Mapping[str, Any], base_sp
 def _comparison_columns(df: pd.DataFrame, baseline: str, meta: Any) -> float | None:
     """Quality deltas against the baseline and the primary metric at the equal wall time every curve reached;
     returns that time (None without curves)."""
+    base_runs = df.at[baseline, "quality_runs"]
     for m in meta.metrics:
         df[f"{m}_delta"] = df[m] - df.at[baseline, m]
+        deltas = [stats.paired_difference({k: q.get(m) for k, q in runs.items()},
+                                          {k: q.get(m) for k, q in base_runs.items()}) for runs in df["quality_runs"]]
+        df[f"{m}_delta_ci_low"] = [d.ci_low for d in deltas]
+        df[f"{m}_delta_ci_high"] = [d.ci_high for d in deltas]
+        df["quality_seeds"] = [d.n for d in deltas]
     curves = {v: c for v, c in df["curve"].items() if c}
     equal_time_s = min((c[-1].get("wall_s", np.inf) for c in curves.values()), default=np.nan)
     df["primary_at_equal_time"] = [curve_value_at(df.at[v, "curve"], meta.primary, equal_time_s)
@@ -334,16 +345,19 @@ def summarize(records: list[Record], baseline: str, *, target: float | None = No
     base_speed = [r for r in latest_attempts(by_variant[baseline]) if r.phase == "speed" and r.status == "ok"]
     base_runs = _per_repeat(base_speed, "samples_per_s")
     flagged = {(r.variant, r.repeat, r.attempt): why for r, why in reproducibility.interfered_runs(records)}
+    unit = speedup.work_unit(records, baseline)
     rows = []
     for v in names:
-        row = _variant_row(by_variant[v], base_config, base_speed if v != baseline else None, base_runs, flagged)
+        row = _variant_row(by_variant[v], base_config, base_speed if v != baseline else None, base_runs, flagged,
+                           unit)
         _quality_columns(row, [r for r in by_variant[v] if r.phase == "quality" and r.status == "ok"], meta, target)
         rows.append(row)
     df = pd.DataFrame(rows).set_index("variant")
     _compile_columns(df, baseline)
     equal_time_s = _comparison_columns(df, baseline, meta)
-    df.attrs.update(baseline=baseline, primary_metric=meta.primary, higher_is_better=meta.higher_is_better,
-                    quality_metrics=list(meta.metrics), target=target, equal_time_s=equal_time_s)
+    df.attrs.update(baseline=baseline, work_unit=unit, primary_metric=meta.primary,
+                    higher_is_better=meta.higher_is_better, quality_metrics=list(meta.metrics), target=target,
+                    equal_time_s=equal_time_s)
     return df
 
 

@@ -16,17 +16,17 @@ from harness.experiment import (
     load_saved_experiment,
 )
 from harness.registry import resolve
-from harness.results import check_writable_dir, folder_name, load_records
+from harness.results import check_writable_dir, find_results, folder_name, load_records
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Re-render the report of a results directory."""
-    results = Path(args.results)
+    results = find_results(args.results)  # a results directory, or a report's folder with its results/
     load_records(results)  # ValueError (exit 2) when there is nothing to report
     exp = load_saved_experiment(results)
     # by default beside the others under reports/, named after the results directory: re-rendering one
     # run's results never overwrites another's report
-    out = check_writable_dir(args.out or Path("reports") / results.resolve().name)
+    out = check_writable_dir(args.out or Path("reports") / Path(args.results).resolve().name)
     return print_and_report(results, out, exp, check=args.check)
 
 

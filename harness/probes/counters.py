@@ -133,6 +133,52 @@ def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
     return out, int(counter.get_total_flops())
 
 
+class SavedTensors:
+    """Bytes autograd keeps for the backward of one micro-step: activation memory, measured on any device.
+
+    While active, every tensor saved for backward passes through a pack hook; its storage is counted once (views
+    of one storage share it), parameters and buffers are left out (they exist anyway). A micro-step's forward
+    ends where the first unpack (its backward) begins; `peak_bytes` is the largest micro-step's total. Regions
+    under non-reentrant gradient checkpointing save through checkpoint's own hooks, so what they recompute is not
+    counted: exactly the memory checkpointing saves, which a process's peak RSS (allocator caching, the
+    optimizer's state) cannot show.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._kept = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+        self._live: dict[int, int] = {}
+        self._total = 0
+        self._backward = False
+        self.peak_bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        if self._backward:  # a save after a backward began: the next micro-step's forward
+            self._live.clear()
+            self._total, self._backward = 0, False
+        try:
+            storage = t.untyped_storage()
+            ptr, nbytes = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError, TypeError):  # a tensor subclass without plain storage
+            return t
+        if ptr and ptr not in self._kept and ptr not in self._live:
+            self._live[ptr] = nbytes
+            self._total += nbytes
+            self.peak_bytes = max(self.peak_bytes, self._total)
+        return t
+
+    def _unpack(self, t: torch.Tensor) -> torch.Tensor:
+        self._backward = True
+        return t
+
+    def __enter__(self) -> SavedTensors:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
 class AttentionKernels(TorchDispatchMode):
     """Which fused-attention kernels ran while active: `torch.nn.functional.scaled_dot_product_attention` picks
     one per call (flash, memory-efficient, cuDNN, or the math fallback) by device, dtype and shape, and the pick

@@ -1,5 +1,5 @@
 """Report figures (matplotlib, Agg, no pyplot state): throughput and speedup with whiskers, phase
-breakdown, quality against wall-clock time and epochs, utilisation/memory timelines, scaling curves.
+breakdown, quality against wall-clock time and epochs, per-variant resource bars, scaling curves.
 
 Each function writes one PNG and returns its path, or None when the data for it is absent.
 """
@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from harness.knobs import GENERIC_BY_NAME
-from harness.results import PHASE_NAMES, Record
+from harness.results import PHASE_NAMES
 
 DPI = 110
 PHASE_COLORS = {"data": "#d62728", "forward": "#1f77b4", "loss": "#9467bd", "backward": "#ff7f0e",
@@ -31,9 +31,13 @@ def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list]:
     return fig, list(axes)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, title: str = "") -> Path:
+    """Write the PNG (no timestamp in its metadata: the same data gives the same bytes), titled with what was
+    measured (the experiment and commit) when given."""
+    if title:
+        fig.suptitle(title, fontsize=11, fontweight="bold")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
     return path
 
 
@@ -44,7 +48,7 @@ def _finite(x: object) -> bool:
         return False
 
 
-def throughput(summary: pd.DataFrame, path: Path) -> Path | None:
+def throughput(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """Samples/s per variant (whiskers: min-max across repeats) beside speedup (whiskers: 95% CI)."""
     rows = summary[[_finite(v) for v in summary["samples_per_s"]]]
     if rows.empty:
@@ -77,7 +81,8 @@ def throughput(summary: pd.DataFrame, path: Path) -> Path | None:
             bar.set_alpha(0.6)
     ax2.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax2.set_yticks(y, [""] * len(names))
-    ax2.set_xlabel(f"speedup vs {summary.attrs.get('baseline', 'baseline')} (x, paired samples/s ratio)")
+    unit = "real tokens/s" if summary.attrs.get("work_unit") == "tokens" else "samples/s"
+    ax2.set_xlabel(f"speedup vs {summary.attrs.get('baseline', 'baseline')} (x, paired {unit} ratio)")
     ax2.set_title("Speedup (whiskers: 95% CI; hatched grey: unresolved)", fontsize=10)
     top = float(np.nanmax(np.where(np.isfinite(ch), ch, sp)))
     for yi, s, hi_end in zip(y, sp, ch, strict=True):  # label past the whisker so they never overlap
@@ -86,10 +91,10 @@ def throughput(summary: pd.DataFrame, path: Path) -> Path | None:
     ax2.set_xlim(0, top * 1.18)
     for ax in (ax1, ax2):
         ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
-def phases(summary: pd.DataFrame, path: Path) -> Path | None:
+def phases(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """Stacked time per optimizer step by phase (ms), with each phase's share labelled."""
     cols = [f"phase_ms_{p}" for p in PHASE_NAMES]
     rows = summary[[any(_finite(summary.at[v, c]) for c in cols) for v in summary.index]]
@@ -114,7 +119,7 @@ def phases(summary: pd.DataFrame, path: Path) -> Path | None:
     fig.legend(*ax.get_legend_handles_labels(), ncols=len(PHASE_NAMES), loc="outside lower center", fontsize=8,
                frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def _flat(curves: dict, metric: str) -> bool:
@@ -122,7 +127,7 @@ def _flat(curves: dict, metric: str) -> bool:
     return len(values) <= 1
 
 
-def quality_curves(summary: pd.DataFrame, path: Path) -> Path | None:
+def quality_curves(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """The primary metric against training wall-clock seconds and against epochs, one line per variant."""
     metric = summary.attrs.get("primary_metric")
     curves = {v: c for v, c in summary["curve"].items() if c} if "curve" in summary.columns else {}
@@ -156,42 +161,46 @@ def quality_curves(summary: pd.DataFrame, path: Path) -> Path | None:
     ax1.set_title("Quality at equal wall-clock time", fontsize=10)
     ax2.set_title("Quality at equal epochs", fontsize=10)
     ax1.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
-_SERIES = (("gpu_util_pct", "gpu_mem_used_gib", "GPU utilisation", "GPU memory used"),
-           ("cpu_util_pct", "rss_gib", "CPU utilisation", "process RSS (workers included)"))
+def _bars(ax: Any, names: list[str], values: np.ndarray, label: str, base: float) -> None:
+    """Horizontal bars from zero, each labelled with its value and its change from the baseline's."""
+    y = np.arange(len(names))
+    ax.barh(y, np.nan_to_num(values), color="#1f77b4")
+    ax.set_yticks(y, names)
+    ax.set_xlim(0, max(float(np.nanmax(values)) * 1.35, 1e-9))
+    for yi, v in zip(y, values, strict=True):
+        if np.isfinite(v):
+            change = f" ({(v / base - 1) * 100:+.0f}%)" if np.isfinite(base) and base > 0 and v != base else ""
+            ax.text(v, yi, f" {v:.3g}{change}", va="center", fontsize=8)
+    ax.set_xlabel(label)
+    ax.grid(axis="x", alpha=0.3)
 
 
-def timeline(records: Sequence[Record], path: Path) -> Path | None:
-    """Sampled utilisation (%) and memory (GiB) over one speed run per variant (GPU series preferred)."""
-    runs = {}
-    for r in records:
-        if r.phase == "speed" and r.status == "ok" and r.timeline.get("t_s") and r.variant not in runs:
-            runs[r.variant] = r.timeline
-    present = [s for s in _SERIES if any(t.get(s[0]) or t.get(s[1]) for t in runs.values())]
-    if not present:
+def resources(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
+    """Per variant, bars from zero: utilisation (GPU, else the process's CPU %), peak memory (CUDA allocated, else
+    RSS) and the activations autograd saved for backward, each labelled with its change from the baseline."""
+    gpu = np.isfinite(summary["gpu_util_pct"].to_numpy(float)).any()
+    cuda = np.isfinite(summary["cuda_peak_allocated_gib"].to_numpy(float)).any()
+    panels = [("gpu_util_pct" if gpu else "cpu_util_pct", "GPU utilisation, %" if gpu else
+               "CPU utilisation of the process, % of one core"),
+              ("cuda_peak_allocated_gib" if cuda else "peak_rss_gib", "peak CUDA memory allocated, GiB" if cuda else
+               "peak RSS over the window, GiB")]
+    if "saved_tensors_gib" in summary.columns and np.isfinite(summary["saved_tensors_gib"].to_numpy(float)).any():
+        panels.append(("saved_tensors_gib", "activations saved for backward, GiB"))
+    panels = [(c, lab) for c, lab in panels if np.isfinite(summary[c].to_numpy(float)).any()]
+    if not panels:
         return None
-    util_key, mem_key, util_label, mem_label = present[0]  # GPU series when sampled, else CPU / RSS
-    fig, (ax1, ax2) = _figure(10, 3.6, ncols=2)
-    for v, t in runs.items():
-        ts = np.asarray(t["t_s"], float)
-        for ax, key in ((ax1, util_key), (ax2, mem_key)):
-            series = t.get(key)
-            if series and len(series) == len(ts):
-                ax.plot(ts, series, label=v, linewidth=1.2)
-    ax1.set_ylabel(f"{util_label} (%)")
-    top = max((max(t.get(util_key) or [0]) for t in runs.values()), default=100)
-    ax1.set_ylim(0, max(105.0, top * 1.05))  # a process's CPU % can exceed 100 on several cores
-    ax2.set_ylabel(f"{mem_label} (GiB)")
-    for ax in (ax1, ax2):
-        ax.set_xlabel("time since run start (s)")
-        ax.grid(alpha=0.3)
-    ax1.set_title(f"{util_label}, first repeat of each variant", fontsize=10)
-    ax2.set_title(f"{mem_label}, first repeat of each variant", fontsize=10)
-    fig.legend(*ax1.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(runs), 5), fontsize=8,
-               frameon=False)
-    return _save(fig, path)
+    names = list(summary.index)[::-1]  # baseline on top
+    base = summary.attrs.get("baseline", summary.index[0])
+    fig, axes = _figure(4.2 * len(panels), 1.4 + 0.42 * len(names), ncols=len(panels))
+    for i, (ax, (col, label)) in enumerate(zip(axes, panels, strict=True)):
+        _bars(ax, names, summary.loc[names, col].to_numpy(float), label, float(summary.at[base, col]))
+        if i:
+            ax.set_yticks(np.arange(len(names)), [""] * len(names))
+    axes[0].set_title("Resources per variant (median of repeats; change vs baseline)", fontsize=10, loc="left")
+    return _save(fig, path, title)
 
 
 def _numeric(knob: str, values: Sequence[object]) -> bool:
@@ -244,7 +253,7 @@ def scaling_knob(summary: pd.DataFrame) -> str | None:
     return axes[0] if axes else None
 
 
-def scaling(summary: pd.DataFrame, path: Path) -> Path | None:
+def scaling(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """Curves against the swept knob: samples/s (with each point's min-max over repeats), tokens/s when tokens are
     counted, and peak memory; one line per value of the other swept knobs (a grid)."""
     axes_knobs = scaling_axes(summary)
@@ -286,12 +295,13 @@ def scaling(summary: pd.DataFrame, path: Path) -> Path | None:
         fixed = f" (batch_size x grad_accum = {products.pop()})" if knob == "batch_size" and not one_accum \
             and len(products) == 1 else ""
         ax.set_title(f"{label} vs {knob}{fixed}", fontsize=10)
+        ax.set_ylim(bottom=0)  # from zero: a 4% change in memory must not look like a halving
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
-def ddp_scaling(summary: pd.DataFrame, path: Path) -> Path | None:
+def ddp_scaling(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """Data-parallel scaling (`harness.analysis.scaling`): samples/s against ranks (min-max whiskers) with the
     linear ideal from the baseline, and scaling efficiency (95% CI whiskers) beside the communication share."""
     from harness.analysis.scaling import scaling_table
@@ -300,7 +310,7 @@ def ddp_scaling(summary: pd.DataFrame, path: Path) -> Path | None:
     if t is None or not np.isfinite(t["samples_per_s"].to_numpy(float)).any():
         return None
     t = t[[_finite(v) for v in t["samples_per_s"]]]
-    fig, (ax1, ax2) = _figure(10, 4, ncols=2)
+    fig, (ax1, ax2, ax3) = _figure(13, 4, ncols=3)
     x = t["ranks"].to_numpy(float)
     y = t["samples_per_s"].to_numpy(float)
     err = [y - t["samples_per_s_min"].to_numpy(float), t["samples_per_s_max"].to_numpy(float) - y]
@@ -315,39 +325,43 @@ def ddp_scaling(summary: pd.DataFrame, path: Path) -> Path | None:
     ax1.set_ylabel("samples/s, all ranks")
     ax1.set_title("Throughput vs ranks", fontsize=10)
     ax1.set_xticks(ideal, [f"{v:g}" for v in ideal])
+    ax1.set_ylim(bottom=0)
     labels = list(t.index)
     pos = np.arange(len(labels))
     eff = t["efficiency"].to_numpy(float)
     lo = np.nan_to_num(eff - t["efficiency_ci_low"].to_numpy(float))
     hi = np.nan_to_num(t["efficiency_ci_high"].to_numpy(float) - eff)
-    ax2.bar(pos - 0.2, eff, width=0.4, yerr=[lo, hi], capsize=4, color="#1f77b4", label="efficiency (95% CI)")
+    ax2.bar(pos, eff, width=0.6, yerr=[lo, hi], capsize=4, color="#1f77b4")
     ax2.axhline(1.0, color="grey", linestyle=":", linewidth=1)
-    ax2.set_ylabel("scaling efficiency = speedup / ranks")
-    share = ax2.twinx()
-    share.bar(pos + 0.2, np.nan_to_num(t["communication_pct"].to_numpy(float)), width=0.4, color="#e377c2",
-              label="communication % of a step")
-    share.set_ylabel("communication, % of a step")
+    ax2.set_ylim(0, max(1.1, float(np.nanmax(eff + hi)) * 1.1))
+    ax2.set_ylabel("scaling efficiency = speedup / ranks (1 = linear)")
     ax2.set_xticks(pos, labels, rotation=20, fontsize=8)
-    ax2.set_title("Efficiency and communication share", fontsize=10)
-    handles = ax2.get_legend_handles_labels()[0] + share.get_legend_handles_labels()[0]
-    fig.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="outside lower right", ncols=2,
-               frameon=False)
+    ax2.set_title("Efficiency (whiskers: 95% CI)", fontsize=10)
+    ax3.bar(pos, np.nan_to_num(t["communication_pct"].to_numpy(float)), width=0.6, color="#e377c2")
+    ax3.set_ylim(0, 100)
+    ax3.set_ylabel("% of a step")
+    ax3.set_xticks(pos, labels, rotation=20, fontsize=8)
+    ax3.set_title("Communication not overlapped with compute", fontsize=10)
     ax1.legend(fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
-def write_all(summary: pd.DataFrame, records: Sequence[Record], out_dir: Path) -> dict[str, Path]:
-    """Every figure the data supports, as {name: path}."""
+RETIRED = ("timeline",)
+"""Figures earlier versions wrote (overlaid utilisation timelines, replaced by `resources`): removed on re-render."""
+
+
+def write_all(summary: pd.DataFrame, out_dir: Path, title: str = "") -> dict[str, Path]:
+    """Every figure the data supports, as {name: path}; `title` (experiment and commit) heads each."""
     made = {
-        "throughput": throughput(summary, out_dir / "throughput.png"),
-        "phases": phases(summary, out_dir / "phases.png"),
-        "quality": quality_curves(summary, out_dir / "quality.png"),
-        "timeline": timeline(records, out_dir / "timeline.png"),
-        "scaling": scaling(summary, out_dir / "scaling.png"),
-        "ddp_scaling": ddp_scaling(summary, out_dir / "ddp_scaling.png"),
+        "throughput": throughput(summary, out_dir / "throughput.png", title),
+        "phases": phases(summary, out_dir / "phases.png", title),
+        "quality": quality_curves(summary, out_dir / "quality.png", title),
+        "resources": resources(summary, out_dir / "resources.png", title),
+        "scaling": scaling(summary, out_dir / "scaling.png", title),
+        "ddp_scaling": ddp_scaling(summary, out_dir / "ddp_scaling.png", title),
     }
-    for name, path in made.items():
+    for name in [*made, *RETIRED]:
         stale = out_dir / f"{name}.png"  # every figure is saved as <name>.png
-        if path is None and stale.exists():
+        if made.get(name) is None and stale.exists():
             stale.unlink()  # a figure this data no longer supports must not outlive a re-render
     return {k: v for k, v in made.items() if v is not None}

@@ -23,35 +23,38 @@ from harness.report.cells import (
     fmt_pct,
     knob_kind,
     peak_memory,
-    resolved,
     speed_decision,
 )
 from harness.report.tables import table
+from harness.report.verdicts import decision_rows, unit_label
 from harness.results import PHASE_NAMES, Record
 
 
 def headline(s: pd.DataFrame, floor: float | None = None) -> str:
-    """One line: the fastest *resolved* variant with its CI, and any quality cost it carries. A speedup
-    whose interval includes 1, is missing, or sits inside the noise floor is not headlined."""
+    """One line that decides: the fastest variant to adopt (decided faster at no decided cost), in the unit the work
+    calls for; else why none is, naming the fastest decided-faster variant and what it still lacks (a quality knob
+    without a quality run is never headlined as a win)."""
     base = s.attrs["baseline"]
-    others = s.drop(index=base)
-    others = others[[math.isfinite(float(x)) for x in others["speedup"]]]
-    if others.empty:
+    rows = [x for x in decision_rows(s, floor) if math.isfinite(x.speed.estimate.ratio)]
+    if not rows:
         return f"`{base}`: {fmt(s.at[base, 'samples_per_s'])} samples/s (no variant measured against it)"
-    found = others[[resolved(r, floor) for _, r in others.iterrows()]]
-    if found.empty:
-        return (f"no variant is decided faster or slower than `{base}` here (each is equivalent within the margin, "
-                "unresolved, or without an interval); see the speed table")
-    best = found["speedup"].astype(float).idxmax()
-    row = s.loc[best]
-    d = speed_decision(row, floor)
-    text = f"`{best}` is {d.label} than `{base}`: {d.evidence()} its samples/s"
-    primary = s.attrs.get("primary_metric")
-    if primary and f"{primary}_delta" in s.columns and math.isfinite(float(row[f"{primary}_delta"])):
-        text += f", {primary} {fmt_delta(row[f'{primary}_delta'])}"
-    if row["unstable"]:
+    unit = unit_label(s)
+    faster = sorted((x for x in rows if x.speed.outcome == decision.BETTER), key=lambda x: -x.speed.estimate.ratio)
+    adopted = [x for x in faster if x.verdict.word == decision.ADOPT]
+    if adopted:
+        best = adopted[0]
+        text = f"adopt `{best.variant}`: {best.speed.label} than `{base}`, {best.speed.evidence()} its {unit}, " \
+               f"{best.verdict.why.split(', ', 1)[-1]}"
+    elif faster:
+        best = faster[0]
+        text = f"nothing to adopt yet: `{best.variant}` is {best.speed.label} ({best.speed.evidence()} the {unit} " \
+               f"of `{base}`), verdict {best.verdict.word}: {best.verdict.why}"
+    else:
+        return (f"no variant is decided faster than `{base}` here (each is slower, equivalent within the margin, or "
+                "unresolved); see the decision table")
+    if s.at[best.variant, "unstable"]:
         text += " (unstable: see the speed table)"
-    pooled = s.attrs.get("across_sessions", {}).get(best)
+    pooled = s.attrs.get("across_sessions", {}).get(best.variant)
     if pooled is not None and pooled.sessions >= 3:
         text += f"; {pooled.describe()}"
     elif pooled is not None:
@@ -64,7 +67,7 @@ def key_changes_section(s: pd.DataFrame, workload: WorkloadDescription | None) -
     primary = s.attrs.get("primary_metric")
     for v, row in s.iterrows():
         changed = row["changed"]
-        impact = f"samples/s {ci_text(row)}" if math.isfinite(float(row["speedup"])) else "no successful run"
+        impact = f"{unit_label(s)} {ci_text(row)}" if math.isfinite(float(row["speedup"])) else "no successful run"
         if primary and math.isfinite(float(row.get(f"{primary}_delta", math.nan))):
             impact += f"; {primary} {fmt_delta(row[f'{primary}_delta'])}"
         impact += f"; {equiv_mark(row)}"
@@ -85,16 +88,18 @@ def speed_section(s: pd.DataFrame) -> list[str]:
             f"`{v}`", f"{fmt(r['samples_per_s'])} ({fmt(r['samples_per_s_min'])}–{fmt(r['samples_per_s_max'])})",
             fmt(r["tokens_per_s"]), fmt(r["padded_tokens_per_s"]), fmt(r["it_per_s"]),
             f"{fmt(r['step_ms'])} ({fmt(r['step_ms_p10'])}–{fmt(r['step_ms_p90'])})",
-            "baseline" if v == s.attrs["baseline"] else ci_text(r), fmt(mem), fmt(r["gpu_util_pct"]),
+            "baseline" if v == s.attrs["baseline"] else ci_text(r), fmt(mem),
+            fmt(float(r.get("saved_tensors_gib", math.nan)) * 1024), fmt(r["gpu_util_pct"]),
             fmt(r["energy_j_per_sample"]), fmt(r["forward_calls_per_step"]), equiv_mark(r),
             ("⚠️ " if r["unstable"] else "") + r["status"]])
     lines = table(["Variant", "samples/s (min–max)", "tokens/s", "padded tokens/s", "it/s", "step ms (p10–p90)",
-                   "speedup [95% CI]", "peak mem GiB", "GPU util %", "J/sample", "fwd calls/step", "equivalence",
-                   "runs (all phases)"], rows, "lrrrrrlrrrrll")
+                   f"speedup ({unit_label(s)}) [95% CI]", "peak mem GiB", "saved MiB", "GPU util %", "J/sample",
+                   "fwd calls/step", "equivalence", "runs (all phases)"], rows, "lrrrrrlrrrrrll")
     lines += ["samples/s: median of per-run medians (min–max across repeats); step ms: median, p10–p90 over every "
-              "measured step; speedup: geometric mean of paired samples/s ratios (repeat i vs repeat i of the "
+              f"measured step; speedup: geometric mean of paired {unit_label(s)} ratios (repeat i vs repeat i of the "
               "baseline, each a fresh process) with a Student-t 95% interval across the repeats (\"insufficient\" "
-              "below 3 pairs); peak mem: CUDA allocated, else the process's peak RSS over the measured window.", ""]
+              "below 3 pairs); peak mem: CUDA allocated, else the process's peak RSS over the measured window; "
+              "saved MiB: what autograd keeps for backward (activations) in one micro-step.", ""]
     kernels = {v: next((rec.env.get("note_attention_kernels", "") for rec in r["speed_records"]), "")
                for v, r in s.iterrows()}
     if any(kernels.values()):

@@ -1,0 +1,133 @@
+"""The report's first table: per variant, what it buys (speed in the unit the work calls for), what it costs
+(quality, memory) and the verdict of the project's one decision rule (`decision.verdict`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from harness.analysis import decision
+from harness.analysis.stats import RatioEstimate
+from harness.report.cells import fmt, speed_decision
+from harness.report.tables import table
+
+UNIT_LABEL = {"samples": "samples/s", "tokens": "real tokens/s"}
+
+
+def unit_label(s: pd.DataFrame) -> str:
+    """What the summary's speedups count: "samples/s" or "real tokens/s"."""
+    return UNIT_LABEL[s.attrs.get("work_unit", "samples")]
+
+
+def _finite(x: object) -> bool:
+    try:
+        return math.isfinite(float(x))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def quality_metric(s: pd.DataFrame) -> str | None:
+    """The quality metric the decision table shows: the primary one, unless it is 0 for every variant that ran
+    quality (Sudoku's grid accuracy at 0 everywhere has no change to show), then the first other that is not; None
+    without quality runs."""
+    metrics = list(s.attrs.get("quality_metrics", []))
+    primary = s.attrs.get("primary_metric")
+    ordered = [primary, *[m for m in metrics if m != primary]] if primary else metrics
+    for m in ordered:
+        values = {float(x) for x in s[m] if _finite(x)} if m in s.columns else set()
+        if values - {0.0}:
+            return m
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One variant's line of the decision table, with the decisions behind it (also written to report.json)."""
+
+    variant: str
+    speed: decision.Decision
+    quality: decision.Decision | None
+    quality_text: str
+    memory_ratio: float | None
+    memory_text: str
+    verdict: decision.Verdict
+
+
+def _quality(s: pd.DataFrame, v: str, metric: str | None) -> tuple[decision.Decision | None, str]:
+    r, base = s.loc[v], s.loc[s.attrs["baseline"]]
+    if metric is None:
+        return None, "unmeasured"
+    if not (_finite(r[metric]) and _finite(base[metric])):
+        return None, "unmeasured"
+    delta = RatioEstimate(float(r[f"{metric}_delta"]), float(r.get(f"{metric}_delta_ci_low", math.nan)),
+                          float(r.get(f"{metric}_delta_ci_high", math.nan)),
+                          int(r.get("quality_seeds", 1) or 1) if _finite(r.get("quality_seeds")) else 1, "t", 3)
+    d = decision.quality_decision(delta, float(base[metric]),
+                                  higher_is_better=bool(s.attrs.get("higher_is_better", True)))
+    seeds = f"{delta.n} seed{'s' if delta.n != 1 else ''}"
+    return d, f"{metric} {fmt(base[metric], 4)} → {fmt(r[metric], 4)}: {d.label} {d.evidence()} ({seeds})"
+
+
+def memory_change(s: pd.DataFrame, v: str) -> tuple[float | None, str]:
+    """(variant / baseline of the memory that decides, its text): the CUDA peak on a GPU; on a CPU the bytes saved
+    for backward (activations: what checkpointing saves) beside the peak RSS (which the allocator and the optimizer
+    state blur)."""
+    r, base = s.loc[v], s.loc[s.attrs["baseline"]]
+
+    def ratio(col: str) -> float | None:
+        a, b = r.get(col), base.get(col)
+        return float(a) / float(b) if _finite(a) and _finite(b) and float(b) > 0 else None
+
+    if _finite(r.get("cuda_peak_allocated_gib")):
+        x = ratio("cuda_peak_allocated_gib")
+        text = f"CUDA peak {fmt(base['cuda_peak_allocated_gib'])} → {fmt(r['cuda_peak_allocated_gib'])} GiB"
+        return x, text + (f" (x{x:.2f})" if x is not None else "")
+    parts, x = [], ratio("saved_tensors_gib")
+    if x is not None:
+        parts.append(f"activations x{x:.2f} ({fmt(base['saved_tensors_gib'] * 1024)} → "
+                     f"{fmt(r['saved_tensors_gib'] * 1024)} MiB)")
+    if _finite(r.get("peak_rss_gib")) and _finite(base.get("peak_rss_gib")):
+        parts.append(f"RSS {float(r['peak_rss_gib']) - float(base['peak_rss_gib']):+.2f} GiB")
+    return x, "; ".join(parts) or "–"
+
+
+def decision_rows(s: pd.DataFrame, floor: float | None) -> list[Row]:
+    """Every variant but the baseline, decided."""
+    metric = quality_metric(s)
+    rows = []
+    for v, r in s.iterrows():
+        if v == s.attrs["baseline"]:
+            continue
+        speed = speed_decision(r, floor)
+        quality, quality_text = _quality(s, str(v), metric)
+        same = {"pass": True, "fail": False}.get(str(r.get("equiv_status", "")))
+        if same and quality is None:
+            quality_text = "same function (equivalence check passed)"
+        mem_ratio, mem_text = memory_change(s, str(v))
+        rows.append(Row(str(v), speed, quality, quality_text, mem_ratio, mem_text,
+                        decision.verdict(speed, same_function=same, quality=quality, memory_ratio=mem_ratio)))
+    return rows
+
+
+MARK = {decision.ADOPT: "✅ adopt", decision.REJECT: "❌ reject", decision.UNRESOLVED: "❔ unresolved"}
+
+
+def decision_section(s: pd.DataFrame, floor: float | None) -> list[str]:
+    """The table that answers "what does it buy, what does it cost, do I take it" before any other."""
+    rows = decision_rows(s, floor)
+    if not rows:
+        return []
+    unit = unit_label(s)
+    body = [[f"`{x.variant}`", ", ".join(f"{k}={fmt(new)}" for k, (_, new) in s.at[x.variant, "changed"].items()),
+             f"{x.speed.label}: {x.speed.evidence()}", x.quality_text, x.memory_text,
+             f"**{MARK[x.verdict.word]}**: {x.verdict.why}"] for x in rows]
+    why_unit = ("real tokens/s, because some variant changes the tokens a sample holds (a shorter chunk is more "
+                "samples, not more work)" if s.attrs.get("work_unit") == "tokens" else "samples/s")
+    return [f"Against `{s.attrs['baseline']}`. Speed in {why_unit}, with its 95% interval and the decision "
+            f"(equivalent within ±{decision.EQUIVALENCE_MARGIN_PCT:g}% or the noise floor); quality: the change "
+            "after equal epochs, or *unmeasured* where no quality run was made; memory: "
+            "variant against baseline. Verdict: adopt when decided faster at no decided cost, reject when decided "
+            "slower or worse, otherwise unresolved with what would resolve it.", "",
+            *table(["Variant", "changes", f"speed ({unit})", "quality", "memory", "verdict"], body, "llllll")]
