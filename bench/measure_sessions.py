@@ -10,8 +10,8 @@ within-session half-width, the prediction interval for a new session, the machin
 whether normalising ratios by it would remove the shift.
 
     python bench/measure_sessions.py --out runs/sessions --sessions 6 --every-min 12 --busy 2,4 \
-        --back-to-back 2 --report reports/reproducibility
-    python bench/measure_sessions.py --out runs/sessions --summarize --report reports/reproducibility
+        --back-to-back 2 --report docs/reproducibility
+    python bench/measure_sessions.py --out runs/sessions --summarize --report docs/reproducibility
 
 A session already in OUT is not run again (the study can be resumed). The last line reads
 ``sessions: N over M min; largest between-session SD: VARIANT ±X% (within-session ±Y%)``.
@@ -239,7 +239,7 @@ def _normalisation_section(sessions: Sequence[Mapping[str, Any]], variants: Sequ
 
 
 def write_study(sessions: Sequence[Mapping[str, Any]], report: Path, command: str) -> str:
-    """reports/reproducibility: README.md and sessions.json; returns the closing line."""
+    """docs/reproducibility: README.md and sessions.json; returns the closing line."""
     report.mkdir(parents=True, exist_ok=True)
     variants = list(dict.fromkeys(v for s in sessions for v in s["summary"]["variants"]))
     paired_variants = list(dict.fromkeys(v for s in sessions for v in s["paired"]))

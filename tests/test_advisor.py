@@ -116,7 +116,8 @@ def test_faster_at_the_same_effective_batch():
                 speedup_ci_high=1.4, equiv_status="pass")
     (f,) = advise(fast, baseline=base)
     assert f.rule == "faster_at_same_effective_batch"
-    assert "batch 64 x 1 fits and is x1.30 faster than your 16 x 4 at the same effective batch 64" in f.message
+    assert ("of the splits this experiment measured, batch 64 x 1 fits and is x1.30 faster than your 16 x 4 at the "
+            "same effective batch 64") in f.message
     assert "equivalence checked" in f.message
     unresolved = {**fast, "speedup_ci_low": 0.98}
     assert "faster_at_same_effective_batch" not in rules(advise(unresolved, baseline=base))

@@ -108,9 +108,9 @@ def test_gates_and_cost_table_with_an_experiment(tmp_path):
 
 def test_index_links_every_report(reports):
     text = write_index(reports).read_text()
-    assert "| Experiment | Headline | Device | When |" in text
+    assert "| Experiment | Headline | gates | commit | when | device |" in text
     assert "[demo](demo/README.md)" in text and "[scaling](scaling/README.md)" in text
-    assert "`batched` is faster than `baseline`: x3.03 [" in text  # the headline: the fastest decided variant
+    assert "adopt `batched`: faster than `baseline`, x3.03 [" in text  # the headline: the fastest to adopt
 
 
 def test_recorded_warnings_are_listed_once_with_their_variants(tmp_path):

@@ -18,7 +18,7 @@ from harness.probes.counters import SavedTensors
 from harness.report import write_index, write_report
 from harness.report.verdicts import decision_rows, quality_metric
 from harness.results import find_results, load_records
-from tests.fixtures.synthetic import RECORDED_DIR, base_config, quality_record, speed_record, write
+from tests.fixtures.synthetic import RECORDED_DIR, base_config, quality_record, speed_record
 
 
 def _est(ratio: float, lo: float, hi: float, n: int = 5) -> RatioEstimate:

@@ -191,7 +191,8 @@ def _same_effective_batch(f: Mapping[str, Any], base: Mapping[str, Any] | None) 
         str(f.get("equiv_status", "")), "equivalence not checked")
     fits = " fits and" if b > b0 else ""
     return Finding("faster_at_same_effective_batch",
-                   f"batch {b} x {a}{fits} is x{_num(f, 'speedup'):.2f} faster than your {b0} x {a0} at the same "
+                   f"of the splits this experiment measured, batch {b} x {a}{fits} is x{_num(f, 'speedup'):.2f} "
+                   f"faster than your {b0} x {a0} at the same "
                    f"effective batch {global_batch(cfg)}: the same gradient per optimizer step ({checked}); switch to "
                    f"batch_size={b} grad_accum={a}", _speedup_text(f))
 

@@ -241,4 +241,8 @@ def verdict(speed: Decision, *, same_function: bool | None, quality: Decision | 
     if quality is None:
         return Verdict(UNRESOLVED, f"{speed.words[0]}, but its quality cost is unmeasured (a quality knob: run the "
                                    "experiment with quality_epochs and 3 or more seeds)")
+    if quality.insufficient:
+        seeds = f"{quality.estimate.n} seed{'s' if quality.estimate.n != 1 else ''}"
+        return Verdict(UNRESOLVED, f"{speed.words[0]}, but its quality change rests on {seeds} (no interval): "
+                                   "replicate the quality runs over 3 or more seeds")
     return Verdict(UNRESOLVED, f"{speed.words[0]}, quality change unresolved: {quality.advice()}")

@@ -6,7 +6,7 @@ gates (`scan.speedup >= 3`) and reports read them directly; `summary.attrs` carr
 (baseline, the unit speedups count work in, primary metric and its direction, quality metrics, target,
 equal-time budget). `speedup` is the ratio of throughputs in `attrs["work_unit"]`: samples, or real tokens
 where a variant changes the tokens a sample holds (`speedup.work_unit`). Quality deltas get an interval
-(`<metric>_delta_ci_low/high`, paired by seed) when both sides ran >= 3 seeds.
+(the delta's interval columns, paired by seed) when both sides ran at least 3 seeds.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run experiment TOML files (default: all in bench/experiments)")
     s.add_argument("items", nargs="*", metavar="FILE.toml|key=value")
     s.add_argument("--out", help="results directory (default runs/<experiment>-<time>)")
-    s.add_argument("--reports", default="reports", help="where reports go (default reports/)")
+    s.add_argument("--reports", help="where reports go (default: reports/, the committed examples; OUT/reports with "
+                   "--out; runs/quick-TIME/reports with --quick)")
     s.add_argument("--resume", action="store_true", help="continue a killed sweep in --out")
     s.add_argument("--check", action="store_true", help="exit 1 when a gate fails")
     s.add_argument("--quick", action="store_true", help="smoke run: tiny presets, 1 repeat, 1 quality epoch")

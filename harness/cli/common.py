@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import parse_overrides
+from harness.eta import Eta, job_key
 from harness.experiment import (
     Experiment,
     SavedExperiment,
@@ -32,7 +33,7 @@ def split_args(items: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return positional, parse_overrides([i for i in items if "=" in i])
 
 
-_STARTED = {"t": 0.0, "experiment": ""}
+_STARTED: dict[str, Any] = {"t": 0.0, "experiment": "", "job": 0.0}
 
 
 _WARNED: set[tuple[str, str]] = set()
@@ -41,13 +42,27 @@ _WARNED: set[tuple[str, str]] = set()
 CLI_START = time.monotonic()  # a sweep's time budget counts from here (imports and the machine check included)
 
 
+SWEEP_ETA: list[Eta] = []
+"""The running sweep's estimate (`harness.eta`), when a sweep set one: progress lines then say the sweep's time left."""
+
+
 def progress(i: int, n: int, job: Job, rec: Record | None) -> None:
     if _STARTED["experiment"] != job.experiment or i == 1 and rec is None:
         _STARTED.update(t=time.perf_counter(), experiment=job.experiment)
-    elapsed = time.perf_counter() - _STARTED["t"]
-    # Time left: the mean time of the jobs so far times the jobs still planned (added repeats and
-    # contention re-runs raise the count as they are scheduled).
-    eta = f" ~{elapsed / (i - 1) * (n - i + 1) / 60:.1f} min left" if i > 1 and n >= i else ""
+    if SWEEP_ETA:
+        clock = SWEEP_ETA[0]
+        if rec is None:
+            if clock.left.get(job_key(job), 0) == 0:
+                clock.add(job)  # an added repeat or a contention re-run
+            _STARTED["job"] = time.perf_counter()
+        else:
+            clock.done(job, time.perf_counter() - _STARTED["job"])
+        eta = f" sweep ~{clock.remaining_s() / 60:.1f} min left"
+    else:
+        # Time left: the mean time of the jobs so far times the jobs still planned (added repeats and
+        # contention re-runs raise the count as they are scheduled).
+        elapsed = time.perf_counter() - _STARTED["t"]
+        eta = f" ~{elapsed / (i - 1) * (n - i + 1) / 60:.1f} min left" if i > 1 and n >= i else ""
     again = f" (round re-run {job.attempt}: a run was contended or interfered)" if job.attempt else ""
     label = f"[{i:>3}/{n}{eta}] {job.experiment} {job.phase:<11} {job.variant:<24} #{job.repeat}{again}"
     if rec is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from harness import registry
 from harness.cli.common import (
     CLI_START,
+    SWEEP_ETA,
     experiments_dir,
     failed_runs,
     machine_text,
@@ -21,11 +22,13 @@ from harness.cli.common import (
     validate_gates,
 )
 from harness.config import resolve_device, runtime_warnings
+from harness.eta import Eta
 from harness.experiment import (
     Experiment,
     build,
     load_experiments,
 )
+from harness.jobs import plan
 from harness.registry import resolve
 from harness.results import check_writable_dir, folder_name
 from harness.runner import run_experiment
@@ -83,18 +86,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed_runs(records) else 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    """Run experiment files (default: every bundled one) and write their reports."""
-    positional, overrides = split_args(args.items)
-    if args.budget_min < 0:
-        raise ValueError(f"--budget-min {args.budget_min:g}: a time budget cannot be negative; "
-                         "give minutes >= 0 (0 = no sweep-wide budget)")
-    files = [Path(p) for p in positional] or sorted(experiments_dir().glob("*.toml"))
-    if not files:
-        raise ValueError(f"no experiment files given and none in {experiments_dir()}")
-    if args.quick:
-        overrides = {"preset": "tiny", **overrides}
-    # Validate every experiment before running any, so a typo in the third file costs nothing.
+def _sweep_experiments(args: argparse.Namespace, files: list[Path], overrides: dict[str, str]) -> list[Experiment]:
+    """Every experiment of the files with the command's --repeats / --quick / --aa applied, validated before any
+    runs (so a typo in the third file costs nothing)."""
     exps = []
     for exp in (e for f in files for e in load_experiments(f, overrides)):
         if args.repeats:  # exactly N repeats: no adaptive ones
@@ -111,17 +105,44 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         equivalence=False, allow_same=True, **exp.precision)
         validate_gates(exp)
         exps.append(exp)
+    return exps
+
+
+def _announce(args: argparse.Namespace, exps: list[Experiment], reports: Path) -> None:
+    """The sweep's first line: what it will run, how long that should take and where it writes."""
+    clock = Eta([j for exp in exps for j in plan(exp)[0]])
+    SWEEP_ETA[:] = [clock]
+    budget = f", at most {args.budget_min:g} min with added repeats" if args.budget_min > 0 and not args.quick else ""
+    print(f"sweep: {len(exps)} experiment(s), {clock.planned} runs planned; ETA ~{clock.remaining_s() / 60:.1f} min"
+          f"{budget} (from {clock.basis()}); results -> {args.out or 'runs/'}, reports -> {reports}/",
+          file=sys.stderr, flush=True)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run experiment files (default: every bundled one) and write their reports."""
+    positional, overrides = split_args(args.items)
+    if args.budget_min < 0:
+        raise ValueError(f"--budget-min {args.budget_min:g}: a time budget cannot be negative; "
+                         "give minutes >= 0 (0 = no sweep-wide budget)")
+    files = [Path(p) for p in positional] or sorted(experiments_dir().glob("*.toml"))
+    if not files:
+        raise ValueError(f"no experiment files given and none in {experiments_dir()}")
+    exps = _sweep_experiments(args, files, {"preset": "tiny", **overrides} if args.quick else overrides)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.quick and not args.out:
+        args.out = f"runs/quick-{stamp}"  # a smoke run never lands in the committed reports
+    # reports go beside the results of an --out sweep; reports/ (the committed examples) is the full sweep's
+    reports = Path(args.reports or (Path(args.out) / "reports" if args.out else "reports"))
     if args.out:
         check_writable_dir(args.out)
-    check_writable_dir(args.reports, "--reports")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    status = 0
+    check_writable_dir(reports, "--reports")
+    _announce(args, exps, reports)
     print("machine check (trainbench doctor):\n" + machine_text(), file=sys.stderr)
     # The sweep-wide time budget: each experiment may add repeats and re-runs until its share of the
     # time left (what is left over / the experiments still to run) is spent, less what writing the
     # reports still to come is expected to take (1.5 x the slowest so far; 15 s before the first).
     end = CLI_START + args.budget_min * 60 if args.budget_min > 0 else None
-    report_s = 15.0
+    report_s, status = 15.0, 0
     for i, exp in enumerate(exps):
         left = len(exps) - i
         deadline = None if end is None else \
@@ -130,14 +151,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             Path(args.out or f"runs/{exp.name}-{stamp}")
         print(f"\n# {exp.name}: {len(exp.variants)} variants x {exp.repeats} repeats -> {out}", file=sys.stderr)
         records = run_experiment(exp, out, resume=args.resume, progress=progress, deadline=deadline)
-        report_dir = Path(args.reports) / exp.name
         start = time.monotonic()
-        status = max(status, print_and_report(out, report_dir, exp, check=args.check), 1 if failed_runs(records) else 0)
+        status = max(status, print_and_report(out, reports / exp.name, exp, check=args.check),
+                     1 if failed_runs(records) else 0)
         report_s = max(report_s if i else 0.0, time.monotonic() - start)  # (the measured one replaces 15 s)
     if not positional or args.index:
         from harness.report import write_index
 
-        print(f"index: {write_index(Path(args.reports))}")
+        print(f"index: {write_index(reports)}")
     return status
 
 

@@ -11,7 +11,7 @@ latency-bound and a throughput-bound variant moves with it. The index separates 
   interpreter, the allocator, branch predictors; what a loop of small ops such as one-sequence-at-a-time pays).
 
 Each kernel is warmed once and timed in `BLOCKS` blocks of a few calls; its figure is the median block's ms per
-call. Session medians on one core of this project's machine over 7 sessions (reports/reproducibility): compute
+call. Session medians on one core of this project's machine over 7 sessions (docs/reproducibility): compute
 0.395-0.429 ms, memory 3.46-3.82 ms, latency 0.78-1.06 ms; beside a process streaming memory on the other core
 the memory kernel rose by 30-40% (tests/test_reproducibility.py).
 The engine measures the index before the window opens and after it closes (`Meter`), so a run carries the

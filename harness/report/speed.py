@@ -14,6 +14,7 @@ from harness.analysis.reproducibility import INTERFERED_PCT
 from harness.analysis.scaling import scaling_table
 from harness.analysis.summary import noise_floor, same_effective_batch
 from harness.description import WorkloadDescription
+from harness.experiment import BATCH_SPLIT_KNOBS
 from harness.knobs import global_batch
 from harness.report.cells import (
     ci_text,
@@ -73,8 +74,13 @@ def key_changes_section(s: pd.DataFrame, workload: WorkloadDescription | None) -
         impact += f"; {equiv_mark(row)}"
         if len(changed) > 1:
             impact += " (all knobs together)"
+        base_cfg = s.at[s.attrs["baseline"], "config"]
         for knob, (old, new) in changed.items():
-            rows.append([f"`{v}`", f"**{knob}** ({knob_kind(knob, workload)})", fmt(old), fmt(new), impact])
+            kind = knob_kind(knob, workload)
+            if knob in BATCH_SPLIT_KNOBS:  # exact only at the same global batch (the same gradient)
+                before, after = global_batch(base_cfg), global_batch(row["config"])
+                kind = "exact: same global batch" if before == after else f"quality: global batch {before} → {after}"
+            rows.append([f"`{v}`", f"**{knob}** ({kind})", fmt(old), fmt(new), impact])
     if not rows:
         return ["No variant changes a knob.", ""]
     return table(["Variant", "Knob (kind)", "Baseline", "Variant", "Measured impact (95% CI)"], rows)

@@ -1,0 +1,78 @@
+"""How long a sweep will take, said before its first run: each planned job's seconds from this machine's last run
+of the same job (`runs/.job-seconds.json`), a median of the known ones for the rest, and a stated guess when
+nothing is known; then, as jobs finish, the estimate scaled by how the measured seconds compare with it."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+
+from harness.jobs import Job
+
+CACHE = Path("runs") / ".job-seconds.json"
+GUESS_S = 5.0
+"""Seconds per job when this machine has run none of them (a tiny-preset speed run with its process start)."""
+
+
+def job_key(job: Job) -> str:
+    cfg = job.group[0] if job.group else job.config
+    return f"{job.experiment}/{job.variant}/{job.phase}/{cfg.get('preset', '?')}"
+
+
+class Eta:
+    """Per-job seconds known on this machine, the sweep's planned jobs, and the running estimate of what is left."""
+
+    def __init__(self, jobs: Iterable[Job], cache: Path = CACHE) -> None:
+        self.cache = cache
+        try:
+            self.known: dict[str, float] = json.loads(cache.read_text()) if cache.exists() else {}
+        except (OSError, ValueError):
+            self.known = {}  # a torn cache is only a worse estimate
+        self.left = {job_key(j): 0 for j in jobs}
+        for j in jobs:
+            self.left[job_key(j)] += 1
+        self.planned = sum(self.left.values())
+        self.spent_s = self.estimated_done_s = 0.0
+        self.measured: dict[str, float] = {}
+        """This sweep's job seconds: the next sweep's estimate (this one keeps its prior, scaled)."""
+
+    def _seconds(self, key: str) -> float:
+        if key in self.known:
+            return self.known[key]
+        phase = key.split("/")[2]
+        same = [s for k, s in self.known.items() if k.split("/")[2] == phase] or list(self.known.values())
+        return statistics.median(same) if same else GUESS_S
+
+    def remaining_s(self) -> float:
+        """Seconds the jobs still planned should take, scaled by measured / estimated so far."""
+        raw = sum(self._seconds(k) * n for k, n in self.left.items())
+        scale = self.spent_s / self.estimated_done_s if self.estimated_done_s > 0 else 1.0
+        return raw * scale
+
+    def basis(self) -> str:
+        """What the estimate rests on, in words."""
+        have = sum(n for k, n in self.left.items() if k in self.known)
+        if not self.known:
+            return f"a guess of {GUESS_S:g} s per run: no earlier run on this machine"
+        return f"this machine's last run of {have} of the {self.planned} runs, the median for the rest"
+
+    def done(self, job: Job, seconds: float) -> None:
+        """A job finished after `seconds`: count it, remember it for the next sweep."""
+        key = job_key(job)
+        self.estimated_done_s += self._seconds(key)
+        self.spent_s += seconds
+        if self.left.get(key, 0) > 0:
+            self.left[key] -= 1
+        self.measured[key] = seconds
+        try:
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+            self.cache.write_text(json.dumps({**self.known, **self.measured}, indent=0, sort_keys=True))
+        except OSError:
+            pass  # a read-only runs/ only loses the next sweep's estimate
+
+    def add(self, job: Job) -> None:
+        """A job scheduled beyond the plan (an added repeat, a contention re-run)."""
+        key = job_key(job)
+        self.left[key] = self.left.get(key, 0) + 1

@@ -1,0 +1,60 @@
+"""A sweep's ETA before its first run (arithmetic on known job seconds), and a quick sweep that stays out of the
+committed reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.eta import GUESS_S, Eta, job_key
+from harness.jobs import Job
+
+TOY = "tests.toy:WORKLOAD"
+
+
+def _job(variant: str, phase: str = "speed", repeat: int = 0) -> Job:
+    return Job(experiment="e", variant=variant, phase=phase, repeat=repeat, config={"preset": "tiny"})
+
+
+def test_eta_from_known_seconds_then_scaled_by_what_runs_took(tmp_path: Path) -> None:
+    cache = tmp_path / "seconds.json"
+    cache.write_text(json.dumps({"e/a/speed/tiny": 2.0, "e/b/speed/tiny": 4.0, "e/a/quality/tiny": 10.0}))
+    jobs = [_job("a", repeat=0), _job("b", repeat=0), _job("a", repeat=1), _job("b", repeat=1), _job("c"),
+            _job("a", "quality")]
+    eta = Eta(jobs, cache)
+    # a, b, a, b known; c unknown: the median of known speed runs (3 s); the quality run 10 s
+    assert eta.remaining_s() == pytest.approx(2 + 4 + 2 + 4 + 3 + 10)
+    assert "last run of 5 of the 6 runs" in eta.basis()
+    eta.done(jobs[0], 4.0)  # twice as slow as known: the rest is scaled x2
+    assert eta.remaining_s() == pytest.approx(2 * (4 + 2 + 4 + 3 + 10))
+    eta.add(_job("a", repeat=2))  # an added repeat
+    assert eta.planned == 6 and eta.left[job_key(jobs[0])] == 2
+    assert json.loads(cache.read_text())["e/a/speed/tiny"] == 4.0  # remembered for the next sweep
+
+
+def test_eta_guesses_and_says_so_on_a_new_machine(tmp_path: Path) -> None:
+    eta = Eta([_job("a"), _job("b")], tmp_path / "none.json")
+    assert eta.remaining_s() == pytest.approx(2 * GUESS_S)
+    assert "a guess" in eta.basis()
+
+
+@pytest.mark.slow
+def test_quick_sweep_with_out_leaves_the_committed_reports_alone(tmp_path: Path, monkeypatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the runs import tests.toy
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    exp = tmp_path / "toy.toml"
+    exp.write_text(f'workload = "{TOY}"\nequivalence = false\n[baseline]\nbench_warmup_steps = 1\nbench_steps = 2\n'
+                   '[variants.slow]\nsleep_ms = 1.0\n')
+    assert main(["sweep", str(exp), "--quick", "--out", "quick"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].startswith("sweep: 1 experiment(s), 2 runs planned; ETA ~")
+    assert "1/1 ok" in (tmp_path / "quick" / "reports" / "toy" / "README.md").read_text()
+    assert list((tmp_path / "reports").iterdir()) == []  # nothing written to the committed reports
+    assert (tmp_path / "runs" / ".job-seconds.json").is_file()  # the next sweep's ETA
+    assert main(["sweep", str(exp), "--quick", "--out", "again"]) == 0
+    assert "from this machine's last run of 2 of the 2 runs" in capsys.readouterr().err.splitlines()[0]
