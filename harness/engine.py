@@ -110,6 +110,9 @@ class Meter:
         self._watched = not instrument
         self.kernels: set[str] = set()
         """The fused-attention kernels SDPA picked in the FLOP-counted step (`AttentionKernels`)."""
+        # saved-tensor hooks stay off a compiled model (dynamo would trace or refuse them)
+        self.saved = SavedTensors(trainer.model) if instrument and not trainer.cfg.compile else None
+        """Activations saved for backward, the largest micro-step over the warmup steps (never in the window)."""
         self.totals = {"samples": 0, "real": 0, "padded": 0}
         self.raw: dict[str, Any] = {}
         """The window's totals, set by `finish` (`harness.rates`)."""
@@ -135,19 +138,18 @@ class Meter:
             self.counter.watch()
         self.counter.enabled = measured or watch
         try:
-            if flops:
-                # saved-tensor hooks stay off a compiled model (dynamo would trace or refuse them)
-                saved = None if self.tr.cfg.values.get("compile") else SavedTensors(self.tr.model)
-                with AttentionKernels() as kernels, saved or contextlib.nullcontext():
-                    (loss, counts), n_flops = count_flops(
-                        lambda: self.tr.train_step(self.stream, self.clock, keep_host))
-                self.kernels = kernels.kernels
-                samples = sum(c.samples for c in counts)
-                self.metrics.update(samples_per_step=samples, flops_per_step=n_flops,
-                                    flops_per_sample=n_flops / max(samples, 1),
-                                    saved_tensors_gib=saved.peak_bytes / GIB if saved else None)
-            else:
-                loss, counts = self.tr.train_step(self.stream, self.clock, keep_host)
+            saved = self.saved if not measured and self.saved is not None else contextlib.nullcontext()
+            with saved:  # warmup steps only: the hooks cost time the window must not see
+                if flops:
+                    with AttentionKernels() as kernels:
+                        (loss, counts), n_flops = count_flops(
+                            lambda: self.tr.train_step(self.stream, self.clock, keep_host))
+                    self.kernels = kernels.kernels
+                    samples = sum(c.samples for c in counts)
+                    self.metrics.update(samples_per_step=samples, flops_per_step=n_flops,
+                                        flops_per_sample=n_flops / max(samples, 1))
+                else:
+                    loss, counts = self.tr.train_step(self.stream, self.clock, keep_host)
         finally:
             self.counter.enabled = False
             if watch:
@@ -235,6 +237,7 @@ class Meter:
         sampler = self.sampler
         m["peak_rss_gib"] = max(sampler.peak_rss_gib if sampler else 0.0, peak_rss_self_gib())
         m["cuda_peak_allocated_gib"], m["cuda_peak_reserved_gib"] = cuda_peaks_gib(tr.device)
+        m["saved_tensors_gib"] = self.saved.peak_bytes / GIB if self.saved and self.saved.peak_bytes else None
         s = sampler.series if sampler else {}
         m["cpu_util_pct"] = ResourceSampler.mean(s.get("cpu_util_pct", []))
         m["gpu_util_pct"] = ResourceSampler.mean(s.get("gpu_util_pct", []))

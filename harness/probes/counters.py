@@ -138,10 +138,10 @@ class SavedTensors:
 
     While active, every tensor saved for backward passes through a pack hook; its storage is counted once (views
     of one storage share it), parameters and buffers are left out (they exist anyway). A micro-step's forward
-    ends where the first unpack (its backward) begins; `peak_bytes` is the largest micro-step's total. Regions
-    under non-reentrant gradient checkpointing save through checkpoint's own hooks, so what they recompute is not
-    counted: exactly the memory checkpointing saves, which a process's peak RSS (allocator caching, the
-    optimizer's state) cannot show.
+    ends where the first unpack (its backward) begins; `peak_bytes` is the largest micro-step's total over every
+    step the probe was entered for. Regions under non-reentrant gradient checkpointing save through checkpoint's
+    own hooks, so what they recompute is not counted: exactly the memory checkpointing saves, which a process's
+    peak RSS (allocator caching, the optimizer's state) cannot show.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -150,7 +150,7 @@ class SavedTensors:
         self._total = 0
         self._backward = False
         self.peak_bytes = 0
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        """The largest micro-step's total over every use of this probe (one or several steps)."""
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         if self._backward:  # a save after a backward began: the next micro-step's forward
@@ -172,6 +172,9 @@ class SavedTensors:
         return t
 
     def __enter__(self) -> SavedTensors:
+        self._live.clear()  # a new step: its first micro-step starts from nothing
+        self._total, self._backward = 0, False
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._hooks.__enter__()
         return self
 

@@ -105,7 +105,8 @@ def speed_section(s: pd.DataFrame) -> list[str]:
               f"measured step; speedup: geometric mean of paired {unit_label(s)} ratios (repeat i vs repeat i of the "
               "baseline, each a fresh process) with a Student-t 95% interval across the repeats (\"insufficient\" "
               "below 3 pairs); peak mem: CUDA allocated, else the process's peak RSS over the measured window; "
-              "saved MiB: what autograd keeps for backward (activations) in one micro-step.", ""]
+              "saved MiB: what autograd keeps for backward (activations), the largest micro-step of the warmup steps.",
+              ""]
     kernels = {v: next((rec.env.get("note_attention_kernels", "") for rec in r["speed_records"]), "")
                for v, r in s.iterrows()}
     if any(kernels.values()):
