@@ -237,7 +237,7 @@ class Meter:
         sampler = self.sampler
         m["peak_rss_gib"] = max(sampler.peak_rss_gib if sampler else 0.0, peak_rss_self_gib())
         m["cuda_peak_allocated_gib"], m["cuda_peak_reserved_gib"] = cuda_peaks_gib(tr.device)
-        m["saved_tensors_gib"] = self.saved.peak_bytes / GIB if self.saved and self.saved.peak_bytes else None
+        m["saved_tensors_gib"] = self._saved_gib()
         s = sampler.series if sampler else {}
         m["cpu_util_pct"] = ResourceSampler.mean(s.get("cpu_util_pct", []))
         m["gpu_util_pct"] = ResourceSampler.mean(s.get("gpu_util_pct", []))
@@ -261,6 +261,10 @@ class Meter:
             notes={"nvml": sampler.nvml_status if sampler else "not sampled", "threads": tr.threads_reason,
                    **({"attention_kernels": ", ".join(sorted(self.kernels))} if self.kernels else {})},
             contention={**evidence, "verdict": verdict(evidence)}, state=self.state.to_dict(), totals=dict(self.raw))
+
+    def _saved_gib(self) -> float | None:
+        """The activations the warmup steps saved for backward (largest micro-step), GiB; None when not probed."""
+        return self.saved.peak_bytes / GIB if self.saved is not None and self.saved.peak_bytes else None
 
     def _compile_metrics(self) -> None:
         """compile_s: torch.compile's seconds before the window (excluded from it); recompiles: frames compiled

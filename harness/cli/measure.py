@@ -137,6 +137,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         check_writable_dir(args.out)
     check_writable_dir(reports, "--reports")
     _announce(args, exps, reports)
+    try:
+        return _run_sweep(args, exps, reports, stamp, positional)
+    finally:
+        SWEEP_ETA.clear()  # a later command in this process (tests, the API) keeps its own progress line
+
+
+def _run_sweep(args: argparse.Namespace, exps: list[Experiment], reports: Path, stamp: str,
+               positional: list[str]) -> int:
     print("machine check (trainbench doctor):\n" + machine_text(), file=sys.stderr)
     # The sweep-wide time budget: each experiment may add repeats and re-runs until its share of the
     # time left (what is left over / the experiments still to run) is spent, less what writing the
