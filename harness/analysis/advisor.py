@@ -216,6 +216,8 @@ def _compile_break_even(f: Mapping[str, Any], base: Mapping[str, Any] | None) ->
 
 
 def _quality_loss(f: Mapping[str, Any], primary: str | None, higher_is_better: bool) -> Finding | None:
+    from harness.analysis.summary import quality_delta
+
     if not primary:
         return None
     speed = _speed(f)
@@ -225,10 +227,7 @@ def _quality_loss(f: Mapping[str, Any], primary: str | None, higher_is_better: b
     if not (faster and math.isfinite(value) and math.isfinite(delta)):
         return None
     base_value = value - delta
-    seeds_run = int(_num(f, "quality_seeds")) if math.isfinite(_num(f, "quality_seeds")) else 1
-    quality = decision.quality_decision(
-        RatioEstimate(delta, _num(f, f"{primary}_delta_ci_low"), _num(f, f"{primary}_delta_ci_high"), seeds_run, "t",
-                      MIN_REPEATS), base_value, higher_is_better=higher_is_better)
+    quality = decision.quality_decision(quality_delta(f, primary), base_value, higher_is_better=higher_is_better)
     worse_point = (-delta if higher_is_better else delta) > quality.margin
     if quality.outcome != decision.WORSE and not (quality.insufficient and worse_point):
         return None

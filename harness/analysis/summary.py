@@ -191,6 +191,20 @@ def _quality_columns(row: dict[str, Any], ok: Sequence[Record], meta: QualityMet
                                if target is not None and meta.primary else np.nan)
 
 
+def quality_delta(row: Mapping[str, Any], metric: str) -> stats.RatioEstimate:
+    """A summary row's change of `metric` against the baseline with its interval across seeds (`RatioEstimate`
+    on the difference scale; no interval below `stats.MIN_REPEATS` seeds), as `_comparison_columns` wrote it."""
+    def num(key: str) -> float:
+        try:
+            return float(row.get(key))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return np.nan
+
+    seeds = num("quality_seeds")
+    return stats.RatioEstimate(num(f"{metric}_delta"), num(f"{metric}_delta_ci_low"), num(f"{metric}_delta_ci_high"),
+                               int(seeds) if np.isfinite(seeds) and seeds > 0 else 1, "t", stats.MIN_REPEATS)
+
+
 def same_effective_batch(s: pd.DataFrame) -> list[str]:
     """Variants that differ from the baseline only in batch_size x grad_accum with the same product (the same
     gradient), the baseline included, fastest (median samples/s) first; empty when there are fewer than two."""
@@ -320,7 +334,8 @@ def _comparison_columns(df: pd.DataFrame, baseline: str, meta: Any) -> float | N
                                           {k: q.get(m) for k, q in base_runs.items()}) for runs in df["quality_runs"]]
         df[f"{m}_delta_ci_low"] = [d.ci_low for d in deltas]
         df[f"{m}_delta_ci_high"] = [d.ci_high for d in deltas]
-        df["quality_seeds"] = [d.n for d in deltas]
+        if m == (meta.primary or meta.metrics[0]):
+            df["quality_seeds"] = [d.n for d in deltas]  # seeds paired with the baseline's
     curves = {v: c for v, c in df["curve"].items() if c}
     equal_time_s = min((c[-1].get("wall_s", np.inf) for c in curves.values()), default=np.nan)
     df["primary_at_equal_time"] = [curve_value_at(df.at[v, "curve"], meta.primary, equal_time_s)

@@ -13,6 +13,14 @@ from harness.description import WorkloadDescription
 from harness.knobs import GENERIC_BY_NAME
 
 
+def finite(x: object) -> bool:
+    """True for a finite number (or a value that converts to one)."""
+    try:
+        return math.isfinite(float(x))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
 def fmt(x: Any, digits: int = 3) -> str:
     """A number with `digits` significant digits (thousands separated); '–' for missing."""
     if x is None or isinstance(x, str):

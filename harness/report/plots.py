@@ -6,7 +6,6 @@ Each function writes one PNG and returns its path, or None when the data for it 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from harness.knobs import GENERIC_BY_NAME
+from harness.report.cells import finite
+from harness.report.verdicts import unit_label
 from harness.results import PHASE_NAMES
 
 DPI = 110
@@ -41,16 +42,9 @@ def _save(fig: Figure, path: Path, title: str = "") -> Path:
     return path
 
 
-def _finite(x: object) -> bool:
-    try:
-        return math.isfinite(float(x))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-
-
 def throughput(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """Samples/s per variant (whiskers: min-max across repeats) beside speedup (whiskers: 95% CI)."""
-    rows = summary[[_finite(v) for v in summary["samples_per_s"]]]
+    rows = summary[[finite(v) for v in summary["samples_per_s"]]]
     if rows.empty:
         return None
     names = list(rows.index)[::-1]  # baseline on top
@@ -81,8 +75,7 @@ def throughput(summary: pd.DataFrame, path: Path, title: str = "") -> Path | Non
             bar.set_alpha(0.6)
     ax2.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax2.set_yticks(y, [""] * len(names))
-    unit = "real tokens/s" if summary.attrs.get("work_unit") == "tokens" else "samples/s"
-    ax2.set_xlabel(f"speedup vs {summary.attrs.get('baseline', 'baseline')} (x, paired {unit} ratio)")
+    ax2.set_xlabel(f"speedup vs {summary.attrs.get('baseline', 'baseline')} (x, paired {unit_label(summary)} ratio)")
     ax2.set_title("Speedup (whiskers: 95% CI; hatched grey: unresolved)", fontsize=10)
     top = float(np.nanmax(np.where(np.isfinite(ch), ch, sp)))
     for yi, s, hi_end in zip(y, sp, ch, strict=True):  # label past the whisker so they never overlap
@@ -97,7 +90,7 @@ def throughput(summary: pd.DataFrame, path: Path, title: str = "") -> Path | Non
 def phases(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """Stacked time per optimizer step by phase (ms), with each phase's share labelled."""
     cols = [f"phase_ms_{p}" for p in PHASE_NAMES]
-    rows = summary[[any(_finite(summary.at[v, c]) for c in cols) for v in summary.index]]
+    rows = summary[[any(finite(summary.at[v, c]) for c in cols) for v in summary.index]]
     if rows.empty:
         return None
     names = list(rows.index)[::-1]
@@ -261,7 +254,7 @@ def scaling(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
         return None
     knob, others, drawn = axes_knobs
     rows = summary.loc[drawn]
-    rows = rows[[_finite(v) for v in rows["samples_per_s"]]]
+    rows = rows[[finite(v) for v in rows["samples_per_s"]]]
     rows = rows.assign(_x=[cfg[knob] for cfg in rows["config"]],
                        _line=[", ".join(f"{k}={cfg.get(k)}" for k in others) for cfg in rows["config"]])
     rows = rows.sort_values("_x")
@@ -309,7 +302,7 @@ def ddp_scaling(summary: pd.DataFrame, path: Path, title: str = "") -> Path | No
     t = scaling_table(summary)
     if t is None or not np.isfinite(t["samples_per_s"].to_numpy(float)).any():
         return None
-    t = t[[_finite(v) for v in t["samples_per_s"]]]
+    t = t[[finite(v) for v in t["samples_per_s"]]]
     fig, (ax1, ax2, ax3) = _figure(13, 4, ncols=3)
     x = t["ranks"].to_numpy(float)
     y = t["samples_per_s"].to_numpy(float)

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
 
 from harness.analysis import decision
-from harness.analysis.stats import RatioEstimate
-from harness.report.cells import fmt, speed_decision
+from harness.analysis.summary import quality_delta
+from harness.report.cells import finite, fmt, speed_decision
 from harness.report.tables import table
 
 UNIT_LABEL = {"samples": "samples/s", "tokens": "real tokens/s"}
@@ -21,13 +20,6 @@ def unit_label(s: pd.DataFrame) -> str:
     return UNIT_LABEL[s.attrs.get("work_unit", "samples")]
 
 
-def _finite(x: object) -> bool:
-    try:
-        return math.isfinite(float(x))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-
-
 def quality_metric(s: pd.DataFrame) -> str | None:
     """The quality metric the decision table shows: the primary one, unless it is 0 for every variant that ran
     quality (Sudoku's grid accuracy at 0 everywhere has no change to show), then the first other that is not; None
@@ -36,7 +28,7 @@ def quality_metric(s: pd.DataFrame) -> str | None:
     primary = s.attrs.get("primary_metric")
     ordered = [primary, *[m for m in metrics if m != primary]] if primary else metrics
     for m in ordered:
-        values = {float(x) for x in s[m] if _finite(x)} if m in s.columns else set()
+        values = {float(x) for x in s[m] if finite(x)} if m in s.columns else set()
         if values - {0.0}:
             return m
     return None
@@ -59,11 +51,9 @@ def _quality(s: pd.DataFrame, v: str, metric: str | None) -> tuple[decision.Deci
     r, base = s.loc[v], s.loc[s.attrs["baseline"]]
     if metric is None:
         return None, "unmeasured"
-    if not (_finite(r[metric]) and _finite(base[metric])):
+    if not (finite(r[metric]) and finite(base[metric])):
         return None, "unmeasured"
-    delta = RatioEstimate(float(r[f"{metric}_delta"]), float(r.get(f"{metric}_delta_ci_low", math.nan)),
-                          float(r.get(f"{metric}_delta_ci_high", math.nan)),
-                          int(r.get("quality_seeds", 1) or 1) if _finite(r.get("quality_seeds")) else 1, "t", 3)
+    delta = quality_delta(r, metric)
     d = decision.quality_decision(delta, float(base[metric]),
                                   higher_is_better=bool(s.attrs.get("higher_is_better", True)))
     seeds = f"{delta.n} seed{'s' if delta.n != 1 else ''}"
@@ -78,9 +68,9 @@ def memory_change(s: pd.DataFrame, v: str) -> tuple[float | None, str]:
 
     def ratio(col: str) -> float | None:
         a, b = r.get(col), base.get(col)
-        return float(a) / float(b) if _finite(a) and _finite(b) and float(b) > 0 else None
+        return float(a) / float(b) if finite(a) and finite(b) and float(b) > 0 else None
 
-    if _finite(r.get("cuda_peak_allocated_gib")):
+    if finite(r.get("cuda_peak_allocated_gib")):
         x = ratio("cuda_peak_allocated_gib")
         text = f"CUDA peak {fmt(base['cuda_peak_allocated_gib'])} → {fmt(r['cuda_peak_allocated_gib'])} GiB"
         return x, text + (f" (x{x:.2f})" if x is not None else "")
@@ -88,7 +78,7 @@ def memory_change(s: pd.DataFrame, v: str) -> tuple[float | None, str]:
     if x is not None:
         parts.append(f"activations x{x:.2f} ({fmt(base['saved_tensors_gib'] * 1024)} → "
                      f"{fmt(r['saved_tensors_gib'] * 1024)} MiB)")
-    if _finite(r.get("peak_rss_gib")) and _finite(base.get("peak_rss_gib")):
+    if finite(r.get("peak_rss_gib")) and finite(base.get("peak_rss_gib")):
         parts.append(f"RSS {float(r['peak_rss_gib']) - float(base['peak_rss_gib']):+.2f} GiB")
     return x, "; ".join(parts) or "–"
 
