@@ -39,7 +39,7 @@ from harness.probes.compiled import CompileClock
 from harness.probes.contention import ContentionProbe, verdict
 from harness.probes.counters import (
     GIB,
-    AttentionKernels,
+    FlopCounter,
     ForwardCounter,
     SavedTensors,
     count_flops,
@@ -141,10 +141,9 @@ class Meter:
             saved = self.saved if not measured and self.saved is not None else contextlib.nullcontext()
             with saved:  # warmup steps only: the hooks cost time the window must not see
                 if flops:
-                    with AttentionKernels() as kernels:
-                        (loss, counts), n_flops = count_flops(
-                            lambda: self.tr.train_step(self.stream, self.clock, keep_host))
-                    self.kernels = kernels.kernels
+                    with FlopCounter() as counter:
+                        loss, counts = self.tr.train_step(self.stream, self.clock, keep_host)
+                    self.kernels, n_flops = counter.kernels, counter.flops
                     samples = sum(c.samples for c in counts)
                     self.metrics.update(samples_per_step=samples, flops_per_step=n_flops,
                                         flops_per_sample=n_flops / max(samples, 1))

@@ -6,7 +6,8 @@ with no state from any earlier run; each child runs `harness.worker.main` in its
 runner kills that whole process group on timeout), with stderr to the job's file.
 
 Protocol on stdin/stdout, one line each: the runner sends ``JOB<TAB>RESULT<TAB>STDERR``; the server
-answers ``pid N`` when the child starts and ``exit N CODE`` when it ends.
+answers ``pid N`` when the child starts and ``exit N CODE`` when it ends. ``import<TAB>MODULE,...`` imports more
+modules into the server (what a workload's evaluation needs, before its quality runs) and answers ``ready``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ def _child(job: str, result: str, err: str) -> int:
         return 1
 
 
+def _preload(modules: list[str]) -> None:
+    """Import what the children will need; a module that fails to import is left to the child, whose record
+    then carries the error."""
+    for name in filter(None, modules):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 (any import error belongs to the run that needs the module)
+            pass
+
+
 def main(argv: list[str]) -> int:
     """Preload the modules named in argv, then serve jobs until stdin closes."""
     # torch._dynamo is what every run imports (see harness.worker): ~1 s per child when not preloaded
@@ -41,7 +52,11 @@ def main(argv: list[str]) -> int:
         importlib.import_module(name)  # no torch op runs here: forking stays safe (no threads, no CUDA)
     print("ready", flush=True)
     for line in sys.stdin:
-        job, result, err = line.rstrip("\n").split("\t")
+        job, result, err = (line.rstrip("\n").split("\t") + ["", ""])[:3]
+        if job == "import":
+            _preload(result.split(","))
+            print("ready", flush=True)
+            continue
         pid = os.fork()
         if pid == 0:
             code = 1

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,6 +114,10 @@ class Launcher:
         result = distributed.gather(results, tails, timed_out=timed_out, launcher_stderr=tail)
         return Outcome(result, code, tail, timed_out, wall)
 
+    def import_modules(self, modules: Sequence[str]) -> None:
+        """Make `modules` importable without cost in the children to come (nothing to do for plain processes,
+        which import what they need)."""
+
     def renew(self) -> None:
         """Start the next round of runs from fresh state (nothing to do for plain processes)."""
         self.renew_start()
@@ -154,6 +158,14 @@ class ForkServer(Launcher):
     def _await_ready(self) -> None:
         if self._line(120.0) != "ready":
             raise RuntimeError("fork server did not start")
+
+    def import_modules(self, modules: Sequence[str]) -> None:
+        """The server imports `modules` (a workload's `eval_imports`) once, so that each quality run's child has
+        them already; a renewal starts a server without them again."""
+        if modules:
+            self.server.stdin.write(f"import\t{','.join(modules)}\n".encode())
+            self.server.stdin.flush()
+            self._await_ready()
 
     def renew_start(self) -> None:
         """A new server for the next round (~2 s; `renew_finish` waits for it). Every child inherits its server's
@@ -271,6 +283,10 @@ class ByVariant(Launcher):
             launcher.renew_start()
         for launcher in self.launchers.values():
             launcher.renew_finish()
+
+    def import_modules(self, modules: Sequence[str]) -> None:
+        for launcher in self.launchers.values():
+            launcher.import_modules(modules)
 
     def close(self) -> None:
         for launcher in self.launchers.values():

@@ -54,6 +54,9 @@ class _Sweep:
         self.notes: list[str] = []
         self.renew_s = 0.0
         """Seconds the last renewal took (part of an added round's cost)."""
+        self.fresh = True
+        """The launcher has run no speed round since it started: the first round needs no renewal."""
+        self.preloaded = False
 
     def _launch(self, job: Job) -> list[Record]:
         self.count += 1
@@ -70,6 +73,11 @@ class _Sweep:
 
     def run(self, job: Job) -> None:
         """Run an equivalence or quality job (speed jobs run by rounds: `run_round`)."""
+        if job.phase == "quality" and not self.preloaded:
+            from harness.registry import get
+
+            self.launcher.import_modules(get(self.exp.workload).eval_imports)
+            self.preloaded, self.fresh = True, False  # a later speed round starts from a server without them
         self._launch(job)
 
     def run_round(self, jobs: list[Job], extra: bool = False) -> None:
@@ -78,7 +86,9 @@ class _Sweep:
         stays interleaved in time, while the experiment's re-runs and budget last."""
         while True:
             start = time.perf_counter()
-            self.launcher.renew()  # each round (and each re-run of one) starts from a fresh fork server
+            if not self.fresh:  # each round (and each re-run of one) starts from a fresh fork server; the
+                self.launcher.renew()  # first needs none (a server's own state is not changed by its children)
+            self.fresh, self.preloaded = False, False
             self.renew_s = time.perf_counter() - start
             disturbed = [f"{job.variant} {why}" for job in jobs if (why := self.disturbed(self._launch(job)))]
             if extra or jobs[0].attempt > 0:

@@ -77,6 +77,9 @@ class Workload(ABC):
     higher_is_better: ClassVar[bool] = True
     quality_metrics: ClassVar[tuple[str, ...]] = ()
     """Names `evaluate` returns, primary first; used by reports and gate validation."""
+    eval_imports: ClassVar[tuple[str, ...]] = ()
+    """Modules `evaluate` imports lazily (slow to import, never needed by a speed run): a fork server imports
+    them once before an experiment's quality runs instead of every quality run importing them again."""
 
     # --- building -------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.eta import GUESS_S, Eta, job_key
+from harness.eta import GUESS_S, MACHINE_CHECK, Eta, job_key, overhead_key
 from harness.jobs import Job
 
 TOY = "tests.toy:WORKLOAD"
@@ -28,11 +28,35 @@ def test_eta_from_known_seconds_then_scaled_by_what_runs_took(tmp_path: Path) ->
     # a, b, a, b known; c unknown: the median of known speed runs (3 s); the quality run 10 s
     assert eta.remaining_s() == pytest.approx(2 + 4 + 2 + 4 + 3 + 10)
     assert "last run of 5 of the 6 runs" in eta.basis()
-    eta.done(jobs[0], 4.0)  # twice as slow as known: the rest is scaled x2
-    assert eta.remaining_s() == pytest.approx(2 * (4 + 2 + 4 + 3 + 10))
+    eta.done(jobs[0], 4.0)  # twice as slow as known: the rest is scaled x2; c: the median of a (now 4) and b
+    assert eta.remaining_s() == pytest.approx(2 * (4 + 2 + 4 + 4 + 10))
     eta.add(_job("a", repeat=2))  # an added repeat
     assert eta.planned == 6 and eta.left[job_key(jobs[0])] == 2
     assert json.loads(cache.read_text())["e/a/speed/tiny"] == 4.0  # remembered for the next sweep
+
+
+def test_eta_counts_the_machine_check_and_each_experiments_overhead(tmp_path: Path) -> None:
+    cache = tmp_path / "seconds.json"
+    cache.write_text(json.dumps({"e/a/speed/tiny": 2.0, MACHINE_CHECK: 1.0, overhead_key("e", "tiny"): 6.0}))
+    steps = [MACHINE_CHECK, overhead_key("e", "tiny"), overhead_key("f", "tiny")]
+    eta = Eta([_job("a")], cache, steps=steps)
+    # f's overhead is unknown: the median of the known overheads, never a job's seconds
+    assert eta.remaining_s() == pytest.approx(2 + 1 + 6 + 6)
+    assert eta.planned == 1 and "last run of 1 of the 1 runs" in eta.basis()  # steps are not runs
+    eta.finish(MACHINE_CHECK, 2.0)  # twice as slow as last time: the rest x2
+    assert eta.remaining_s() == pytest.approx(2 * (2 + 6 + 6))
+    eta.done(_job("a"), 4.0)
+    assert eta.jobs_s == 4.0 and eta.remaining_s() == pytest.approx(2 * (6 + 6))
+
+
+def test_a_guess_that_was_off_does_not_scale_the_known_rest(tmp_path: Path) -> None:
+    cache = tmp_path / "seconds.json"
+    cache.write_text(json.dumps({"e/a/speed/tiny": 2.0}))
+    eta = Eta([_job("a"), _job("b", "quality")], cache, steps=[MACHINE_CHECK])
+    # no quality run known: the median of the jobs known; no machine check known: the guess
+    assert eta.remaining_s() == pytest.approx(2 + 2 + GUESS_S)
+    eta.finish(MACHINE_CHECK, 0.5)  # a tenth of the guess: says nothing about this machine's speed today
+    assert eta.remaining_s() == pytest.approx(2 + 2)
 
 
 def test_eta_guesses_and_says_so_on_a_new_machine(tmp_path: Path) -> None:
@@ -58,3 +82,14 @@ def test_quick_sweep_with_out_leaves_the_committed_reports_alone(tmp_path: Path,
     assert (tmp_path / "runs" / ".job-seconds.json").is_file()  # the next sweep's ETA
     assert main(["sweep", str(exp), "--quick", "--out", "again"]) == 0
     assert "from this machine's last run of 2 of the 2 runs" in capsys.readouterr().err.splitlines()[0]
+
+
+def test_quick_smoke_run_of_the_bundled_set_leaves_out_the_torchrun_experiments() -> None:
+    from harness.cli.common import experiments_dir
+    from harness.cli.measure import quick_set
+    from harness.experiment import load_experiments
+
+    exps = [e for f in sorted(experiments_dir().glob("*.toml")) for e in load_experiments(f, {"preset": "tiny"})]
+    kept, left_out = quick_set(exps)
+    assert sorted(left_out) == ["ddp-gpcm", "ddp-lm"]
+    assert sorted(e.name for e in kept) == ["doctrans", "gpcm", "lm", "sudoku"]

@@ -98,6 +98,36 @@ def test_flop_counter_matches_a_known_matmul() -> None:
     assert flops == 3 * 2 * batch * d_in * d_out
 
 
+@pytest.mark.parametrize("workload,knobs", [
+    ("lm", {}), ("lm", {"attention": "math"}), ("gpcm", {"forward": "scan"}), ("sudoku", {}),
+    ("doctrans", {"batch_size": 2, "grad_accum": 2, "grad_checkpointing": True}),
+])
+def test_flop_counter_equals_torchs_flop_counter_mode_on_every_workload(workload: str, knobs: dict) -> None:
+    """The lean counter against torch's own `FlopCounterMode` on the same step of each workload (same seed,
+    same batches): equal totals, and the attention kernels of the step seen in the same pass. The second step is
+    counted, as the engine counts a step after the first (a model may build a cached constant in its first)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.engine import Meter
+    from harness.probes.counters import FlopCounter
+    from harness.trainer import Trainer
+
+    totals = []
+    for lean in (True, False):
+        torch.manual_seed(0)
+        tr = Trainer(resolve(workload, {"preset": "tiny", **knobs}))
+        meter = Meter(tr)
+        tr.train_step(meter.stream, meter.clock, None)
+        counter = FlopCounter() if lean else FlopCounterMode(display=False)
+        with counter:
+            tr.train_step(meter.stream, meter.clock, None)
+        totals.append(counter.flops if lean else counter.get_total_flops())
+        if lean and workload == "lm":
+            # SDPA's CPU flash kernel; the math path is plain tensor ops (no SDPA kernel)
+            assert counter.kernels == (set() if knobs.get("attention") == "math" else {"flash_attention_for_cpu"})
+    assert totals[0] == totals[1] > 0
+
+
 def test_sampler_degrades_without_gpu_and_tracks_rss() -> None:
     sampler = ResourceSampler(None, interval_s=0.01)
     sampler.start()

@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--out; runs/quick-TIME/reports with --quick)")
     s.add_argument("--resume", action="store_true", help="continue a killed sweep in --out")
     s.add_argument("--check", action="store_true", help="exit 1 when a gate fails")
-    s.add_argument("--quick", action="store_true", help="smoke run: tiny presets, 1 repeat, 1 quality epoch")
+    s.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny presets, 1 repeat, 1 quality epoch; without files, the bundled experiments "
+                        "that launch no torchrun ranks")
     s.add_argument("--budget-min", type=float, default=10.0, metavar="M",
                    help="the sweep's time budget in minutes (default 10): added repeats and contention re-runs stop "
                         "so that it ends in time, each experiment taking its share of what is left; the planned "

@@ -22,13 +22,14 @@ from harness.cli.common import (
     validate_gates,
 )
 from harness.config import resolve_device, runtime_warnings
-from harness.eta import Eta
+from harness.eta import MACHINE_CHECK, Eta, overhead_key
 from harness.experiment import (
     Experiment,
     build,
     load_experiments,
 )
 from harness.jobs import plan
+from harness.knobs import world_of
 from harness.registry import resolve
 from harness.results import check_writable_dir, folder_name
 from harness.runner import run_experiment
@@ -108,14 +109,27 @@ def _sweep_experiments(args: argparse.Namespace, files: list[Path], overrides: d
     return exps
 
 
-def _announce(args: argparse.Namespace, exps: list[Experiment], reports: Path) -> None:
+def quick_set(exps: list[Experiment]) -> tuple[list[Experiment], list[str]]:
+    """(what a `--quick` sweep of the bundled set runs, the names it leaves out): every experiment but those with a
+    variant that launches torchrun ranks. Each such run starts a process group (torchrun, then every rank imports
+    torch): seconds per run for milliseconds of work, which would double the smoke run."""
+    out = [e.name for e in exps if any(world_of(c.values) > 1 for c in e.configs.values())]
+    return [e for e in exps if e.name not in out], out
+
+
+def _announce(args: argparse.Namespace, exps: list[Experiment], reports: Path, left_out: list[str]) -> None:
     """The sweep's first line: what it will run, how long that should take and where it writes."""
-    clock = Eta([j for exp in exps for j in plan(exp)[0]])
+    clock = Eta([j for exp in exps for j in plan(exp)[0]],
+                steps=[MACHINE_CHECK, *(overhead_key(exp.name, _preset(exp)) for exp in exps)])
     SWEEP_ETA[:] = [clock]
     budget = f", at most {args.budget_min:g} min with added repeats" if args.budget_min > 0 and not args.quick else ""
     print(f"sweep: {len(exps)} experiment(s), {clock.planned} runs planned; ETA ~{clock.remaining_s() / 60:.1f} min"
           f"{budget} (from {clock.basis()}); results -> {args.out or 'runs/'}, reports -> {reports}/",
           file=sys.stderr, flush=True)
+    if left_out:
+        print(f"--quick leaves out {', '.join(left_out)} (their runs launch torchrun ranks: seconds of process start "
+              "each); name their file to include them, e.g. trainbench sweep --quick bench/experiments/ddp.toml",
+              file=sys.stderr)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -128,6 +142,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError(f"no experiment files given and none in {experiments_dir()}")
     exps = _sweep_experiments(args, files, {"preset": "tiny", **overrides} if args.quick else overrides)
+    left_out: list[str] = []
+    if args.quick and not positional:
+        exps, left_out = quick_set(exps)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.quick and not args.out:
         args.out = f"runs/quick-{stamp}"  # a smoke run never lands in the committed reports
@@ -136,7 +153,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.out:
         check_writable_dir(args.out)
     check_writable_dir(reports, "--reports")
-    _announce(args, exps, reports)
+    _announce(args, exps, reports, left_out)
     try:
         return _run_sweep(args, exps, reports, stamp, positional)
     finally:
@@ -145,7 +162,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _run_sweep(args: argparse.Namespace, exps: list[Experiment], reports: Path, stamp: str,
                positional: list[str]) -> int:
+    start = time.monotonic()
     print("machine check (trainbench doctor):\n" + machine_text(), file=sys.stderr)
+    _step_done(MACHINE_CHECK, time.monotonic() - start)
     # The sweep-wide time budget: each experiment may add repeats and re-runs until its share of the
     # time left (what is left over / the experiments still to run) is spent, less what writing the
     # reports still to come is expected to take (1.5 x the slowest so far; 15 s before the first).
@@ -158,16 +177,32 @@ def _run_sweep(args: argparse.Namespace, exps: list[Experiment], reports: Path, 
         out = Path(args.out) / exp.name if args.out and len(exps) > 1 else \
             Path(args.out or f"runs/{exp.name}-{stamp}")
         print(f"\n# {exp.name}: {len(exp.variants)} variants x {exp.repeats} repeats -> {out}", file=sys.stderr)
+        began, jobs_s = time.monotonic(), _jobs_s()
         records = run_experiment(exp, out, resume=args.resume, progress=progress, deadline=deadline)
         start = time.monotonic()
         status = max(status, print_and_report(out, reports / exp.name, exp, check=args.check),
                      1 if failed_runs(records) else 0)
         report_s = max(report_s if i else 0.0, time.monotonic() - start)  # (the measured one replaces 15 s)
+        _step_done(overhead_key(exp.name, _preset(exp)), time.monotonic() - began - (_jobs_s() - jobs_s))
     if not positional or args.index:
         from harness.report import write_index
 
         print(f"index: {write_index(reports)}")
     return status
+
+
+def _preset(exp: Experiment) -> str:
+    return str(exp.configs[exp.baseline_name].values.get("preset", "?"))
+
+
+def _jobs_s() -> float:
+    """Seconds the running sweep's jobs have taken so far (0 outside a sweep)."""
+    return SWEEP_ETA[0].jobs_s if SWEEP_ETA else 0.0
+
+
+def _step_done(key: str, seconds: float) -> None:
+    if SWEEP_ETA:
+        SWEEP_ETA[0].finish(key, seconds)
 
 
 def _with(exp: Experiment, **changes: object) -> Experiment:

@@ -142,6 +142,7 @@ class DocTransWorkload(Workload):
     primary_metric = "bleu"
     higher_is_better = True
     quality_metrics = ("bleu", "token_accuracy")
+    eval_imports = ("torchmetrics",)  # evaluate imports it lazily: ~2-3 s (scipy) a speed run never pays
 
     def validate(self, cfg: RunConfig) -> None:
         """One-line ValueErrors for sizes the model or the page layout cannot take."""

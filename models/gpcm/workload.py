@@ -69,6 +69,7 @@ class GPCMWorkload(Workload):
     primary_metric = "qwk"
     higher_is_better = True
     quality_metrics = METRIC_NAMES
+    eval_imports = ("torchmetrics",)  # evaluate imports it lazily: ~2-3 s (scipy) a speed run never pays
 
     # --- building -------------------------------------------------------------------------------
 

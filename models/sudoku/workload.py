@@ -79,6 +79,7 @@ class SudokuWorkload(Workload):
     primary_metric = "grid_acc"
     higher_is_better = True
     quality_metrics = METRIC_NAMES
+    eval_imports = ("torchmetrics",)  # evaluate imports it lazily: ~2-3 s (scipy) a speed run never pays
 
     def validate(self, cfg: RunConfig) -> None:
         """Reject a curriculum that has nowhere to go, or one combined with a user's file."""
