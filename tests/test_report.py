@@ -136,3 +136,20 @@ def test_the_console_shows_each_warning_once_per_experiment(capsys):
         job = Job(experiment="warned", variant="b", phase="speed", repeat=r, config={})
         progress(r + 1, 2, job, dataclasses.replace(speed_record("b", r), warnings=(warn,)))
     assert capsys.readouterr().err.count(f"warning: {warn}") == 1
+
+
+def test_bar_labels_end_inside_their_panel_and_a_missing_value_says_na() -> None:
+    """A value label past its bar never runs over the panel's edge (the axis widens until it fits); a variant
+    without the value gets "n/a", not an empty slot that reads as zero."""
+    import numpy as np
+
+    from harness.report.plots import _bars, _figure
+
+    fig, (ax,) = _figure(3, 2)
+    _bars(ax, ["a", "b", "c"], np.array([1.0, 32.0, np.nan]), "MiB", 1.0)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    right = ax.get_window_extent(renderer).x1
+    assert all(t.get_window_extent(renderer).x1 <= right + 0.5 for t in ax.texts)
+    labels = [t.get_text() for t in ax.texts]
+    assert labels[1].strip() == "32 (+3100%)" and "n/a" in labels[2]

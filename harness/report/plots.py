@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from harness.knobs import GENERIC_BY_NAME
 from harness.report.cells import finite
@@ -42,6 +43,36 @@ def _save(fig: Figure, path: Path, title: str = "") -> Path:
     return path
 
 
+def _fit_texts(ax: Any, texts: Sequence[Any], margin: float = 1.02) -> None:
+    """Widen the x axis (from its left end) until every text anchored in it ends inside: a label past the end of a
+    bar or whisker must not run over the panel's edge. Text width is fixed in pixels, so the limit is found by
+    drawing, measuring and widening until it holds (twice is enough: each pass shrinks what is left to fit)."""
+    if not texts:
+        return
+    fig = ax.figure
+    for _ in range(3):
+        fig.canvas.draw()  # lays the figure out (constrained layout), so the extents are final
+        renderer = fig.canvas.get_renderer()
+        inverse = ax.transData.inverted()
+        right = max(float(inverse.transform(t.get_window_extent(renderer))[:, 0].max()) for t in texts)
+        low, high = ax.get_xlim()
+        if right <= high:
+            return
+        ax.set_xlim(low, low + (right - low) * margin)
+
+
+def _rates(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(median, min, max) over repeats of each row's throughput in the summary's work unit (`speedup.UNITS`)."""
+    from harness.analysis.speedup import UNITS
+
+    col = UNITS[rows.attrs.get("work_unit", "samples")][1]
+    if col == "samples_per_s":
+        return tuple(rows[c].to_numpy(float) for c in ("samples_per_s", "samples_per_s_min", "samples_per_s_max"))
+    spans = [[r.metrics.get(col) for r in recs if finite(r.metrics.get(col))] or [np.nan]
+             for recs in rows.get("speed_records", pd.Series([()] * len(rows), index=rows.index))]
+    return (rows[col].to_numpy(float), np.array([min(v) for v in spans]), np.array([max(v) for v in spans]))
+
+
 def throughput(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """Samples/s per variant (whiskers: min-max across repeats) beside speedup (whiskers: 95% CI)."""
     rows = summary[[finite(v) for v in summary["samples_per_s"]]]
@@ -49,13 +80,12 @@ def throughput(summary: pd.DataFrame, path: Path, title: str = "") -> Path | Non
         return None
     names = list(rows.index)[::-1]  # baseline on top
     y = np.arange(len(names))
-    fig, (ax1, ax2) = _figure(10, 1.2 + 0.45 * len(names), ncols=2)
-    med = rows.loc[names, "samples_per_s"].to_numpy(float)
-    lo = med - rows.loc[names, "samples_per_s_min"].to_numpy(float)
-    hi = rows.loc[names, "samples_per_s_max"].to_numpy(float) - med
-    ax1.barh(y, med, xerr=[lo, hi], color="#1f77b4", capsize=4, error_kw={"elinewidth": 1.2})
+    fig, (ax1, ax2) = _figure(10.5, 1.2 + 0.45 * len(names), ncols=2)
+    med, low, high = _rates(rows.loc[names])  # in the unit the speedups count: the bars' ratios are the speedups
+    ax1.barh(y, med, xerr=np.nan_to_num([med - low, high - med]), color="#1f77b4", capsize=4,
+             error_kw={"elinewidth": 1.2})
     ax1.set_yticks(y, names)
-    ax1.set_xlabel("throughput (samples/s), median of repeats")
+    ax1.set_xlabel(f"throughput ({unit_label(summary)}), median of repeats")
     ax1.set_title("Throughput (whiskers: min-max across repeats)", fontsize=10)
     sp = rows.loc[names, "speedup"].to_numpy(float)
     cl = rows.loc[names, "speedup_ci_low"].to_numpy(float)
@@ -76,12 +106,18 @@ def throughput(summary: pd.DataFrame, path: Path, title: str = "") -> Path | Non
     ax2.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax2.set_yticks(y, [""] * len(names))
     ax2.set_xlabel(f"speedup vs {summary.attrs.get('baseline', 'baseline')} (x, paired {unit_label(summary)} ratio)")
-    ax2.set_title("Speedup (whiskers: 95% CI; hatched grey: unresolved)", fontsize=10)
+    ax2.set_title("Speedup (95% CI; hatched grey: unresolved)", fontsize=10)
     top = float(np.nanmax(np.where(np.isfinite(ch), ch, sp)))
+    texts = []
     for yi, s, hi_end in zip(y, sp, ch, strict=True):  # label past the whisker so they never overlap
-        label = f" x{s:.2f}" + ("" if np.isfinite(hi_end) or yi == len(names) - 1 else " (no CI)")
-        ax2.text(hi_end if np.isfinite(hi_end) else s, yi, label, va="center", fontsize=8)
-    ax2.set_xlim(0, top * 1.18)
+        label = f"x{s:.2f}" + ("" if np.isfinite(hi_end) or yi == len(names) - 1 else " (no CI)")
+        # a few points right of the whisker's cap, on a white ground: the dashed x1 line may pass behind a label,
+        # never through it
+        texts.append(ax2.annotate(label, (hi_end if np.isfinite(hi_end) else s, yi), xytext=(4, 0),
+                                  textcoords="offset points", va="center", fontsize=8,
+                                  zorder=5, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0}))
+    ax2.set_xlim(0, top * 1.05)
+    _fit_texts(ax2, texts)
     for ax in (ax1, ax2):
         ax.grid(axis="x", alpha=0.3)
     return _save(fig, path, title)
@@ -101,13 +137,16 @@ def phases(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     widest = float(totals.max()) or 1.0
     for p in PHASE_NAMES:
         ms = np.nan_to_num(rows.loc[names, f"phase_ms_{p}"].to_numpy(float))
-        ax.barh(y, ms, left=left, color=PHASE_COLORS[p], label=p)
+        ax.barh(y, ms, left=left, color=PHASE_COLORS[p], label=p if ms.any() else "_")  # no legend for a 0 phase
         for yi, (l0, w, tot) in enumerate(zip(left, ms, totals, strict=True)):
             if tot > 0 and w / widest >= 0.05:  # only where the label fits inside the segment
                 ax.text(l0 + w / 2, yi, f"{w / tot:.0%}", ha="center", va="center", fontsize=8, color="white")
         left += ms
     ax.set_yticks(y, names)
-    ax.set_xlabel("time per optimizer step (ms), median of repeats")
+    ax.set_xlim(0, widest * 1.04)  # the longest bar ends inside the frame, its last segment visible
+    # phases add up as means: the bar is the mean step, which the table's median step ms differs from where
+    # batches vary in length
+    ax.set_xlabel("mean time per optimizer step (ms), by phase; median of repeats")
     ax.set_title("Where a step goes (labels: share of the step)", fontsize=10)
     fig.legend(*ax.get_legend_handles_labels(), ncols=len(PHASE_NAMES), loc="outside lower center", fontsize=8,
                frameon=False)
@@ -135,11 +174,17 @@ def quality_curves(summary: pd.DataFrame, path: Path, title: str = "") -> Path |
                    and not _flat(curves, k)]
         if varying:
             metric = varying[0]
-    fig, (ax1, ax2) = _figure(10, 4, ncols=2)
+    fig, (ax1, ax2) = _figure(11, 4, ncols=2)
+    by_epochs: dict[tuple, list[str]] = {}  # variants whose curves over epochs are the same points
     for v, curve in curves.items():
         pts = [p for p in curve if p.get(metric) is not None]
-        ax1.plot([p["wall_s"] for p in pts], [p[metric] for p in pts], marker="o", markersize=3, label=v)
-        ax2.plot([p["epoch"] for p in pts], [p[metric] for p in pts], marker="o", markersize=3, label=v)
+        (line,) = ax1.plot([p["wall_s"] for p in pts], [p[metric] for p in pts], marker="o", markersize=3, label=v)
+        key = tuple((p["epoch"], round(float(p[metric]), 12)) for p in pts)
+        if key not in by_epochs:
+            ax2.plot([p["epoch"] for p in pts], [p[metric] for p in pts], marker="o", markersize=3,
+                     color=line.get_color())
+        by_epochs.setdefault(key, []).append(v)
+    same = [names for names in by_epochs.values() if len(names) > 1]
     target, equal_s = summary.attrs.get("target"), summary.attrs.get("equal_time_s")
     for ax in (ax1, ax2):
         if target is not None:
@@ -150,25 +195,34 @@ def quality_curves(summary: pd.DataFrame, path: Path, title: str = "") -> Path |
     if equal_s:
         ax1.axvline(equal_s, color="grey", linestyle="--", linewidth=1, label=f"equal time {equal_s:.3g} s")
     ax1.set_xlabel("training wall-clock time (s, evals excluded)")
-    ax2.set_xlabel("epoch")
+    # a curve drawn once for several variants: the axis says who it stands for (below the plot, over nothing)
+    ax2.set_xlabel("\n".join(["epoch", *("same curve: " + ", ".join(n) for n in same)]))
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     ax1.set_title("Quality at equal wall-clock time", fontsize=10)
     ax2.set_title("Quality at equal epochs", fontsize=10)
-    ax1.legend(fontsize=8)
+    # one legend for both panels (same colour per variant), outside them: it never covers a curve
+    fig.legend(*ax1.get_legend_handles_labels(), loc="outside right upper", fontsize=8, frameon=False)
     return _save(fig, path, title)
 
 
 def _bars(ax: Any, names: list[str], values: np.ndarray, label: str, base: float) -> None:
-    """Horizontal bars from zero, each labelled with its value and its change from the baseline's."""
+    """Horizontal bars from zero, each labelled with its value and its change from the baseline's; a variant
+    without the value says "n/a" (an empty slot would read as zero)."""
     y = np.arange(len(names))
     ax.barh(y, np.nan_to_num(values), color="#1f77b4")
     ax.set_yticks(y, names)
-    ax.set_xlim(0, max(float(np.nanmax(values)) * 1.35, 1e-9))
+    ax.set_xlim(0, max(float(np.nanmax(values)) * 1.05, 1e-9))
+    texts = []
     for yi, v in zip(y, values, strict=True):
         if np.isfinite(v):
-            change = f" ({(v / base - 1) * 100:+.0f}%)" if np.isfinite(base) and base > 0 and v != base else ""
-            ax.text(v, yi, f" {v:.3g}{change}", va="center", fontsize=8)
+            pct = (v / base - 1) * 100 if np.isfinite(base) and base > 0 and v != base else None
+            change = "" if pct is None else " (±0%)" if abs(pct) < 0.5 else f" ({pct:+.0f}%)"
+            texts.append(ax.text(v, yi, f" {v:.3g}{change}", va="center", fontsize=8))
+        else:
+            texts.append(ax.text(0, yi, " n/a (not measured)", va="center", fontsize=8, color="#7f7f7f"))
     ax.set_xlabel(label)
     ax.grid(axis="x", alpha=0.3)
+    _fit_texts(ax, texts)
 
 
 def resources(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
@@ -181,15 +235,17 @@ def resources(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None
               ("cuda_peak_allocated_gib" if cuda else "peak_rss_gib", "peak CUDA memory allocated, GiB" if cuda else
                "peak RSS over the window, GiB")]
     if "saved_tensors_gib" in summary.columns and np.isfinite(summary["saved_tensors_gib"].to_numpy(float)).any():
-        panels.append(("saved_tensors_gib", "activations saved for backward, GiB"))
+        panels.append(("saved_tensors_gib", "activations saved for backward, MiB"))
     panels = [(c, lab) for c, lab in panels if np.isfinite(summary[c].to_numpy(float)).any()]
+    scale = {"saved_tensors_gib": 1024.0}  # activations in MiB, as the report's tables give them
     if not panels:
         return None
     names = list(summary.index)[::-1]  # baseline on top
     base = summary.attrs.get("baseline", summary.index[0])
     fig, axes = _figure(4.2 * len(panels), 1.4 + 0.42 * len(names), ncols=len(panels))
     for i, (ax, (col, label)) in enumerate(zip(axes, panels, strict=True)):
-        _bars(ax, names, summary.loc[names, col].to_numpy(float), label, float(summary.at[base, col]))
+        k = scale.get(col, 1.0)
+        _bars(ax, names, summary.loc[names, col].to_numpy(float) * k, label, float(summary.at[base, col]) * k)
         if i:
             ax.set_yticks(np.arange(len(names)), [""] * len(names))
     axes[0].set_title("Resources per variant (median of repeats; change vs baseline)", fontsize=10, loc="left")
@@ -288,10 +344,22 @@ def scaling(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
         fixed = f" (batch_size x grad_accum = {products.pop()})" if knob == "batch_size" and not one_accum \
             and len(products) == 1 else ""
         ax.set_title(f"{label} vs {knob}{fixed}", fontsize=10)
-        ax.set_ylim(bottom=0)  # from zero: a 4% change in memory must not look like a halving
+        # from zero: a 4% change in memory must not look like a halving; the top above the highest point or whisker
+        ax.set_ylim(0, _data_top(ax) * 1.08 or None)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path, title)
+
+
+def _data_top(ax: Any) -> float:
+    """The highest y any line of the axes reaches (points, whisker caps), 0 when none."""
+    tops = [float(np.nanmax(np.asarray(line.get_ydata(), float))) for line in ax.get_lines()
+            if np.isfinite(np.asarray(line.get_ydata(), float)).any()]
+    for coll in ax.collections:  # error bar segments
+        for seg in getattr(coll, "get_segments", list)():
+            if len(seg) and np.isfinite(seg[:, 1]).any():
+                tops.append(float(np.nanmax(seg[:, 1])))
+    return max(tops, default=0.0)
 
 
 def ddp_scaling(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
@@ -304,37 +372,56 @@ def ddp_scaling(summary: pd.DataFrame, path: Path, title: str = "") -> Path | No
         return None
     t = t[[finite(v) for v in t["samples_per_s"]]]
     fig, (ax1, ax2, ax3) = _figure(13, 4, ncols=3)
+    unit = unit_label(summary)  # the unit the efficiencies beside it are computed in
+    rate, rate_lo, rate_hi = (("rate", "rate_min", "rate_max") if np.isfinite(t["rate"].to_numpy(float)).any()
+                              else ("samples_per_s", "samples_per_s_min", "samples_per_s_max"))
     x = t["ranks"].to_numpy(float)
-    y = t["samples_per_s"].to_numpy(float)
-    err = [y - t["samples_per_s_min"].to_numpy(float), t["samples_per_s_max"].to_numpy(float) - y]
-    ax1.errorbar(x, y, yerr=err, marker="o", linestyle="none", capsize=4, label="measured (min-max)")
+    y = t[rate].to_numpy(float)
+    err = np.nan_to_num([y - t[rate_lo].to_numpy(float), t[rate_hi].to_numpy(float) - y])
+    # variants at one rank count side by side (a small offset each) and in their own colours: whiskers apart
+    offset = np.zeros(len(t))
+    for _, idx in t.groupby("ranks").indices.items():
+        offset[idx] = (np.arange(len(idx)) - (len(idx) - 1) / 2) * 0.12
+    for i, name in enumerate(t.index):
+        ax1.errorbar(x[i] + offset[i], y[i], yerr=err[:, i:i + 1], marker="o", linestyle="none", capsize=4,
+                     color=f"C{i}", label=f"{name} (min-max)")
     base = t.loc[summary.attrs["baseline"]] if summary.attrs["baseline"] in t.index else t.iloc[0]
     ideal = np.sort(np.unique(x))
-    ax1.plot(ideal, base["samples_per_s"] * ideal / base["ranks"], linestyle=":", color="grey", label="linear")
-    for name, row in t.iterrows():
-        ax1.annotate(str(name), (row["ranks"], row["samples_per_s"]), fontsize=7, xytext=(4, 4),
-                     textcoords="offset points")
+    ax1.plot(ideal, base[rate] * ideal / base["ranks"], linestyle=":", color="grey", label="linear")
     ax1.set_xlabel("ranks (ddp x nnodes)")
-    ax1.set_ylabel("samples/s, all ranks")
+    ax1.set_ylabel(f"{unit}, all ranks")
     ax1.set_title("Throughput vs ranks", fontsize=10)
     ax1.set_xticks(ideal, [f"{v:g}" for v in ideal])
-    ax1.set_ylim(bottom=0)
+    ax1.set_xlim(ideal[0] - 0.5, ideal[-1] + 0.5)
+    ax1.set_ylim(0, _data_top(ax1) * 1.1 or None)
     labels = list(t.index)
     pos = np.arange(len(labels))
     eff = t["efficiency"].to_numpy(float)
     lo = np.nan_to_num(eff - t["efficiency_ci_low"].to_numpy(float))
     hi = np.nan_to_num(t["efficiency_ci_high"].to_numpy(float) - eff)
-    ax2.bar(pos, eff, width=0.6, yerr=[lo, hi], capsize=4, color="#1f77b4")
+    ax2.bar(pos, np.nan_to_num(eff), width=0.6, yerr=[lo, hi], capsize=4, color="#1f77b4")
+    for p_, e_ in zip(pos, eff, strict=True):
+        if not np.isfinite(e_):  # the same rank count as the baseline (more threads): no scaling to measure
+            ax2.text(p_, 0.02, "n/a:\nsame ranks", ha="center", va="bottom", fontsize=7, color="#7f7f7f")
     ax2.axhline(1.0, color="grey", linestyle=":", linewidth=1)
     ax2.set_ylim(0, max(1.1, float(np.nanmax(eff + hi)) * 1.1))
-    ax2.set_ylabel("scaling efficiency = speedup / ranks (1 = linear)")
+    ax2.set_ylabel("efficiency = speedup / ranks")
     ax2.set_xticks(pos, labels, rotation=20, fontsize=8)
-    ax2.set_title("Efficiency (whiskers: 95% CI)", fontsize=10)
-    ax3.bar(pos, np.nan_to_num(t["communication_pct"].to_numpy(float)), width=0.6, color="#e377c2")
-    ax3.set_ylim(0, 100)
+    ax2.set_title(f"Efficiency in {unit} (1 = linear; whiskers: 95% CI)", fontsize=10)
+    comm = t["communication_pct"].to_numpy(float)
+    c_lo = np.nan_to_num(comm - t["communication_pct_min"].to_numpy(float))
+    c_hi = np.nan_to_num(t["communication_pct_max"].to_numpy(float) - comm)
+    ax3.bar(pos, np.nan_to_num(comm), width=0.6, yerr=[c_lo, c_hi], capsize=4, color="#e377c2")
+    top = max(float(np.nanmax(np.where(np.isfinite(comm), comm + c_hi, 0.0))), 1.0)
+    for p_, c_ in zip(pos, comm, strict=True):  # the value beside its bar (its whisker runs through the middle)
+        if np.isfinite(c_):
+            ax3.text(p_ + 0.32, c_, f"{c_:.1f}%", ha="left", va="center", fontsize=7)
+        else:
+            ax3.text(p_, top * 0.02, "n/a:\none rank", ha="center", va="bottom", fontsize=7, color="#7f7f7f")
+    ax3.set_ylim(0, top * 1.25)
     ax3.set_ylabel("% of a step")
     ax3.set_xticks(pos, labels, rotation=20, fontsize=8)
-    ax3.set_title("Communication not overlapped with compute", fontsize=10)
+    ax3.set_title("Communication not overlapped (whiskers: min-max)", fontsize=10)
     ax1.legend(fontsize=7)
     return _save(fig, path, title)
 
