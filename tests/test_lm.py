@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from harness.engine import run
 from harness.equivalence import check_equivalence
 from harness.registry import resolve
-from models.lm.data import chunk, chunk_stats, collate_padded, generate_corpus, split_sequences
+from models.lm.data import (
+    SLOT_PROBS,
+    chunk,
+    chunk_stats,
+    collate_padded,
+    entropy_rate,
+    generate_corpus,
+    next_token_entropy,
+    split_sequences,
+    transition_matrix,
+    transition_table,
+)
 
 TINY = {"preset": "tiny", "bench_warmup_steps": 1, "bench_steps": 3}
 
@@ -97,6 +109,32 @@ def test_bucketing_cuts_padding() -> None:
 def test_quality_run_reports_metrics_and_a_curve() -> None:
     result = run(resolve("lm", {"preset": "tiny", "epochs": 2, "lr": 3e-3}))
     assert [p["epoch"] for p in result.curve] == [1, 2]
-    assert set(result.quality) == {"token_acc", "loss", "perplexity"}
+    assert set(result.quality) == {"token_acc", "loss", "perplexity", "excess_loss_pct", "achievable_loss",
+                                   "source_entropy"}
+    q = result.quality  # the excess is the loss over what the chain itself scores on the same targets
+    assert q["loss"] > q["achievable_loss"] > 0
+    assert q["excess_loss_pct"] == pytest.approx((q["loss"] / q["achievable_loss"] - 1) * 100)
     assert result.curve[1]["loss"] < result.curve[0]["loss"]
     assert result.curve[0]["wall_s"] < result.curve[1]["wall_s"]
+
+
+def test_entropy_of_the_chain_against_a_brute_force_estimate_on_a_small_chain() -> None:
+    """The generator's own formulas (per-token conditional entropy, entropy rate through the stationary
+    distribution) against the average surprisal of a long walk of the same chain."""
+    rng = np.random.default_rng(3)
+    successors, cumulative = transition_table(12, rng)
+    matrix = transition_matrix(successors)
+    assert np.allclose(matrix[1:].sum(axis=1), 1.0)
+    h = next_token_entropy(successors)
+    # a row whose four slots point at four different tokens has the slots' own entropy; merged slots less
+    slots = -sum(p * np.log(p) for p in SLOT_PROBS)
+    for i in range(1, 12):
+        assert h[i] == pytest.approx(slots) if len(set(successors[i])) == 4 else h[i] < slots
+    walk = np.empty(400_000, dtype=np.int64)
+    walk[0] = 1
+    draws = np.searchsorted(cumulative, rng.random(len(walk)), side="right").clip(max=3)
+    for t in range(1, len(walk)):
+        walk[t] = successors[walk[t - 1], draws[t]]
+    surprisal = -np.log(matrix[walk[:-1], walk[1:]]).mean()
+    assert entropy_rate(successors) == pytest.approx(surprisal, rel=0.01)
+    assert h[walk[:-1]].mean() == pytest.approx(entropy_rate(successors), rel=0.01)

@@ -36,14 +36,51 @@ def sequence_lengths(n: int, scale: float, rng: np.random.Generator) -> np.ndarr
     return np.maximum(np.round(lengths * scale), 3).astype(np.int64)
 
 
+SLOT_PROBS = (0.6, 0.25, 0.1, 0.05)
+"""The probability of each token's first, second, third and fourth successor slot."""
+
+
 def transition_table(vocab_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(successors (V, 4), cumulative probabilities (4,)) of the Markov chain; token 0 is padding."""
     ranks = np.arange(1, vocab_size, dtype=np.float64)
     zipf = 1.0 / ranks
     zipf /= zipf.sum()
     successors = rng.choice(np.arange(1, vocab_size), size=(vocab_size, 4), p=zipf)
-    cumulative = np.cumsum([0.6, 0.25, 0.1, 0.05])
+    cumulative = np.cumsum(SLOT_PROBS)
     return successors, cumulative
+
+
+def transition_matrix(successors: np.ndarray) -> np.ndarray:
+    """P[i, j] = probability that token j follows token i (slots drawn twice onto one token add up)."""
+    vocab = successors.shape[0]
+    matrix = np.zeros((vocab, vocab))
+    for slot, p in enumerate(SLOT_PROBS):
+        np.add.at(matrix, (np.arange(vocab), successors[:, slot]), p)
+    return matrix
+
+
+def next_token_entropy(successors: np.ndarray) -> np.ndarray:
+    """H(next | current = i) in nats for every token i: the loss per token of a model that knows the chain."""
+    matrix = transition_matrix(successors)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(matrix > 0, matrix * np.log(matrix), 0.0).sum(axis=1)
+
+
+def entropy_rate(successors: np.ndarray, iterations: int = 2000) -> float:
+    """The chain's entropy rate in nats per token, sum_i pi_i H(next | i) with pi its stationary distribution
+    (power iteration from uniform over the real tokens; the lowest loss per token any model can reach on a long
+    stretch of text)."""
+    matrix = transition_matrix(successors)
+    matrix[0, 0] = 1.0  # padding: a state of its own that nothing enters (pi stays 0 there)
+    lazy = (matrix + np.eye(matrix.shape[0])) / 2  # same stationary distribution, never periodic: iteration converges
+    pi = np.full(matrix.shape[0], 1.0 / (matrix.shape[0] - 1))
+    pi[0] = 0.0
+    for _ in range(iterations):
+        nxt = pi @ lazy
+        if np.abs(nxt - pi).sum() < 1e-12:
+            break
+        pi = nxt
+    return float(pi @ next_token_entropy(successors))
 
 
 def generate_corpus(n: int, vocab_size: int, length_scale: float, seed: int) -> dict[str, torch.Tensor]:
@@ -61,7 +98,9 @@ def generate_corpus(n: int, vocab_size: int, length_scale: float, seed: int) -> 
         choice = np.searchsorted(cumulative, draws[:, t], side="right").clip(max=3)
         tokens[:, t] = successors[tokens[:, t - 1], choice]
     mask = np.arange(max_len)[None, :] < lengths[:, None]
-    return {"flat": torch.from_numpy(tokens[mask]), "lengths": torch.from_numpy(lengths)}
+    return {"flat": torch.from_numpy(tokens[mask]), "lengths": torch.from_numpy(lengths),
+            "entropy": torch.from_numpy(next_token_entropy(successors)),
+            "entropy_rate": torch.tensor(entropy_rate(successors))}
 
 
 def split_sequences(corpus: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -95,8 +134,12 @@ def chunk_stats(sequences: list[torch.Tensor], max_length: int) -> dict[str, flo
 class TokenDataset(torch.utils.data.Dataset):
     """Sequences of token ids (each at least 2 tokens)."""
 
-    def __init__(self, sequences: list[torch.Tensor]) -> None:
+    def __init__(self, sequences: list[torch.Tensor], entropy: torch.Tensor | None = None,
+                 entropy_rate: float | None = None) -> None:
         self.sequences = sequences
+        self.entropy = entropy
+        """H(next | token) in nats per token id (the generator's chain), for the achievable loss."""
+        self.entropy_rate = entropy_rate
 
     def __len__(self) -> int:
         return len(self.sequences)

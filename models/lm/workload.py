@@ -27,7 +27,7 @@ from models.lm.model import TransformerLM
 if TYPE_CHECKING:
     from harness.config import RunConfig
 
-DATA_VERSION = 1  # bump when the generator changes, so caches are not reused
+DATA_VERSION = 2  # bump when the generator changes, so caches are not reused (2: the chain's entropies kept)
 
 
 def _k(name: str, type_: type, default: Any, kind: str, doc: str, **kw: Any) -> Knob:
@@ -73,7 +73,7 @@ class LMWorkload(Workload):
     supports = frozenset({"max_length", "bucket_by_length", "grad_checkpointing"})
     primary_metric = "token_acc"
     higher_is_better = True
-    quality_metrics = ("token_acc", "loss", "perplexity")
+    quality_metrics = ("token_acc", "loss", "perplexity", "excess_loss_pct", "achievable_loss", "source_entropy")
 
     def validate(self, cfg: RunConfig) -> None:
         check_device(cfg.attention, cfg.device)
@@ -99,7 +99,8 @@ class LMWorkload(Workload):
         sequences = split_sequences(corpus)
         n_eval = max(1, int(len(sequences) * cfg.eval_fraction))
         train, held_out = sequences[:-n_eval], sequences[-n_eval:]
-        return TokenDataset(chunk(train, cfg.max_length)), TokenDataset(chunk(held_out, cfg.max_length))
+        return TokenDataset(chunk(train, cfg.max_length)), TokenDataset(
+            chunk(held_out, cfg.max_length), corpus["entropy"], float(corpus["entropy_rate"]))
 
     def collate(self, cfg: RunConfig):
         return collate_padded
@@ -133,7 +134,7 @@ class LMWorkload(Workload):
         return [torch.cat([outputs[i, : n - 1] for i, n in enumerate(batch["lengths"])])]
 
     def evaluate(self, model: nn.Module, dataset: Any, cfg: RunConfig, device: torch.device) -> dict[str, float]:
-        total_loss, correct, count = 0.0, 0, 0
+        total_loss, correct, count, achievable = 0.0, 0, 0, 0.0
         for batch in eval_batches(dataset, max(cfg.batch_size, 32), collate_padded):
             logits = model.logits(batch["tokens"][:, :-1].to(device)).float()  # (B, T-1, V)
             targets = batch["targets"].to(device)
@@ -142,8 +143,16 @@ class LMWorkload(Workload):
                                                 reduction="sum"))
             correct += int(((logits.argmax(-1) == targets) & valid).sum())
             count += int(valid.sum())
+            if dataset.entropy is not None:  # what the chain itself scores on these very targets
+                previous = batch["tokens"][:, :-1][batch["targets"] != IGNORE]
+                achievable += float(dataset.entropy[previous].sum())
         loss = total_loss / max(count, 1)
-        return {"token_acc": correct / max(count, 1), "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        out = {"token_acc": correct / max(count, 1), "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        if dataset.entropy is not None and count:
+            best = achievable / count
+            out.update(achievable_loss=best, excess_loss_pct=(loss / best - 1) * 100,
+                       source_entropy=dataset.entropy_rate)
+        return out
 
     # --- predicted cost (seed 004's "Component | Small | Large | Ratio") ---------------------------
 
