@@ -143,10 +143,11 @@ def test_bar_labels_end_inside_their_panel_and_a_missing_value_says_na() -> None
     without the value gets "n/a", not an empty slot that reads as zero."""
     import numpy as np
 
-    from harness.report.plots import _bars, _figure
+    from harness.report.plots import _bars, _figure, _fit_all
 
     fig, (ax,) = _figure(3, 2)
     _bars(ax, ["a", "b", "c"], np.array([1.0, 32.0, np.nan]), "MiB", 1.0)
+    _fit_all(fig)  # as saving the figure does
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     right = ax.get_window_extent(renderer).x1

@@ -38,27 +38,38 @@ def _save(fig: Figure, path: Path, title: str = "") -> Path:
     measured (the experiment and commit) when given."""
     if title:
         fig.suptitle(title, fontsize=11, fontweight="bold")
+    _fit_all(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, metadata={"Software": None})
     return path
 
 
-def _fit_texts(ax: Any, texts: Sequence[Any], margin: float = 1.02) -> None:
-    """Widen the x axis (from its left end) until every text anchored in it ends inside: a label past the end of a
-    bar or whisker must not run over the panel's edge. Text width is fixed in pixels, so the limit is found by
-    drawing, measuring and widening until it holds (twice is enough: each pass shrinks what is left to fit)."""
-    if not texts:
-        return
-    fig = ax.figure
+def _fit_texts(ax: Any, texts: Sequence[Any]) -> None:
+    """Have `_save` widen the x axis (from its left end) until every text anchored in it ends inside: a label past
+    the end of a bar or whisker must not run over the panel's edge."""
+    if texts:
+        ax.figure.__dict__.setdefault("_fit_texts", []).append((ax, list(texts)))
+
+
+def _fit_all(fig: Figure, margin: float = 1.02) -> None:
+    """`_fit_texts` for every axis of the figure at once. Text width is fixed in pixels, so the limits are found by
+    laying the figure out (no rasterising), measuring and widening until they hold (each pass shrinks what is left
+    to fit: two or three passes)."""
+    pending = fig.__dict__.pop("_fit_texts", [])
     for _ in range(3):
-        fig.canvas.draw()  # lays the figure out (constrained layout), so the extents are final
-        renderer = fig.canvas.get_renderer()
-        inverse = ax.transData.inverted()
-        right = max(float(inverse.transform(t.get_window_extent(renderer))[:, 0].max()) for t in texts)
-        low, high = ax.get_xlim()
-        if right <= high:
+        if not pending:
             return
-        ax.set_xlim(low, low + (right - low) * margin)
+        fig.draw_without_rendering()  # constrained layout: the extents below are final
+        renderer = fig.canvas.get_renderer()
+        widened = []
+        for ax, texts in pending:
+            inverse = ax.transData.inverted()
+            right = max(float(inverse.transform(t.get_window_extent(renderer))[:, 0].max()) for t in texts)
+            low, high = ax.get_xlim()
+            if right > high:
+                ax.set_xlim(low, low + (right - low) * margin)
+                widened.append((ax, texts))
+        pending = widened
 
 
 def _rates(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
