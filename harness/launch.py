@@ -140,14 +140,21 @@ class ForkServer(Launcher):
     same: a new process per (variant, repeat), its own session, killed as a group on timeout.
     """
 
-    def __init__(self, preload: list[str], root: Path | None = None) -> None:
+    def __init__(self, preload: list[str], root: Path | None = None, wait: bool = True) -> None:
+        """`wait=False`: return while the server still imports (a sweep starts the next experiment's server while it
+        writes a report); the first job waits for it."""
         super().__init__(root)
         self.preload = preload
-        self._start_server()
-
-    def _start_server(self) -> None:
         self._spawn()
-        self._await_ready()
+        self._starting = True
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Wait until the server has imported what it preloads (at once when it has); RuntimeError if it cannot."""
+        if self._starting:
+            self._await_ready()
+            self._starting = False
 
     def _spawn(self) -> None:
         self.server = subprocess.Popen([sys.executable, "-m", "harness.forkserver", *self.preload],
@@ -163,6 +170,7 @@ class ForkServer(Launcher):
         """The server imports `modules` (a workload's `eval_imports`) once, so that each quality run's child has
         them already; a renewal starts a server without them again."""
         if modules:
+            self.ready()
             self.server.stdin.write(f"import\t{','.join(modules)}\n".encode())
             self.server.stdin.flush()
             self._await_ready()
@@ -177,7 +185,8 @@ class ForkServer(Launcher):
         self._spawn()
 
     def renew_finish(self) -> None:
-        self._await_ready()
+        self._starting = True
+        self.ready()
 
     def _line(self, timeout: float | None) -> str:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -195,6 +204,7 @@ class ForkServer(Launcher):
         return line.decode()
 
     def start(self, job_file: Path, result_file: Path, err_file: Path) -> int:
+        self.ready()
         self.server.stdin.write(f"{job_file}\t{result_file}\t{err_file}\n".encode())
         self.server.stdin.flush()
         kind, pid = self._line(60.0).split()
@@ -257,13 +267,26 @@ def child_env(root: Path | None = None) -> dict[str, str]:
     return env
 
 
-def default_launcher(exp: Experiment, root: Path | None = None) -> Launcher:
-    """A fork server preloaded with the experiment's workload; plain processes if it cannot start."""
+def default_launcher(exp: Experiment, root: Path | None = None, wait: bool = True) -> Launcher:
+    """A fork server preloaded with the experiment's workload; plain processes if it cannot start. `wait=False`:
+    the server imports in the background (`usable` then waits for it)."""
     module = exp.workload.rpartition(":")[0] if ":" in exp.workload else f"models.{exp.workload}"
     try:  # a script (``file.py:object``) is not preloaded: each child imports it as its own module
-        return ForkServer([] if module.endswith(".py") else [module], root)
+        return ForkServer([] if module.endswith(".py") else [module], root, wait=wait)
     except (OSError, RuntimeError, subprocess.TimeoutExpired):
         return Launcher(root)
+
+
+def usable(launcher: Launcher) -> Launcher:
+    """`launcher` once it is ready (a fork server started with ``wait=False``), else plain processes."""
+    try:
+        if isinstance(launcher, ForkServer):
+            launcher.ready()
+        return launcher
+    except (OSError, RuntimeError, subprocess.TimeoutExpired):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            launcher.close()
+        return Launcher(launcher.root)
 
 
 class ByVariant(Launcher):

@@ -70,3 +70,21 @@ def test_quality_runs_get_the_workloads_eval_imports_once_and_speed_rounds_a_ser
     # round 1 on the server as started, round 2 renewed; then one import before the first quality run
     assert ev[:6] == ["speed:baseline", "speed:b", "renew", "speed:b", "speed:baseline", "import:json"]
     assert ev.count("import:json") == 1 and all(e.startswith("quality:") for e in ev[6:])
+
+
+def test_a_server_started_without_waiting_serves_its_first_job_once_ready(tmp_path: Path) -> None:
+    """The sweep starts the next experiment's server while it writes a report: the first job waits for the imports;
+    a server that cannot start leaves plain processes (`usable`)."""
+    from harness.launch import usable
+
+    server = ForkServer([], ROOT, wait=False)
+    try:
+        job = Job(experiment="e", variant="a", phase="speed", repeat=0, timeout_s=120,
+                  config=resolve(TOY, {"bench_warmup_steps": 1, "bench_steps": 2}).to_dict())
+        out = usable(server).launch(job, tmp_path)
+        assert out.result is not None and out.result["status"] == "ok", out.stderr_tail
+    finally:
+        server.close()
+    broken = ForkServer(["no_such_module_anywhere"], ROOT, wait=False)  # its import fails: the server exits
+    fallback = usable(broken)
+    assert type(fallback) is Launcher

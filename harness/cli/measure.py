@@ -30,6 +30,7 @@ from harness.experiment import (
 )
 from harness.jobs import plan
 from harness.knobs import world_of
+from harness.launch import Launcher, default_launcher, usable
 from harness.registry import resolve
 from harness.results import check_writable_dir, folder_name
 from harness.runner import run_experiment
@@ -170,6 +171,7 @@ def _run_sweep(args: argparse.Namespace, exps: list[Experiment], reports: Path, 
     # reports still to come is expected to take (1.5 x the slowest so far; 15 s before the first).
     end = CLI_START + args.budget_min * 60 if args.budget_min > 0 else None
     report_s, status = 15.0, 0
+    upcoming: Launcher | None = None
     for i, exp in enumerate(exps):
         left = len(exps) - i
         deadline = None if end is None else \
@@ -178,7 +180,10 @@ def _run_sweep(args: argparse.Namespace, exps: list[Experiment], reports: Path, 
             Path(args.out or f"runs/{exp.name}-{stamp}")
         print(f"\n# {exp.name}: {len(exp.variants)} variants x {exp.repeats} repeats -> {out}", file=sys.stderr)
         began, jobs_s = time.monotonic(), _jobs_s()
-        records = run_experiment(exp, out, resume=args.resume, progress=progress, deadline=deadline)
+        records = run_experiment(exp, out, resume=args.resume, progress=progress, deadline=deadline,
+                                 launcher=usable(upcoming) if upcoming else None)
+        # the next experiment's fork server imports while this report is written (nothing is measured then)
+        upcoming = default_launcher(exps[i + 1], wait=False) if i + 1 < len(exps) else None
         start = time.monotonic()
         status = max(status, print_and_report(out, reports / exp.name, exp, check=args.check),
                      1 if failed_runs(records) else 0)
