@@ -11,6 +11,8 @@ baseline_name = "batched"      # how the baseline is called in tables and gates 
 repeats = 3                    # speed repeats per variant, interleaved A B C A B C
 timeout_s = 600                # per (variant, repeat) child process
 quality_epochs = 0             # > 0: one extra quality run per variant training this many epochs
+quality_seeds = 1              # quality runs per variant, seeds 0..N-1 added to the seed knob, paired by seed
+quality_margin = 0.01          # optional: a quality change within +-this (primary metric's units) is "no change"
 quality_target = 0.0           # optional: time-to-target on the workload's primary metric
 equivalence = true             # check every exact/approx-only variant against the baseline
 gates = ["duplicate.forward_calls_per_step == 2"]
@@ -43,9 +45,11 @@ if TYPE_CHECKING:
     from harness.config import RunConfig
 
 _TOP_KEYS = {"workload", "description", "baseline_name", "repeats", "timeout_s", "quality_epochs",
-             "quality_target", "equivalence", "gates", "baseline", "variants", "name", "target_half_width_pct",
-             "max_repeats", "budget_s", "max_reruns", "grid", "max_grid_points", "effective_batch"}
+             "quality_target", "quality_seeds", "quality_margin", "equivalence", "gates", "baseline",
+             "variants", "name", "target_half_width_pct", "max_repeats", "budget_s", "max_reruns",
+             "grid", "max_grid_points", "effective_batch"}
 PRECISION_KEYS = ("target_half_width_pct", "max_repeats", "budget_s", "max_reruns")
+QUALITY_KEYS = ("quality_epochs", "quality_target", "quality_seeds", "quality_margin")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -65,6 +69,12 @@ class ExperimentFields:
     timeout_s: float = 600.0
     quality_epochs: int = 0
     quality_target: float | None = None
+    quality_seeds: int = 1
+    """Quality runs per variant: seed knob + 0, 1, ... (init and data order; the data itself fixed), the same seeds
+    for every variant, so each variant's change is paired with the baseline's by seed."""
+    quality_margin: float | None = None
+    """A quality change decided inside +-this (the primary metric's units) is "no change"; None: 2% of the
+    baseline's value (`decision.QUALITY_MARGIN`)."""
     equivalence: bool = True
     gates: tuple[str, ...] = ()
     source: str = ""
@@ -102,6 +112,12 @@ class Experiment(ExperimentFields):
             raise ValueError(f"experiment '{self.name}': timeout_s={self.timeout_s}; use a positive number")
         if self.quality_epochs < 0:
             raise ValueError(f"experiment '{self.name}': quality_epochs={self.quality_epochs}; use 0 or more")
+        if self.quality_seeds < 1:
+            raise ValueError(f"experiment '{self.name}': quality_seeds={self.quality_seeds}; use 1 or more (3 or "
+                             "more give the quality change an interval)")
+        if self.quality_margin is not None and not (self.quality_margin >= 0 and math.isfinite(self.quality_margin)):
+            raise ValueError(f"experiment '{self.name}': quality_margin={self.quality_margin}; use a number >= 0 in "
+                             "the primary metric's units, e.g. quality_margin = 0.01")
 
     @property
     def variants(self) -> list[str]:
@@ -117,9 +133,13 @@ class Experiment(ExperimentFields):
         return build(self.name, self.workload, self.baseline_overrides | dict(overrides),
                      {v: o for v, o in self.overrides.items() if v not in (self.baseline_name, "__baseline__")},
                      description=self.description, baseline_name=self.baseline_name, repeats=self.repeats,
-                     timeout_s=self.timeout_s, quality_epochs=self.quality_epochs,
-                     quality_target=self.quality_target, equivalence=self.equivalence, gates=self.gates,
-                     source=self.source, forced=overrides, **self.precision)
+                     timeout_s=self.timeout_s, equivalence=self.equivalence, gates=self.gates,
+                     source=self.source, forced=overrides, **self.quality_settings, **self.precision)
+
+    @property
+    def quality_settings(self) -> dict[str, Any]:
+        """The quality runs' settings (epochs, target, seeds, margin)."""
+        return {k: getattr(self, k) for k in QUALITY_KEYS}
 
     @property
     def precision(self) -> dict[str, Any]:
@@ -314,8 +334,9 @@ def _from_data(data: Mapping[str, Any], path: str | os.PathLike[str],
                                               ("budget_s", float), ("max_reruns", int))
                  if (value := _number(data, key, kind, where, Experiment.__dataclass_fields__[key].default))
                  is not None}
-    repeats, timeout_s, quality_epochs = (_number(data, k, kind, where) for k, kind in
-                                          (("repeats", int), ("timeout_s", float), ("quality_epochs", int)))
+    repeats, timeout_s, quality_epochs, seeds, margin = (
+        _number(data, k, kind, where) for k, kind in (("repeats", int), ("timeout_s", float), ("quality_epochs", int),
+                                                      ("quality_seeds", int), ("quality_margin", float)))
     if data.get("quality_target") is not None and (isinstance(data["quality_target"], bool) or
                                                    not isinstance(data["quality_target"], (int, float))):
         raise ValueError(f"{where}: 'quality_target' must be a number (the primary metric's target), "
@@ -331,6 +352,7 @@ def _from_data(data: Mapping[str, Any], path: str | os.PathLike[str],
             timeout_s=600.0 if timeout_s is None else timeout_s,
             quality_epochs=0 if quality_epochs is None else quality_epochs,
             quality_target=None if target is None else float(target),
+            quality_seeds=1 if seeds is None else seeds, quality_margin=margin,
             equivalence=bool(data.get("equivalence", True)), gates=tuple(gates), source=str(path), **precision)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
@@ -414,6 +436,7 @@ def resolve_saved(saved: SavedExperiment) -> Experiment:
     return build(saved.name, saved.workload, saved.overrides.get("__baseline__", {}), variants,
                  baseline_name=saved.baseline_name, description=saved.description, repeats=saved.repeats,
                  timeout_s=saved.timeout_s, quality_epochs=saved.quality_epochs,
-                 quality_target=saved.quality_target, equivalence=saved.equivalence, gates=saved.gates,
+                 quality_target=saved.quality_target, quality_seeds=saved.quality_seeds,
+                 quality_margin=saved.quality_margin, equivalence=saved.equivalence, gates=saved.gates,
                  source=saved.source, allow_same=True,  # it ran once, A/A variants included
                  **{k: v for k, v in saved.precision.items() if k in PRECISION_KEYS})

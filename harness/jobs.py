@@ -93,10 +93,14 @@ def plan(exp: Experiment) -> tuple[list[Job], list[Record]]:
             jobs.append(Job(experiment=exp.name, variant=v, phase="speed", repeat=r,
                             config=exp.configs[v].replace(epochs=0).to_dict(), timeout_s=exp.timeout_s))
     if exp.quality_epochs > 0:
-        for v in exp.variants:
-            jobs.append(Job(experiment=exp.name, variant=v, phase="quality", repeat=0,
-                            config=exp.configs[v].replace(epochs=exp.quality_epochs).to_dict(),
-                            timeout_s=exp.timeout_s))
+        # seed by seed, every variant at each (repeat = the seed's offset): a variant's change pairs with the
+        # baseline's at the same seed (init and data order; the data itself comes from data_seed, fixed)
+        for offset in range(exp.quality_seeds):
+            for v in exp.variants:
+                cfg = exp.configs[v]
+                jobs.append(Job(experiment=exp.name, variant=v, phase="quality", repeat=offset,
+                                config=cfg.replace(epochs=exp.quality_epochs, seed=cfg.seed + offset).to_dict(),
+                                timeout_s=exp.timeout_s))
     return jobs, skipped
 
 

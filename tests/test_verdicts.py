@@ -178,3 +178,44 @@ def test_report_json_and_index_carry_commit_gates_and_verdicts(rendered):
 def test_short_windows_are_warned(rendered):
     _, first, _ = rendered
     assert "shorter than the 0.5 s the intervals were calibrated on" in (first / "README.md").read_text()
+
+
+@pytest.mark.parametrize("base,variant,outcome", [
+    # QWK per seed, baseline and variant paired by seed; margin 0.01 QWK (the experiment's quality_margin)
+    ({0: 0.630, 1: 0.640, 2: 0.635, 3: 0.633}, {0: 0.631, 1: 0.639, 2: 0.636, 3: 0.632}, decision.EQUIVALENT),
+    ({0: 0.630, 1: 0.640, 2: 0.635, 3: 0.633}, {0: 0.580, 1: 0.592, 2: 0.588, 3: 0.583}, decision.WORSE),
+    ({0: 0.630, 1: 0.640, 2: 0.635, 3: 0.633}, {0: 0.600, 1: 0.670, 2: 0.610, 3: 0.660}, decision.UNRESOLVED),
+])
+def test_quality_verdict_on_known_seed_samples_with_an_absolute_margin(base, variant, outcome) -> None:
+    """Two one-sided tests by interval inclusion: "no change larger than +-0.01" only when the whole 95% interval of
+    the paired difference lies inside the margin; worse when it lies below 0; unresolved when it straddles."""
+    delta = paired_difference(variant, base)
+    d = decision.quality_decision(delta, 0.635, margin=0.01)
+    assert d.outcome == outcome
+    assert d.margin == 0.01
+
+
+def test_quality_margin_default_is_relative_and_an_absolute_one_replaces_it() -> None:
+    delta = paired_difference({0: 0.801, 1: 0.799, 2: 0.800}, {0: 0.800, 1: 0.800, 2: 0.800})
+    assert decision.quality_decision(delta, 0.8).margin == pytest.approx(0.02 * 0.8)
+    assert decision.quality_decision(delta, 0.8, margin=0.001).outcome == decision.UNRESOLVED  # +-0.0025 wide
+    assert decision.quality_decision(delta, 0.8, margin=0.01).outcome == decision.EQUIVALENT
+
+
+def test_quality_runs_are_seeded_and_paired_by_seed(tmp_path) -> None:
+    """quality_seeds = 3: every variant trains at seed + 0, 1, 2, seed by seed, as repeat 0, 1, 2 (the key the
+    summary pairs the baseline and the variant by)."""
+    from harness.experiment import load_experiments
+    from harness.jobs import plan
+
+    f = tmp_path / "q.toml"
+    f.write_text('workload = "tests.toy:WORKLOAD"\nrepeats = 1\nquality_epochs = 1\nquality_seeds = 3\n'
+                 'quality_margin = 0.05\nequivalence = false\n[baseline]\nseed = 7\n[variants.b]\nsleep_ms = 1.0\n')
+    (exp,) = load_experiments(f)
+    assert exp.quality_seeds == 3 and exp.quality_margin == 0.05
+    quality = [j for j in plan(exp)[0] if j.phase == "quality"]
+    assert [(j.repeat, j.variant, j.config["seed"]) for j in quality] == [
+        (0, "baseline", 7), (0, "b", 7), (1, "baseline", 8), (1, "b", 8), (2, "baseline", 9), (2, "b", 9)]
+    f.write_text(f.read_text().replace("quality_seeds = 3", "quality_seeds = 0"))
+    with pytest.raises(ValueError, match="quality_seeds=0; use 1 or more"):
+        load_experiments(f)

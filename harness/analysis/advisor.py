@@ -215,7 +215,8 @@ def _compile_break_even(f: Mapping[str, Any], base: Mapping[str, Any] | None) ->
                    "step); worth it for runs longer than that", _speedup_text(f))
 
 
-def _quality_loss(f: Mapping[str, Any], primary: str | None, higher_is_better: bool) -> Finding | None:
+def _quality_loss(f: Mapping[str, Any], primary: str | None, higher_is_better: bool,
+                  margin: float | None = None) -> Finding | None:
     from harness.analysis.summary import quality_delta
 
     if not primary:
@@ -227,7 +228,8 @@ def _quality_loss(f: Mapping[str, Any], primary: str | None, higher_is_better: b
     if not (faster and math.isfinite(value) and math.isfinite(delta)):
         return None
     base_value = value - delta
-    quality = decision.quality_decision(quality_delta(f, primary), base_value, higher_is_better=higher_is_better)
+    quality = decision.quality_decision(quality_delta(f, primary), base_value, higher_is_better=higher_is_better,
+                                        margin=margin)
     worse_point = (-delta if higher_is_better else delta) > quality.margin
     if quality.outcome != decision.WORSE and not (quality.insufficient and worse_point):
         return None
@@ -280,7 +282,7 @@ def _stragglers(f: Mapping[str, Any]) -> Finding | None:
 def advise(record_or_summary_row: Record | pd.Series | Mapping[str, Any], *,
            baseline: Record | pd.Series | Mapping[str, Any] | None = None, primary_metric: str | None = None,
            higher_is_better: bool = True, capacity_gib: float | None = None,
-           kernel_launches_per_step: float | None = None) -> list[Finding]:
+           kernel_launches_per_step: float | None = None, quality_margin: float | None = None) -> list[Finding]:
     """Every rule's finding for one run; comparison rules need the baseline's row/record."""
     f = facts(record_or_summary_row)
     base = None if baseline is None else facts(baseline)
@@ -288,7 +290,8 @@ def advise(record_or_summary_row: Record | pd.Series | Mapping[str, Any], *,
         base = None  # the baseline is not compared with itself
     found = [
         _input_bound(f), _launch_bound(f, kernel_launches_per_step), _duplicate_forward(f), _padding_waste(f),
-        _amp_slower(f, base), _it_per_s_across_batch(f, base), _quality_loss(f, primary_metric, higher_is_better),
+        _amp_slower(f, base), _it_per_s_across_batch(f, base),
+        _quality_loss(f, primary_metric, higher_is_better, quality_margin),
         _memory_near_capacity(f, capacity_gib), _same_effective_batch(f, base), _compile_break_even(f, base),
         _communication_bound(f), _stragglers(f),
     ]
@@ -303,7 +306,8 @@ def advise_summary(summary: pd.DataFrame) -> dict[str, list[Finding]]:
     baseline = summary.attrs.get("baseline", summary.index[0])
     base_row = summary.loc[baseline]
     found = {v: advise(row, baseline=base_row, primary_metric=summary.attrs.get("primary_metric"),
-                       higher_is_better=summary.attrs.get("higher_is_better", True))
+                       higher_is_better=summary.attrs.get("higher_is_better", True),
+                       quality_margin=summary.attrs.get("quality_margin"))
              for v, row in summary.iterrows()}
     fastest = (same_effective_batch(summary) or [None])[0]
     return {v: [f for f in fs if f.rule != "faster_at_same_effective_batch" or v == fastest]

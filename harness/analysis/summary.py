@@ -345,7 +345,7 @@ def _comparison_columns(df: pd.DataFrame, baseline: str, meta: Any) -> float | N
 
 def summarize(records: list[Record], baseline: str, *, target: float | None = None,
               primary_metric: str | None = None, higher_is_better: bool | None = None,
-              workload: WorkloadDescription | None = None) -> pd.DataFrame:
+              workload: WorkloadDescription | None = None, quality_margin: float | None = None) -> pd.DataFrame:
     """One row per variant (index), baseline first; see the module docstring for the columns.
 
     `workload` (the results directory's `load_description`) supplies the primary metric, its direction
@@ -372,7 +372,7 @@ def summarize(records: list[Record], baseline: str, *, target: float | None = No
     equal_time_s = _comparison_columns(df, baseline, meta)
     df.attrs.update(baseline=baseline, work_unit=unit, primary_metric=meta.primary,
                     higher_is_better=meta.higher_is_better, quality_metrics=list(meta.metrics), target=target,
-                    equal_time_s=equal_time_s)
+                    equal_time_s=equal_time_s, quality_margin=quality_margin)
     return df
 
 

@@ -188,7 +188,8 @@ def print_and_report(results_dir: Path, report_dir: Path | None, exp: Experiment
     if report_dir is not None:
         print(f"report: {write_report(results_dir, report_dir, exp)}")
     if exp and exp.gates:
-        summary = summarize(records, baseline, target=exp.quality_target, workload=load_description(results_dir))
+        summary = summarize(records, baseline, target=exp.quality_target, workload=load_description(results_dir),
+                            quality_margin=exp.quality_margin)
         results = check_gates(exp.gates, summary, baseline, known_metrics=set(summary.columns))
         print("\ngates:")
         for g in results:

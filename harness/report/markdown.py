@@ -156,7 +156,7 @@ def write_report(results_dir: Path, out_dir: Path, experiment: Experiment | Save
     exp = experiment if experiment is not None else load_saved_experiment(results_dir)
     workload = load_description(results_dir)
     s = summarize(records, _baseline_name(records, exp), target=getattr(exp, "quality_target", None),
-                  workload=workload)
+                  workload=workload, quality_margin=getattr(exp, "quality_margin", None))
     out_dir.mkdir(parents=True, exist_ok=True)
     from harness.report import plots as figures_module
 

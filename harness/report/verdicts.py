@@ -54,7 +54,8 @@ def _quality(s: pd.DataFrame, v: str, metric: str | None) -> tuple[decision.Deci
     if not (finite(r[metric]) and finite(base[metric])):
         return None, "unmeasured"
     delta = quality_delta(r, metric)
-    d = decision.quality_decision(delta, float(base[metric]),
+    own = s.attrs.get("quality_margin") if metric == s.attrs.get("primary_metric") else None  # in its units
+    d = decision.quality_decision(delta, float(base[metric]), margin=own,
                                   higher_is_better=bool(s.attrs.get("higher_is_better", True)))
     seeds = f"{delta.n} seed{'s' if delta.n != 1 else ''}"
     return d, f"{metric} {fmt(base[metric], 4)} → {fmt(r[metric], 4)}: {d.label} {d.evidence()} ({seeds})"
