@@ -51,9 +51,11 @@ def test_equivalence_and_quality_columns(summary):
     assert summary.loc["lossy", "accuracy_delta"] == pytest.approx(0.30 - 0.69)
     assert summary.loc["lossy", "mae_delta"] == pytest.approx(1.08 - 0.53)
     assert summary.loc["batched", "best_epoch"] == 5
-    # accuracy rises 0.69 * e/5; first >= 0.6 at epoch 5 -> wall 5 * seconds_per_epoch
-    assert summary.loc["baseline", "time_to_target_s"] == pytest.approx(20.0)
-    assert summary.loc["batched", "time_to_target_s"] == pytest.approx(7.0)
+    # accuracy rises 0.69 * e/5: 0.552 at epoch 4, 0.69 at epoch 5; 0.6 is reached 0.048 / 0.138 of the way
+    # between them: 4 s epochs -> 16 + 4 x 0.348 = 17.39 s; 1.4 s epochs -> 5.6 + 1.4 x 0.348 = 6.087 s
+    assert summary.loc["baseline", "time_to_target_s"] == pytest.approx(16 + 4 * 0.048 / 0.138)
+    assert summary.loc["batched", "time_to_target_s"] == pytest.approx(5.6 + 1.4 * 0.048 / 0.138)
+    assert summary.loc["batched", "time_to_target_reached"] == "1/1"
     assert math.isnan(summary.loc["lossy", "time_to_target_s"])  # never reaches 0.6
     # equal time = the shortest run (batched, 7 s); baseline's last eval within 7 s is epoch 1 (4 s)
     assert summary.attrs["equal_time_s"] == pytest.approx(7.0)
@@ -82,7 +84,30 @@ def test_missing_baseline_is_a_clear_error():
 def test_curve_helpers_hand_computed():
     curve = quality_record("x", final={"mae": 0.5}, epochs=4, seconds_per_epoch=1.0).curve
     # mae = 0.5 + (1 - e/4): 1.25, 1.0, 0.75, 0.5 -> lower is better
-    assert time_to_target(curve, "mae", 0.8, higher_is_better=False) == 3.0
+    # 1.0 at 2 s, 0.75 at 3 s: 0.8 is reached 0.2 / 0.25 of the way, at 2.8 s (interpolated)
+    assert time_to_target(curve, "mae", 0.8, higher_is_better=False) == pytest.approx(2.8)
+    assert time_to_target(curve, "mae", 1.25, higher_is_better=False) == 1.0  # the first evaluation: its time
+    assert math.isnan(time_to_target(curve, "mae", 0.4, higher_is_better=False))
     assert best_epoch(curve, "mae", higher_is_better=False) == 4.0
     assert curve_value_at(curve, "mae", 2.5) == pytest.approx(1.0)
     assert math.isnan(curve_value_at(curve, "mae", 0.5))
+
+
+def test_time_to_target_defaults_to_95_percent_of_the_baseline_with_an_interval_over_seeds():
+    """No quality_target: 95% of the baseline's final primary; per variant the median over seeds, a 95% interval
+    from 3 seeds, and how many seeds reached it."""
+    import dataclasses
+
+    records = []
+    for seed, spe in enumerate([1.0, 1.2, 1.1]):
+        base = quality_record("baseline", final={"accuracy": 0.8}, seconds_per_epoch=2 * spe)
+        fast = quality_record("fast", final={"accuracy": 0.8}, seconds_per_epoch=spe)
+        slow = quality_record("never", final={"accuracy": 0.5}, seconds_per_epoch=spe)
+        records += [dataclasses.replace(r, repeat=seed) for r in (base, fast, slow)]
+    s = summarize(records, "baseline")
+    assert s.attrs["target"] == pytest.approx(0.95 * 0.8) and s.attrs["target_is_default"]
+    # 0.76 between epoch 4 (0.64) and 5 (0.8): 4.75 epochs of each seed's seconds
+    assert s.loc["fast", "time_to_target_s"] == pytest.approx(4.75 * 1.1)
+    assert s.loc["fast", "time_to_target_ci_low"] < 4.75 * 1.1 < s.loc["fast", "time_to_target_ci_high"]
+    assert s.loc["fast", "time_to_target_reached"] == "3/3"
+    assert math.isnan(s.loc["never", "time_to_target_s"]) and s.loc["never", "time_to_target_reached"] == "0/3"

@@ -202,6 +202,7 @@ def test_curriculum_trains_through_the_stages_and_evaluates_the_final_one():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"curriculum": "easy_to_hard"}, "knob 'curriculum'.*stage=easy"),
+    ({"curriculum": "easy_to_hard", "stage": "beginner"}, "knob 'curriculum'.*stage=beginner"),  # not the seed's
     ({"curriculum": "easy_to_hard", "stage": "hard", "data_path": "x.csv"}, "knob 'curriculum'.*data_path"),
     ({"forward": "sparse"}, "knob 'forward'.*gather \\| dense"),
     ({"stage": "expert"}, "knob 'stage'"),

@@ -109,14 +109,52 @@ def curve_value_at(curve: Sequence[dict[str, float]], metric: str, wall_s: float
 
 
 def time_to_target(curve: Sequence[dict[str, float]], metric: str, target: float, higher_is_better: bool) -> float:
-    """Training seconds until the metric first reaches the target (MLPerf-style); NaN if never."""
+    """Training seconds until the metric first reaches the target (MLPerf-style), interpolated linearly between
+    the evaluation before and the one that reached it (at the first evaluation: its time); NaN if never."""
+    sign = 1.0 if higher_is_better else -1.0
+    previous: tuple[float, float] | None = None
     for point in curve:
-        value = point.get(metric)
-        if value is None:
+        value, wall = point.get(metric), float(point.get("wall_s", np.nan))
+        if value is None or not np.isfinite(value):
             continue
-        if (value >= target) if higher_is_better else (value <= target):
-            return float(point.get("wall_s", np.nan))
+        if sign * value >= sign * target:
+            if previous is None or previous[1] == value:
+                return wall
+            t0, v0 = previous
+            return float(t0 + (wall - t0) * (target - v0) / (value - v0))
+        previous = (wall, float(value))
     return float("nan")
+
+
+DEFAULT_TARGET_FRACTION = 0.95
+"""Without a `quality_target`, the target is 95% of the baseline's final primary metric (its median over seeds;
+for a lower-is-better metric, the final value / 0.95)."""
+
+
+def _time_to_target_columns(df: pd.DataFrame, baseline: str, meta: Any, target: float | None) -> float | None:
+    """Time to target per variant: the median over its seeds, with a Student-t 95% interval when 3 or more seeds
+    reached it, and how many did ("2/3"). Returns the target used (the default from the baseline when `target` is
+    None); None without a primary metric or quality runs."""
+    base = df.at[baseline, meta.primary] if meta.primary and meta.primary in df.columns else np.nan
+    if target is None and np.isfinite(base):
+        target = float(base) * DEFAULT_TARGET_FRACTION if meta.higher_is_better else \
+            float(base) / DEFAULT_TARGET_FRACTION
+    df["time_to_target_s"] = df["time_to_target_ci_low"] = df["time_to_target_ci_high"] = np.nan
+    df["time_to_target_reached"] = ""
+    if target is None or not meta.primary:
+        return None
+    for v, curves in df["quality_curves"].items():
+        times = [time_to_target(c, meta.primary, target, meta.higher_is_better) for c in curves.values() if c]
+        if not times:
+            continue
+        reached = [t for t in times if np.isfinite(t)]
+        df.at[v, "time_to_target_reached"] = f"{len(reached)}/{len(times)}"
+        df.at[v, "time_to_target_s"] = stats.median(reached) if len(reached) == len(times) else np.nan
+        if len(reached) == len(times) >= stats.MIN_REPEATS:
+            half = stats.t_quantile_975(len(reached) - 1) * float(np.std(reached, ddof=1)) / np.sqrt(len(reached))
+            mean = float(np.mean(reached))
+            df.at[v, "time_to_target_ci_low"], df.at[v, "time_to_target_ci_high"] = mean - half, mean + half
+    return target
 
 
 def best_epoch(curve: Sequence[dict[str, float]], metric: str, higher_is_better: bool) -> float:
@@ -175,7 +213,7 @@ def _equivalence_columns(row: dict[str, Any], recs: Sequence[Record], is_baselin
     row["equiv_reason"] = str(eq.get("reason") or "")
 
 
-def _quality_columns(row: dict[str, Any], ok: Sequence[Record], meta: QualityMeta, target: float | None) -> None:
+def _quality_columns(row: dict[str, Any], ok: Sequence[Record], meta: QualityMeta) -> None:
     for m in meta.metrics:
         row[m] = stats.median([r.quality.get(m) for r in ok])
     row["quality_runs"] = {r.repeat: dict(r.quality) for r in ok}
@@ -183,12 +221,11 @@ def _quality_columns(row: dict[str, Any], ok: Sequence[Record], meta: QualityMet
         row[m] = stats.median([r.metrics.get(m) for r in ok])
     curve = list(ok[0].curve) if ok else []
     row["curve"] = curve
+    row["quality_curves"] = {r.repeat: list(r.curve) for r in ok}  # one per seed (time to target over seeds)
     if meta.primary and not np.isfinite(row["best_epoch"]):
         row["best_epoch"] = best_epoch(curve, meta.primary, meta.higher_is_better)
     if not np.isfinite(row["train_wall_s"]) and curve:
         row["train_wall_s"] = float(curve[-1].get("wall_s", np.nan))
-    row["time_to_target_s"] = (time_to_target(curve, meta.primary, target, meta.higher_is_better)
-                               if target is not None and meta.primary else np.nan)
 
 
 def quality_delta(row: Mapping[str, Any], metric: str) -> stats.RatioEstimate:
@@ -365,11 +402,14 @@ def summarize(records: list[Record], baseline: str, *, target: float | None = No
     for v in names:
         row = _variant_row(by_variant[v], base_config, base_speed if v != baseline else None, base_runs, flagged,
                            unit)
-        _quality_columns(row, [r for r in by_variant[v] if r.phase == "quality" and r.status == "ok"], meta, target)
+        _quality_columns(row, [r for r in by_variant[v] if r.phase == "quality" and r.status == "ok"], meta)
         rows.append(row)
     df = pd.DataFrame(rows).set_index("variant")
     _compile_columns(df, baseline)
     equal_time_s = _comparison_columns(df, baseline, meta)
+    given = target
+    target = _time_to_target_columns(df, baseline, meta, target)
+    df.attrs.update(target_is_default=given is None and target is not None)
     df.attrs.update(baseline=baseline, work_unit=unit, primary_metric=meta.primary,
                     higher_is_better=meta.higher_is_better, quality_metrics=list(meta.metrics), target=target,
                     equal_time_s=equal_time_s, quality_margin=quality_margin)

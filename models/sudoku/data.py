@@ -20,9 +20,13 @@ import torch
 
 from models.sudoku.grid import N_CELLS, is_valid_solution
 
-STAGE_GIVENS: dict[str, tuple[int, int]] = {"easy": (36, 45), "medium": (30, 35), "hard": (22, 29)}
-"""Inclusive range of givens per difficulty stage."""
+STAGE_GIVENS: dict[str, tuple[int, int]] = {"easy": (36, 45), "medium": (30, 35), "hard": (22, 29),
+                                             "beginner": (56, 65)}
+"""Inclusive range of givens per difficulty stage. `beginner` (16-25 blanks) is not one of the seed's: easy enough
+that a CPU-sized network solves whole grids within minutes, so quality changes can be seen in grid accuracy."""
 STAGES = tuple(STAGE_GIVENS)
+CURRICULUM = ("easy", "medium", "hard")
+"""The seed-003 schedule's stages, in order."""
 CURRICULUM_EPOCH_SHARES = (15, 20, 25)
 """Epochs spent on easy, medium, hard in the seed-003 schedule (15 + 20 + 25 of 60)."""
 CSV_HEADER = "quizzes,solutions"

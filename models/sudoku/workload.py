@@ -12,7 +12,7 @@ from torch import nn
 
 from harness.knobs import Knob
 from harness.workload import BatchCounts, LossResult, Preset, Workload, cached, eval_batches
-from models.sudoku.data import STAGES, SudokuDataset, collate_puzzles, generate, read_sudoku_csv
+from models.sudoku.data import CURRICULUM, STAGES, SudokuDataset, collate_puzzles, generate, read_sudoku_csv
 from models.sudoku.metrics import METRIC_NAMES, SudokuMetrics
 from models.sudoku.model import FORWARD_MODES, RecurrentRelationalNetwork, sudoku_loss
 
@@ -37,7 +37,7 @@ KNOBS = (
     _knob("constraint_weight", float, 0.5, "quality", "weight of the row/column/box constraint loss "
           "(0.5 reproduces seed 003's logged loss = CE + 0.5 x constraint)", min=0.0),
     _knob("stage", str, "easy", "quality", "difficulty of generated puzzles: givens easy 36-45, medium 30-35, "
-          "hard 22-29; the eval split is always at this stage", choices=STAGES),
+          "hard 22-29, beginner 56-65; the eval split is always at this stage", choices=STAGES),
     _knob("curriculum", str, "none", "quality", "easy_to_hard: train easy -> ... -> `stage` over the epochs "
           "(15:20:25 shares, as seed 003's schedule)", choices=("none", "easy_to_hard")),
     _knob("n_train", int, 10_000, "quality", "training puzzles (generated, or at most this many from data_path)",
@@ -83,8 +83,8 @@ class SudokuWorkload(Workload):
 
     def validate(self, cfg: RunConfig) -> None:
         """Reject a curriculum that has nowhere to go, or one combined with a user's file."""
-        if cfg.curriculum != "none" and cfg.stage == "easy":
-            raise ValueError("knob 'curriculum': easy_to_hard with stage=easy has nothing to ramp to; "
+        if cfg.curriculum != "none" and cfg.stage not in CURRICULUM[1:]:
+            raise ValueError(f"knob 'curriculum': easy_to_hard with stage={cfg.stage} has nothing to ramp to; "
                              "set stage=medium or stage=hard (the final stage), or curriculum=none")
         if cfg.curriculum != "none" and cfg.data_path:
             raise ValueError("knob 'curriculum': easy_to_hard needs generated puzzles; "
@@ -102,8 +102,8 @@ class SudokuWorkload(Workload):
         """(train, eval) from the generator (cached) or from data_path."""
         if cfg.data_path:
             return self._file_datasets(cfg)
-        final = STAGES.index(cfg.stage)
-        train_stages = STAGES[:final + 1] if cfg.curriculum == "easy_to_hard" else (cfg.stage,)
+        train_stages = CURRICULUM[:CURRICULUM.index(cfg.stage) + 1] if cfg.curriculum == "easy_to_hard" \
+            else (cfg.stage,)
         splits = {}
         for split, n, stages in (("train", cfg.n_train, train_stages), ("eval", cfg.n_eval, (cfg.stage,))):
             params = {"version": GENERATOR_VERSION, "n": n, "stages": list(stages), "seed": cfg.data_seed,
