@@ -132,11 +132,11 @@ for a lower-is-better metric, the final value / 0.95)."""
 
 
 def _time_to_target_columns(df: pd.DataFrame, baseline: str, meta: Any, target: float | None) -> float | None:
-    """Time to target per variant: the median over its seeds, with a Student-t 95% interval when 3 or more seeds
-    reached it, and how many did ("2/3"). Returns the target used (the default from the baseline when `target` is
-    None); None without a primary metric or quality runs."""
+    """Time to target per variant: the median over its seeds, with a 95% interval (Student-t on log seconds) when 3
+    or more seeds reached it, and how many did ("2/3"). Returns the target used (the default from the baseline when
+    `target` is None); None without a primary metric or quality runs."""
     base = df.at[baseline, meta.primary] if meta.primary and meta.primary in df.columns else np.nan
-    if target is None and np.isfinite(base):
+    if target is None and np.isfinite(base) and base > 0:  # (at 0, e.g. no grid solved, there is nothing to reach)
         target = float(base) * DEFAULT_TARGET_FRACTION if meta.higher_is_better else \
             float(base) / DEFAULT_TARGET_FRACTION
     df["time_to_target_s"] = df["time_to_target_ci_low"] = df["time_to_target_ci_high"] = np.nan
@@ -150,10 +150,12 @@ def _time_to_target_columns(df: pd.DataFrame, baseline: str, meta: Any, target: 
         reached = [t for t in times if np.isfinite(t)]
         df.at[v, "time_to_target_reached"] = f"{len(reached)}/{len(times)}"
         df.at[v, "time_to_target_s"] = stats.median(reached) if len(reached) == len(times) else np.nan
-        if len(reached) == len(times) >= stats.MIN_REPEATS:
-            half = stats.t_quantile_975(len(reached) - 1) * float(np.std(reached, ddof=1)) / np.sqrt(len(reached))
-            mean = float(np.mean(reached))
-            df.at[v, "time_to_target_ci_low"], df.at[v, "time_to_target_ci_high"] = mean - half, mean + half
+        if len(reached) == len(times) >= stats.MIN_REPEATS and min(reached) > 0:
+            # on log seconds (a time is positive and its spread multiplicative): never an interval below 0 s
+            logs = np.log(reached)
+            half = stats.t_quantile_975(len(logs) - 1) * float(np.std(logs, ddof=1)) / np.sqrt(len(logs))
+            df.at[v, "time_to_target_ci_low"] = float(np.exp(logs.mean() - half))
+            df.at[v, "time_to_target_ci_high"] = float(np.exp(logs.mean() + half))
     return target
 
 

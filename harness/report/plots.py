@@ -170,6 +170,23 @@ def _flat(curves: dict, metric: str) -> bool:
     return len(values) <= 1
 
 
+def _seed_curves(summary: pd.DataFrame, variant: str, metric: str) -> list[list[dict]]:
+    """The variant's curves, one per seed (the summary's first curve when seeds were not kept apart)."""
+    runs = summary.at[variant, "quality_curves"] if "quality_curves" in summary.columns else {}
+    curves = [list(c) for _, c in sorted((runs or {}).items()) if c] or [list(summary.at[variant, "curve"])]
+    return [[p for p in c if p.get(metric) is not None] for c in curves]
+
+
+def _band(runs: list[list[dict]], metric: str) -> tuple[np.ndarray, ...]:
+    """(epochs, mean wall seconds, mean, min, max of the metric) over the seeds, at each epoch every seed reached."""
+    epochs = sorted(set.intersection(*(set(p["epoch"] for p in c) for c in runs))) if runs else []
+    at = [{p["epoch"]: p for p in c} for c in runs]
+    values = np.array([[float(a[e][metric]) for e in epochs] for a in at]).reshape(len(at), len(epochs))
+    walls = np.array([[float(a[e]["wall_s"]) for e in epochs] for a in at]).reshape(len(at), len(epochs))
+    return (np.asarray(epochs, float), walls.mean(axis=0), values.mean(axis=0), values.min(axis=0),
+            values.max(axis=0))
+
+
 def quality_curves(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """The primary metric against training wall-clock seconds and against epochs, one line per variant."""
     metric = summary.attrs.get("primary_metric")
@@ -187,19 +204,24 @@ def quality_curves(summary: pd.DataFrame, path: Path, title: str = "") -> Path |
             metric = varying[0]
     fig, (ax1, ax2) = _figure(11, 4, ncols=2)
     by_epochs: dict[tuple, list[str]] = {}  # variants whose curves over epochs are the same points
-    for v, curve in curves.items():
-        pts = [p for p in curve if p.get(metric) is not None]
-        (line,) = ax1.plot([p["wall_s"] for p in pts], [p[metric] for p in pts], marker="o", markersize=3, label=v)
-        key = tuple((p["epoch"], round(float(p[metric]), 12)) for p in pts)
+    seeds = 1
+    for v in curves:
+        runs = _seed_curves(summary, v, metric)
+        seeds = max(seeds, len(runs))
+        epochs, walls, mean, low, high = _band(runs, metric)
+        (line,) = ax1.plot(walls, mean, marker="o", markersize=3, label=v)
+        key = tuple(zip(epochs, np.round(mean, 12), strict=True))
         if key not in by_epochs:
-            ax2.plot([p["epoch"] for p in pts], [p[metric] for p in pts], marker="o", markersize=3,
-                     color=line.get_color())
+            ax2.plot(epochs, mean, marker="o", markersize=3, color=line.get_color())
+            if len(runs) > 1:  # the band: min-max over seeds at each epoch
+                ax2.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+                ax1.fill_between(walls, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         by_epochs.setdefault(key, []).append(v)
     same = [names for names in by_epochs.values() if len(names) > 1]
     target, equal_s = summary.attrs.get("target"), summary.attrs.get("equal_time_s")
     for ax in (ax1, ax2):
-        if target is not None:
-            ax.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:g}")
+        if target is not None and metric == primary:  # the target is the primary metric's
+            ax.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:.4g}")
         ax.set_ylabel(f"{metric} ({direction} is better)" if metric == primary else
                       f"{metric} (primary {primary} is flat)")
         ax.grid(alpha=0.3)
@@ -209,8 +231,9 @@ def quality_curves(summary: pd.DataFrame, path: Path, title: str = "") -> Path |
     # a curve drawn once for several variants: the axis says who it stands for (below the plot, over nothing)
     ax2.set_xlabel("\n".join(["epoch", *("same curve: " + ", ".join(n) for n in same)]))
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
-    ax1.set_title("Quality at equal wall-clock time", fontsize=10)
-    ax2.set_title("Quality at equal epochs", fontsize=10)
+    over = f"; mean of {seeds} seeds, band min-max" if seeds > 1 else ""
+    ax1.set_title(f"Quality at equal wall-clock time{over}", fontsize=10)
+    ax2.set_title(f"Quality at equal epochs{over}", fontsize=10)
     # one legend for both panels (same colour per variant), outside them: it never covers a curve
     fig.legend(*ax1.get_legend_handles_labels(), loc="outside right upper", fontsize=8, frameon=False)
     return _save(fig, path, title)

@@ -52,7 +52,8 @@ def quality_section(s: pd.DataFrame) -> list[str]:
                "set)." if s.attrs.get("target_is_default") else "")
     return ["Final metrics after equal epochs, the change of the primary metric vs the baseline, time-to-target "
             "(training seconds to first reach the target, interpolated between evaluations, evals excluded; the "
-            "median over seeds with a 95% interval from 3 seeds, and how many seeds reached it), and the primary "
+            "median over seeds with a 95% interval from 3 seeds (Student-t on log seconds), and how many seeds "
+            "reached it), and the primary "
             f"metric at equal wall-clock time (the shortest run's training time).{default}", "",
             *table(headers, rows, "lrr" + "r" * len(metrics) + "rrrr")]
 
