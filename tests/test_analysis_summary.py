@@ -111,3 +111,11 @@ def test_time_to_target_defaults_to_95_percent_of_the_baseline_with_an_interval_
     assert s.loc["fast", "time_to_target_ci_low"] < 4.75 * 1.1 < s.loc["fast", "time_to_target_ci_high"]
     assert s.loc["fast", "time_to_target_reached"] == "3/3"
     assert math.isnan(s.loc["never", "time_to_target_s"]) and s.loc["never", "time_to_target_reached"] == "0/3"
+
+
+def test_an_ema_variant_is_judged_by_its_ema_weights():
+    from harness.analysis.summary import deployed
+
+    q = {"accuracy": 0.60, "ema_accuracy": 0.65, "loss": 1.0}
+    assert deployed(q, {"ema": 0.98}) == {"accuracy": 0.65, "ema_accuracy": 0.65, "loss": 1.0}
+    assert deployed(q, {"ema": 0.0}) == q and deployed(q, {}) == q

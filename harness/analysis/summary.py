@@ -215,15 +215,26 @@ def _equivalence_columns(row: dict[str, Any], recs: Sequence[Record], is_baselin
     row["equiv_reason"] = str(eq.get("reason") or "")
 
 
+def deployed(values: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """A quality run's metrics as the weights it would deploy score: with EMA (``ema`` > 0) the averaged weights'
+    (`ema_<metric>`, which the run also evaluates) in place of the raw weights'."""
+    if not (config.get("ema") or 0) > 0:
+        return dict(values)
+    return {**values, **{k[len("ema_"):]: v for k, v in values.items() if k.startswith("ema_")}}
+
+
 def _quality_columns(row: dict[str, Any], ok: Sequence[Record], meta: QualityMeta) -> None:
+    # an EMA variant is judged by its EMA weights: what it would deploy (and what the seed's claims are about)
+    finals = {r.repeat: deployed(r.quality, r.config) for r in ok}
     for m in meta.metrics:
-        row[m] = stats.median([r.quality.get(m) for r in ok])
-    row["quality_runs"] = {r.repeat: dict(r.quality) for r in ok}
+        row[m] = stats.median([q.get(m) for q in finals.values()])
+    row["quality_runs"] = finals
     for m in QUALITY_RUN_METRICS:
         row[m] = stats.median([r.metrics.get(m) for r in ok])
-    curve = list(ok[0].curve) if ok else []
+    curves = {r.repeat: [deployed(p, r.config) for p in r.curve] for r in ok}
+    curve = curves[ok[0].repeat] if ok else []
     row["curve"] = curve
-    row["quality_curves"] = {r.repeat: list(r.curve) for r in ok}  # one per seed (time to target over seeds)
+    row["quality_curves"] = curves  # one per seed (time to target over seeds)
     if meta.primary and not np.isfinite(row["best_epoch"]):
         row["best_epoch"] = best_epoch(curve, meta.primary, meta.higher_is_better)
     if not np.isfinite(row["train_wall_s"]) and curve:
