@@ -219,3 +219,18 @@ def test_quality_runs_are_seeded_and_paired_by_seed(tmp_path) -> None:
     f.write_text(f.read_text().replace("quality_seeds = 3", "quality_seeds = 0"))
     with pytest.raises(ValueError, match="quality_seeds=0; use 1 or more"):
         load_experiments(f)
+
+
+def test_quality_only_verdicts_follow_the_quality_decision() -> None:
+    """An experiment with no speed runs decides on quality alone: worse rejects, better adopts, no change leaves it
+    to the speed experiment, unresolved says what would resolve it."""
+    def q(diffs: list[float]) -> decision.Decision:
+        return decision.quality_decision(paired_difference(dict(enumerate(diffs)), dict.fromkeys(range(len(diffs)),
+                                                                                               0.0)), 0.6, margin=0.01)
+
+    assert decision.quality_only_verdict(q([-0.05, -0.06, -0.055])).word == decision.REJECT
+    assert decision.quality_only_verdict(q([0.05, 0.06, 0.055])).word == decision.ADOPT
+    same = decision.quality_only_verdict(q([0.001, -0.001, 0.0]))
+    assert same.word == decision.UNRESOLVED and "no quality cost" in same.why
+    assert decision.quality_only_verdict(q([0.05, -0.06, 0.01])).word == decision.UNRESOLVED
+    assert decision.quality_only_verdict(None).word == decision.UNRESOLVED

@@ -249,3 +249,19 @@ def verdict(speed: Decision, *, same_function: bool | None, quality: Decision | 
         return Verdict(UNRESOLVED, f"{speed.words[0]}, but its quality change rests on {seeds} (no interval): "
                                    "replicate the quality runs over 3 or more seeds")
     return Verdict(UNRESOLVED, f"{speed.words[0]}, quality change unresolved: {quality.advice()}")
+
+
+def quality_only_verdict(quality: Decision | None) -> Verdict:
+    """The verdict of a variant measured for quality only (an experiment with no speed runs, its speed measured
+    elsewhere): reject it when its quality is decided worse, adopt it when decided better; no quality cost leaves
+    the decision to its speed; anything else is unresolved."""
+    if quality is None:
+        return Verdict(UNRESOLVED, "neither speed nor quality measured")
+    if quality.outcome == WORSE:
+        return Verdict(REJECT, f"quality {quality.label}: {quality.evidence()}")
+    if quality.outcome == BETTER:
+        return Verdict(ADOPT, f"quality {quality.label}: {quality.evidence()} (its speed: the speed experiment)")
+    if quality.outcome == EQUIVALENT:
+        return Verdict(UNRESOLVED, f"no quality cost ({quality.label}); adopt it if its speed experiment decides it "
+                                   "faster")
+    return Verdict(UNRESOLVED, f"quality change unresolved: {quality.advice() or quality.evidence()}")

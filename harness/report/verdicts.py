@@ -84,9 +84,15 @@ def memory_change(s: pd.DataFrame, v: str) -> tuple[float | None, str]:
     return x, "; ".join(parts) or "–"
 
 
+def _quality_only(s: pd.DataFrame) -> bool:
+    """An experiment of quality runs only (repeats = 0): its speed is another experiment's, its verdict quality's."""
+    return not any(len(recs) for recs in s.get("speed_records", pd.Series(dtype=object)))
+
+
 def decision_rows(s: pd.DataFrame, floor: float | None) -> list[Row]:
     """Every variant but the baseline, decided."""
     metric = quality_metric(s)
+    quality_only = _quality_only(s)
     rows = []
     for v, r in s.iterrows():
         if v == s.attrs["baseline"]:
@@ -97,8 +103,9 @@ def decision_rows(s: pd.DataFrame, floor: float | None) -> list[Row]:
         if same and quality is None:
             quality_text = "same function (equivalence check passed)"
         mem_ratio, mem_text = memory_change(s, str(v))
-        rows.append(Row(str(v), speed, quality, quality_text, mem_ratio, mem_text,
-                        decision.verdict(speed, same_function=same, quality=quality, memory_ratio=mem_ratio)))
+        verdict = decision.quality_only_verdict(quality) if quality_only else \
+            decision.verdict(speed, same_function=same, quality=quality, memory_ratio=mem_ratio)
+        rows.append(Row(str(v), speed, quality, quality_text, mem_ratio, mem_text, verdict))
     return rows
 
 
@@ -110,9 +117,10 @@ def decision_section(s: pd.DataFrame, floor: float | None) -> list[str]:
     rows = decision_rows(s, floor)
     if not rows:
         return []
-    unit = unit_label(s)
+    unit, quality_only = unit_label(s), _quality_only(s)
     body = [[f"`{x.variant}`", ", ".join(f"{k}={fmt(new)}" for k, (_, new) in s.at[x.variant, "changed"].items()),
-             f"{x.speed.label}: {x.speed.evidence()}", x.quality_text, x.memory_text,
+             "not measured here (quality runs only)" if quality_only else f"{x.speed.label}: {x.speed.evidence()}",
+             x.quality_text, x.memory_text,
              f"**{MARK[x.verdict.word]}**: {x.verdict.why}"] for x in rows]
     why_unit = ("real tokens/s, because some variant changes the tokens a sample holds (a shorter chunk is more "
                 "samples, not more work)" if s.attrs.get("work_unit") == "tokens" else "samples/s")
