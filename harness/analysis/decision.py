@@ -101,12 +101,13 @@ class Decision:
         """For an unresolved outcome, what would resolve it; empty otherwise."""
         if self.outcome != UNRESOLVED or not math.isfinite(self.estimate.ratio):
             return ""
+        unit = "seed" if self.words == QUALITY else "repeat"  # a quality change is replicated over seeds
         if self.insufficient:
             k = self.estimate.need - self.estimate.n
-            return f"{k} more repeat{'s' if k != 1 else ''} give{'s' if k == 1 else ''} an interval"
+            return f"{k} more {unit}{'s' if k != 1 else ''} give{'s' if k == 1 else ''} an interval"
         if self.more is None:
-            return f"more than {MAX_REPEATS_ADVISED} repeats would be needed: the estimate sits at the reference"
-        return f"about {self.more} more repeat{'s' if self.more != 1 else ''} would likely resolve it"
+            return f"more than {MAX_REPEATS_ADVISED} {unit}s would be needed: the estimate sits at the reference"
+        return f"about {self.more} more {unit}{'s' if self.more != 1 else ''} would likely resolve it"
 
     def text(self) -> str:
         """``faster: x1.22 [1.13, 1.31]``; ``unresolved: x1.02 [0.97, 1.08]; about 6 more repeats would ...``."""

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis import advisor, gates
+from harness.analysis.stats import MIN_REPEATS as MIN_SEEDS  # the fewest paired values with an interval
 from harness.report.cells import (
     equiv_mark,
     fmt,
@@ -50,7 +51,13 @@ def quality_section(s: pd.DataFrame) -> list[str]:
              fmt(r["primary_at_equal_time"], 4)] for v, r in has.iterrows()]
     default = (f" The target, {primary} {fmt(target)}, is 95% of the baseline's final value (no `quality_target` "
                "set)." if s.attrs.get("target_is_default") else "")
-    return ["Final metrics after equal epochs, the change of the primary metric vs the baseline, time-to-target "
+    seeds = max((len(runs) for runs in s.get("quality_runs", pd.Series(dtype=object)) if runs), default=0)
+    smoke = ([f"**A smoke of the quality path, not a comparison**: {seeds} seed{'s' if seeds != 1 else ''}, so no "
+              "quality change below has an interval. The replicated comparisons (3 or more seeds, to a level that "
+              "means something) are the experiments in `bench/experiments/quality/`.", ""]
+             if seeds < MIN_SEEDS else [])
+    return [*smoke,
+            "Final metrics after equal epochs, the change of the primary metric vs the baseline, time-to-target "
             "(training seconds to first reach the target, interpolated between evaluations, evals excluded; the "
             "median over seeds with a 95% interval from 3 seeds (Student-t on log seconds), and how many seeds "
             "reached it), and the primary "
