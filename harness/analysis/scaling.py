@@ -35,9 +35,6 @@ def scaling_table(s: pd.DataFrame) -> pd.DataFrame | None:
         return None
     base = s.attrs["baseline"]
     base_ranks = ranks[base]
-    from harness.analysis.speedup import UNITS
-
-    rate = UNITS[s.attrs.get("work_unit", "samples")][1]  # the unit the speedups (and efficiencies) count
     rows = []
     for v, r in s.iterrows():
         n = ranks[v]
@@ -51,7 +48,8 @@ def scaling_table(s: pd.DataFrame) -> pd.DataFrame | None:
             "variant": v, "ranks": n, "global_batch": global_batch(cfg),
             "samples_per_s": r["samples_per_s"], "samples_per_s_min": r["samples_per_s_min"],
             "samples_per_s_max": r["samples_per_s_max"], "speedup": r["speedup"],
-            "rate": r.get(rate, np.nan), "rate_min": _min_max(recs, rate)[0], "rate_max": _min_max(recs, rate)[1],
+            # the throughput in the unit the speedups (and efficiencies) count (`summarize`'s rate columns)
+            "rate": r.get("rate", np.nan), "rate_min": r.get("rate_min", np.nan), "rate_max": r.get("rate_max", np.nan),
             "speedup_ci_low": np.nan if is_base else r["speedup_ci_low"],
             "speedup_ci_high": np.nan if is_base else r["speedup_ci_high"],
             "efficiency": eff,

@@ -367,6 +367,9 @@ def _variant_row(recs: Sequence[Record], base_config: Mapping[str, Any], base_sp
         "changed": {k: (base_config.get(k), config.get(k)) for k in config if config.get(k) != base_config.get(k)},
     }
     _speed_columns(row, ok_speed)
+    rate = speedup.UNITS[unit][1]  # the throughput the speedups count, with its spread over repeats
+    row["rate"] = row.get(rate, np.nan)
+    row["rate_min"], row["rate_max"] = stats.min_max([r.metrics.get(rate) for r in ok_speed])
     row["speed_records"] = tuple(ok_speed)
     _disturbance_columns(row, all_speed, speed, flagged)
     _speedup_columns(row, base_speed, ok_speed, base_runs, len(speed), unit)
@@ -420,12 +423,11 @@ def summarize(records: list[Record], baseline: str, *, target: float | None = No
     df = pd.DataFrame(rows).set_index("variant")
     _compile_columns(df, baseline)
     equal_time_s = _comparison_columns(df, baseline, meta)
-    given = target
-    target = _time_to_target_columns(df, baseline, meta, target)
-    df.attrs.update(target_is_default=given is None and target is not None)
+    used = _time_to_target_columns(df, baseline, meta, target)
     df.attrs.update(baseline=baseline, work_unit=unit, primary_metric=meta.primary,
-                    higher_is_better=meta.higher_is_better, quality_metrics=list(meta.metrics), target=target,
-                    equal_time_s=equal_time_s, quality_margin=quality_margin)
+                    higher_is_better=meta.higher_is_better, quality_metrics=list(meta.metrics), target=used,
+                    target_is_default=target is None and used is not None, equal_time_s=equal_time_s,
+                    quality_margin=quality_margin)
     return df
 
 

@@ -73,15 +73,11 @@ def _fit_all(fig: Figure, margin: float = 1.02) -> None:
 
 
 def _rates(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(median, min, max) over repeats of each row's throughput in the summary's work unit (`speedup.UNITS`)."""
-    from harness.analysis.speedup import UNITS
-
-    col = UNITS[rows.attrs.get("work_unit", "samples")][1]
-    if col == "samples_per_s":
-        return tuple(rows[c].to_numpy(float) for c in ("samples_per_s", "samples_per_s_min", "samples_per_s_max"))
-    spans = [[r.metrics.get(col) for r in recs if finite(r.metrics.get(col))] or [np.nan]
-             for recs in rows.get("speed_records", pd.Series([()] * len(rows), index=rows.index))]
-    return (rows[col].to_numpy(float), np.array([min(v) for v in spans]), np.array([max(v) for v in spans]))
+    """(median, min, max) over repeats of each row's throughput in the unit the speedups count (`summarize`'s rate
+    columns; samples/s for a summary without them)."""
+    cols = ("rate", "rate_min", "rate_max") if "rate" in rows.columns else \
+        ("samples_per_s", "samples_per_s_min", "samples_per_s_max")
+    return tuple(rows[c].to_numpy(float) for c in cols)
 
 
 def throughput(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
