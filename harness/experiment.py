@@ -14,6 +14,7 @@ quality_epochs = 0             # > 0: one extra quality run per variant training
 quality_seeds = 1              # quality runs per variant, seeds 0..N-1 added to the seed knob, paired by seed
 quality_margin = 0.01          # optional: a quality change within +-this (primary metric's units) is "no change"
 quality_target = 0.0           # optional: time-to-target on the workload's primary metric
+quality_reuse = true           # a variant proven the same function (exact knobs, check passed) is not re-trained
 equivalence = true             # check every exact/approx-only variant against the baseline
 gates = ["duplicate.forward_calls_per_step == 2"]
 
@@ -45,11 +46,11 @@ if TYPE_CHECKING:
     from harness.config import RunConfig
 
 _TOP_KEYS = {"workload", "description", "baseline_name", "repeats", "timeout_s", "quality_epochs",
-             "quality_target", "quality_seeds", "quality_margin", "equivalence", "gates", "baseline",
-             "variants", "name", "target_half_width_pct", "max_repeats", "budget_s", "max_reruns",
+             "quality_target", "quality_seeds", "quality_margin", "quality_reuse", "equivalence", "gates",
+             "baseline", "variants", "name", "target_half_width_pct", "max_repeats", "budget_s", "max_reruns",
              "grid", "max_grid_points", "effective_batch"}
 PRECISION_KEYS = ("target_half_width_pct", "max_repeats", "budget_s", "max_reruns")
-QUALITY_KEYS = ("quality_epochs", "quality_target", "quality_seeds", "quality_margin")
+QUALITY_KEYS = ("quality_epochs", "quality_target", "quality_seeds", "quality_margin", "quality_reuse")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,6 +76,11 @@ class ExperimentFields:
     quality_margin: float | None = None
     """A quality change decided inside +-this (the primary metric's units) is "no change"; None: 2% of the
     baseline's value (`decision.QUALITY_MARGIN`)."""
+    quality_reuse: bool = True
+    """A variant that changes only exact knobs and passed its equivalence check computes the baseline's function:
+    its quality runs are not launched, its records are the baseline's of the same seed, marked `reused_from`
+    (`harness.runner`). False trains it anyway: to test by training that the same function reaches the same
+    quality (a gate on its quality delta needs this)."""
     equivalence: bool = True
     gates: tuple[str, ...] = ()
     source: str = ""
@@ -342,8 +348,9 @@ def _from_data(data: Mapping[str, Any], path: str | os.PathLike[str],
         raise ValueError(f"{where}: 'quality_target' must be a number (the primary metric's target), "
                          f"got {data['quality_target']!r}")
     target = data.get("quality_target")
-    if "equivalence" in data and not isinstance(data["equivalence"], bool):
-        raise ValueError(f"{where}: 'equivalence' must be true or false, got {data['equivalence']!r}")
+    for key in ("equivalence", "quality_reuse"):
+        if key in data and not isinstance(data[key], bool):
+            raise ValueError(f"{where}: '{key}' must be true or false, got {data[key]!r}")
     try:
         return build(
             str(data.get("name", Path(path).stem)), str(data["workload"]), baseline, variants,
@@ -353,7 +360,8 @@ def _from_data(data: Mapping[str, Any], path: str | os.PathLike[str],
             quality_epochs=0 if quality_epochs is None else quality_epochs,
             quality_target=None if target is None else float(target),
             quality_seeds=1 if seeds is None else seeds, quality_margin=margin,
-            equivalence=bool(data.get("equivalence", True)), gates=tuple(gates), source=str(path), **precision)
+            quality_reuse=bool(data.get("quality_reuse", True)), equivalence=bool(data.get("equivalence", True)),
+            gates=tuple(gates), source=str(path), **precision)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
 
@@ -437,6 +445,7 @@ def resolve_saved(saved: SavedExperiment) -> Experiment:
                  baseline_name=saved.baseline_name, description=saved.description, repeats=saved.repeats,
                  timeout_s=saved.timeout_s, quality_epochs=saved.quality_epochs,
                  quality_target=saved.quality_target, quality_seeds=saved.quality_seeds,
-                 quality_margin=saved.quality_margin, equivalence=saved.equivalence, gates=saved.gates,
+                 quality_margin=saved.quality_margin, quality_reuse=saved.quality_reuse,
+                 equivalence=saved.equivalence, gates=saved.gates,
                  source=saved.source, allow_same=True,  # it ran once, A/A variants included
                  **{k: v for k, v in saved.precision.items() if k in PRECISION_KEYS})

@@ -104,6 +104,9 @@ class Record:
     totals: Mapping[str, Any] = field(default_factory=dict)
     """The measured window's raw totals (`harness.rates.TOTAL_KEYS`: steps, micro-steps, samples, real and padded
     tokens, window seconds, FLOPs); every throughput in `metrics` is `harness.rates.rates(totals)`."""
+    reused_from: str = ""
+    """Quality records only: the variant whose run of the same seed this record repeats without training (the
+    baseline's, for a variant proven to compute its function: `Experiment.quality_reuse`); empty when it ran."""
     attempt: int = 0
     """0 for the first run of this (variant, phase, repeat); n for the n-th re-run after contention."""
     wall_s: float = 0.0

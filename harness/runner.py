@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.experiment import Experiment, save_experiment
+from harness.experiment import Experiment, knob_kinds, save_experiment
 from harness.jobs import Job, plan, records_from
 from harness.knobs import world_of
 from harness.launch import Launcher, default_launcher
@@ -72,13 +72,46 @@ class _Sweep:
         return recs
 
     def run(self, job: Job) -> None:
-        """Run an equivalence or quality job (speed jobs run by rounds: `run_round`)."""
+        """Run an equivalence or quality job (speed jobs run by rounds: `run_round`); a quality job of a variant
+        proven to compute the baseline's function takes the baseline's record of its seed instead (`reused`)."""
+        if job.phase == "quality" and (rec := self.reused(job)) is not None:
+            self.count += 1
+            if self.progress:
+                self.progress(self.count, self.planned, job, None)
+            append(self.out, rec)
+            self.records.append(rec)
+            self.done.append(rec)
+            if self.progress:
+                self.progress(self.count, self.planned, job, rec)
+            return
         if job.phase == "quality" and not self.preloaded:
             from harness.registry import get
 
             self.launcher.import_modules(get(self.exp.workload).eval_imports)
             self.preloaded, self.fresh = True, False  # a later speed round starts from a server without them
         self._launch(job)
+
+    def reused(self, job: Job) -> Record | None:
+        """The baseline's quality record of `job`'s seed as `job.variant`'s, when the experiment reuses
+        (`quality_reuse`), the variant changes only exact knobs and its equivalence check passed: the same function
+        from the same seed trains the same model, so training it again measures nothing new. None otherwise.
+        The copy keeps the quality, the curve's epochs and losses, and drops every figure of time (the variant's
+        speed is its own: its speed runs measure it)."""
+        exp = self.exp
+        if not exp.quality_reuse or job.variant == exp.baseline_name or knob_kinds(exp, job.variant) != {"exact"}:
+            return None
+        checks = [r for r in self.records if r.variant == job.variant and r.phase == "equivalence" and r.status == "ok"]
+        base = [r for r in self.records if r.variant == exp.baseline_name and r.phase == "quality"
+                and r.repeat == job.repeat and r.status == "ok"]
+        if not checks or checks[-1].equivalence.get("passed") is not True or not base:
+            return None
+        b = base[-1]
+        return dataclasses.replace(
+            b, variant=job.variant, config=job.config, seed=job.config["seed"], attempt=job.attempt,
+            reused_from=exp.baseline_name, wall_s=0.0, warnings=(), phase_ms={}, step_ms=(), step_cpu_ms=(),
+            timeline={}, contention={}, state={}, totals={}, pairing={},
+            metrics={k: v for k, v in b.metrics.items() if k in ("best_epoch", "epochs_run", "final_loss")},
+            curve=tuple({**p, "wall_s": float("nan")} for p in b.curve))
 
     def run_round(self, jobs: list[Job], extra: bool = False) -> None:
         """Run one round of speed jobs (one repeat, its variants in order) from a renewed launcher. When a run in

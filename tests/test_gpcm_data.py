@@ -12,7 +12,9 @@ from models.gpcm.data import (
     ResponseSequences,
     SyntheticOCSpec,
     collate_padded,
+    draw_parameters,
     generate_synthetic_oc,
+    gpcm_logits,
     split_datasets,
     validate_sequences,
 )
@@ -106,3 +108,30 @@ def test_split_datasets_follow_the_indices() -> None:
     assert len(q) == data["lengths"][first]
     assert q.tolist() == data["questions"][first, :len(q)].tolist()
     assert r.tolist() == data["responses"][first, :len(q)].tolist()
+
+
+def test_gpcm_logits_by_hand() -> None:
+    """logit_k = sum over h < k of alpha (theta - b_h): theta 1, alpha 2, thresholds (0, 1, 3) -> 0, 2, 2, -2."""
+    got = gpcm_logits(np.array(1.0), np.array(2.0), np.array([0.0, 1.0, 3.0]))
+    np.testing.assert_allclose(got, [0.0, 2.0, 2.0, -2.0])
+
+
+def test_oracle_is_the_generating_models_most_probable_category() -> None:
+    """`oracle` is the argmax of the probabilities the responses were drawn from (the generator's first draws), and
+    its accuracy on the drawn responses is the mean of those maximal probabilities, within sampling error."""
+    spec = dataclasses.replace(SPEC, n_students=400, min_seq_len=50, max_seq_len=60)
+    data = generate_synthetic_oc(spec)
+    theta, alpha, thresholds = draw_parameters(np.random.default_rng(spec.seed), spec)
+    valid = data["questions"] != 0
+    item = data["questions"][valid] - 1
+    student = np.nonzero(valid)[0]
+    logits = gpcm_logits(theta[student], alpha[item], thresholds[item])  # (n, K)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_array_equal(data["oracle"][valid], probs.argmax(-1))
+    assert (data["oracle"][~valid] == 0).all()
+    hits = data["oracle"][valid] == data["responses"][valid]
+    expected = probs.max(-1)
+    se = np.sqrt((expected * (1 - expected)).sum()) / len(expected)
+    assert abs(hits.mean() - expected.mean()) < 4 * se, (hits.mean(), expected.mean(), se)
+    assert hits.mean() > np.bincount(data["responses"][valid]).max() / valid.sum()  # beats the majority class

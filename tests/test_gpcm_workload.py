@@ -11,7 +11,9 @@ import torch
 from harness.equivalence import check_equivalence
 from harness.registry import resolve
 from models.gpcm import WORKLOAD
+from models.gpcm.data import ResponseSequences
 from models.gpcm.metrics import ordinal_metrics
+from models.gpcm.workload import oracle_metrics
 
 
 def _tiny(**overrides: object):
@@ -65,9 +67,14 @@ def test_ordinal_metrics_by_hand() -> None:
     assert ordinal_metrics(targets, targets, 4)["qwk"] == pytest.approx(1.0)
     # one category everywhere on both sides: kappa is 0/0, reported as no agreement beyond chance
     assert ordinal_metrics(torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), 4)["qwk"] == 0.0
+    # the trainer evaluates under the run's autocast: the same predictions score the same (kappa in bf16 did not)
+    g = torch.Generator().manual_seed(0)
+    preds, targets = torch.randint(0, 4, (5000,), generator=g), torch.randint(0, 4, (5000,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ordinal_metrics(preds, targets, 4) == ordinal_metrics(preds, targets, 4)
 
 
-def test_datasets_are_cached_on_disk_and_evaluate_reports_the_four_metrics() -> None:
+def test_datasets_are_cached_on_disk_and_evaluate_reports_the_metrics_and_the_oracles() -> None:
     cfg = _tiny()
     train, held_out = WORKLOAD.build_datasets(cfg)
     assert (len(train), len(held_out)) == (64, 16)
@@ -82,6 +89,15 @@ def test_datasets_are_cached_on_disk_and_evaluate_reports_the_four_metrics() -> 
     assert tuple(metrics) == WORKLOAD.quality_metrics
     assert 0 <= metrics["categorical_accuracy"] <= metrics["ordinal_accuracy"] <= 1
     assert -1 <= metrics["qwk"] <= 1 and 0 <= metrics["mae"] <= 3
+    # the generating GPCM's own scores on the same positions: the data's, whatever the model
+    valid = torch.arange(held_out.questions.shape[1]) < held_out.lengths.unsqueeze(1)
+    oracle = ordinal_metrics(held_out.oracle[valid], held_out.responses[valid], cfg.n_cats)
+    assert metrics["oracle_qwk"] == oracle["qwk"] and metrics["oracle_categorical_accuracy"] == \
+        oracle["categorical_accuracy"]
+    assert metrics["oracle_categorical_accuracy"] > metrics["categorical_accuracy"]  # an untrained model
+    plain = ResponseSequences(held_out.questions, held_out.responses, held_out.lengths, n_questions=cfg.n_questions,
+                              n_cats=cfg.n_cats)
+    assert oracle_metrics(plain, cfg) == {}  # a user's own data has no generating model
 
 
 @pytest.mark.parametrize("mode", ["parallel", "scan"])

@@ -119,3 +119,39 @@ def test_by_variant_starts_every_renewal_before_waiting_for_any() -> None:
 
     ByVariant({"old": Slow("old"), "new": Slow("new")}).renew()
     assert calls == ["start old", "start new", "ready old", "ready new"]  # the two servers start side by side
+
+
+@pytest.mark.slow
+def test_a_variant_proven_the_same_function_reuses_the_baseline_quality_runs(tmp_path) -> None:
+    """quality_reuse: a variant changing only exact knobs whose equivalence check passed is not re-trained (its
+    records are the baseline's of the same seed, marked, without times); one whose check failed, or that changes a
+    quality knob, trains; quality_reuse = false trains every variant."""
+    from harness.analysis.summary import summarize
+
+    variants = {"same": {"sleep_ms": 1.0}, "shifted": {"init_shift": 0.5}, "lr": {"lr": 0.05}}
+    exp = build("reuse", TOY, BASE, variants, repeats=0, quality_epochs=2, quality_seeds=2,
+                target_half_width_pct=0.0)
+    run_experiment(exp, tmp_path / "on")
+    recs = load_records(tmp_path / "on")
+    checks = {r.variant: r.equivalence.get("passed") for r in recs if r.phase == "equivalence"}
+    assert checks == {"same": True, "shifted": False, "lr": None}
+    quality = {(r.variant, r.repeat): r for r in recs if r.phase == "quality"}
+    assert len(quality) == 8 and {r.repeat for r in quality.values()} == {0, 1}
+    for seed in (0, 1):
+        same, base = quality["same", seed], quality["baseline", seed]
+        assert same.reused_from == "baseline" and same.config["sleep_ms"] == 1.0 and same.seed == base.seed
+        assert same.quality == base.quality and same.quality  # the baseline's seed, not another's
+        assert [p["train_loss"] for p in same.curve] == [p["train_loss"] for p in base.curve]
+        assert all(p["wall_s"] != p["wall_s"] for p in same.curve) and not same.step_ms  # no time of its own
+        assert all(not quality[v, seed].reused_from and quality[v, seed].wall_s > 0 for v in ("shifted", "lr"))
+    assert quality["baseline", 0].quality != quality["baseline", 1].quality  # two seeds: two trainings
+    s = summarize(recs, "baseline")
+    assert s.at["same", "reused_from"] == "baseline" and s.at["same", "score_delta"] == 0
+    assert s.at["same", "time_to_target_reached"] == "" and s.at["lr", "time_to_target_reached"] != ""
+    assert s.attrs["equal_time_s"] is not None  # the reused curves' missing times do not void it
+
+    off = build("reuse", TOY, BASE, {"same": variants["same"]}, repeats=0, quality_epochs=1,
+                target_half_width_pct=0.0, quality_reuse=False)
+    run_experiment(off, tmp_path / "off")
+    (trained,) = [r for r in load_records(tmp_path / "off") if r.variant == "same" and r.phase == "quality"]
+    assert not trained.reused_from and trained.wall_s > 0 and trained.step_ms

@@ -209,13 +209,14 @@ class Verdict:
 
 
 def quality_decision(delta: RatioEstimate, base_value: float, *, higher_is_better: bool = True,
-                     margin: float | None = None) -> Decision:
+                     margin: float | None = None, words: tuple[str, str] = QUALITY) -> Decision:
     """A quality change (a difference with its interval across seeds) decided against 0 with the quality margin:
     `margin` in the metric's units (an experiment's `quality_margin`), else `QUALITY_MARGIN` of the baseline's value.
     Better or worse when the interval excludes 0; "no change" (equivalent) when it lies inside +-margin: both
-    one-sided tests of the equivalence (TOST) reject at 2.5% each; unresolved otherwise (one seed: insufficient)."""
+    one-sided tests of the equivalence (TOST) reject at 2.5% each; unresolved otherwise (one seed: insufficient).
+    `words` name the two resolved sides: ("higher", "lower") for a metric whose good direction is not known."""
     width = QUALITY_MARGIN * max(abs(base_value), 1e-12) if margin is None else margin
-    return decide(delta, at=0.0, margin=width, scale="difference", higher_is_better=higher_is_better, words=QUALITY)
+    return decide(delta, at=0.0, margin=width, scale="difference", higher_is_better=higher_is_better, words=words)
 
 
 def verdict(speed: Decision, *, same_function: bool | None, quality: Decision | None,

@@ -144,6 +144,8 @@ def _time_to_target_columns(df: pd.DataFrame, baseline: str, meta: Any, target: 
     if target is None or not meta.primary:
         return None
     for v, curves in df["quality_curves"].items():
+        if df.at[v, "reused_from"]:  # the baseline's curves without their times: its steps, not its seconds
+            continue
         times = [time_to_target(c, meta.primary, target, meta.higher_is_better) for c in curves.values() if c]
         if not times:
             continue
@@ -229,6 +231,8 @@ def _quality_columns(row: dict[str, Any], ok: Sequence[Record], meta: QualityMet
     for m in meta.metrics:
         row[m] = stats.median([q.get(m) for q in finals.values()])
     row["quality_runs"] = finals
+    # not re-trained: the baseline's runs, seed by seed (`Record.reused_from`); no time of its own to show
+    row["reused_from"] = ok[0].reused_from if ok and all(r.reused_from for r in ok) else ""
     for m in QUALITY_RUN_METRICS:
         row[m] = stats.median([r.metrics.get(m) for r in ok])
     curves = {r.repeat: [deployed(p, r.config) for p in r.curve] for r in ok}
@@ -390,7 +394,8 @@ def _comparison_columns(df: pd.DataFrame, baseline: str, meta: Any) -> float | N
         if m == (meta.primary or meta.metrics[0]):
             df["quality_seeds"] = [d.n for d in deltas]  # seeds paired with the baseline's
     curves = {v: c for v, c in df["curve"].items() if c}
-    equal_time_s = min((c[-1].get("wall_s", np.inf) for c in curves.values()), default=np.nan)
+    walls = [float(c[-1].get("wall_s", np.inf)) for c in curves.values()]
+    equal_time_s = min((w for w in walls if not np.isnan(w)), default=np.nan)  # reused curves have no time
     df["primary_at_equal_time"] = [curve_value_at(df.at[v, "curve"], meta.primary, equal_time_s)
                                    if v in curves and meta.primary else np.nan for v in df.index]
     return float(equal_time_s) if np.isfinite(equal_time_s) else None

@@ -69,7 +69,9 @@ def progress(i: int, n: int, job: Job, rec: Record | None) -> None:
         print(f"{label} ...", end="", file=sys.stderr, flush=True)
         return
     detail = ""
-    if rec.status == "ok" and rec.phase != "equivalence":
+    if rec.reused_from:
+        detail = f" {rec.reused_from}'s run of this seed (same function: not re-trained)"
+    elif rec.status == "ok" and rec.phase != "equivalence":
         sps = rec.metrics.get("samples_per_s")
         detail = f" {sps:,.1f} samples/s" if sps else ""
     elif rec.phase == "equivalence" and rec.status == "ok":

@@ -7,10 +7,12 @@ from typing import Any
 
 import pandas as pd
 
-from harness.analysis import advisor, gates
+from harness.analysis import advisor, decision, gates
 from harness.analysis.stats import MIN_REPEATS as MIN_SEEDS  # the fewest paired values with an interval
+from harness.analysis.summary import quality_delta
 from harness.report.cells import (
     equiv_mark,
+    finite,
     fmt,
     fmt_delta,
 )
@@ -52,17 +54,70 @@ def quality_section(s: pd.DataFrame) -> list[str]:
     default = (f" The target, {primary} {fmt(target)}, is 95% of the baseline's final value (no `quality_target` "
                "set)." if s.attrs.get("target_is_default") else "")
     seeds = max((len(runs) for runs in s.get("quality_runs", pd.Series(dtype=object)) if runs), default=0)
+    reused = [f"`{v}`" for v in has.index if str(has.at[v, "reused_from"] if "reused_from" in has else "")]
+    same = ([f"{', '.join(reused)}: not re-trained. Each changes only exact knobs and passed its equivalence check "
+             "(the baseline's function, outputs and gradients), so its quality records are the baseline's of the "
+             "same seeds, marked as such in the records; its time is its speed runs' (no train s or time to target "
+             "here).", ""] if reused else [])
     smoke = ([f"**A smoke of the quality path, not a comparison**: {seeds} seed{'s' if seeds != 1 else ''}, so no "
               "quality change below has an interval. The replicated comparisons (3 or more seeds, to a level that "
               "means something) are the experiments in `bench/experiments/quality/`.", ""]
              if seeds < MIN_SEEDS else [])
-    return [*smoke,
+    return [*smoke, *metric_changes(s), *same,
             "Final metrics after equal epochs, the change of the primary metric vs the baseline, time-to-target "
             "(training seconds to first reach the target, interpolated between evaluations, evals excluded; the "
             "median over seeds with a 95% interval from 3 seeds (Student-t on log seconds), and how many seeds "
             "reached it), and the primary "
             f"metric at equal wall-clock time (the shortest run's training time).{default}", "",
             *table(headers, rows, "lrr" + "r" * len(metrics) + "rrrr")]
+
+
+def _constant(s: pd.DataFrame, metric: str) -> float | None:
+    """The metric's one value when every quality run of every variant has it (a property of the data, such as a
+    generating model's own score), else None."""
+    values = {q.get(metric) for runs in s.get("quality_runs", pd.Series(dtype=object)) if runs for q in runs.values()}
+    return float(next(iter(values))) if len(values) == 1 and finite(next(iter(values))) else None
+
+
+def metric_changes(s: pd.DataFrame) -> list[str]:
+    """Per variant and quality metric, the change against the baseline paired by seed, its 95% interval and its
+    decision: better/worse for the primary metric (the experiment's quality_margin), higher/lower for the others
+    (their good direction is the workload's to know; margin 2% of the baseline's value); a metric with one value in
+    every run (the data's, not the model's) is stated once below the table. Nothing below `MIN_SEEDS` seeds (no
+    interval to show: the smoke note says so)."""
+    metrics, primary = s.attrs.get("quality_metrics", []), s.attrs.get("primary_metric")
+    baseline = s.attrs["baseline"]
+    if baseline not in s.index or "quality_runs" not in s or len(s.at[baseline, "quality_runs"] or ()) < MIN_SEEDS:
+        return []
+    constant = {m: c for m in metrics if (c := _constant(s, m)) is not None}
+    shown = [m for m in metrics if m not in constant]
+    rows = []
+    for v, r in s.iterrows():
+        if v == baseline or not r["quality_runs"]:
+            continue
+        cells = []
+        for m in shown:
+            delta = quality_delta(r, m)
+            if not finite(delta.ratio):
+                cells.append("–")
+                continue
+            own = m == primary
+            d = decision.quality_decision(delta, float(s.at[baseline, m]), higher_is_better=bool(
+                s.attrs.get("higher_is_better", True)) if own else True,
+                margin=s.attrs.get("quality_margin") if own else None,
+                words=decision.QUALITY if own else ("higher", "lower"))
+            cells.append(f"{d.evidence()} {d.label}")
+        rows.append([f"`{v}`", str(int(quality_delta(r, shown[0]).n)) if shown else "–", *cells])
+    if not rows:
+        return []
+    fixed = ("Same in every run (the data's, not a model's): "
+             + ", ".join(f"{m} {fmt(c, 4)}" for m, c in constant.items()) + ".") if constant else ""
+    return ["Each quality metric's change against the baseline, paired by seed (mean difference, Student-t 95% "
+            f"interval), and what it decides: better/worse for {primary} (within ±"
+            f"{fmt(s.attrs.get('quality_margin')) if s.attrs.get('quality_margin') is not None else '2%'}: no change),"
+            " higher/lower for the others (within ±2% of the baseline's value: no change).", "",
+            *table(["Variant", "seeds", *(f"Δ {m}" for m in shown)], rows, "lr" + "l" * len(shown)),
+            *([fixed, ""] if fixed else [])]
 
 
 def _time_to_target(r: pd.Series) -> str:

@@ -58,6 +58,8 @@ def _quality(s: pd.DataFrame, v: str, metric: str | None) -> tuple[decision.Deci
     d = decision.quality_decision(delta, float(base[metric]), margin=own,
                                   higher_is_better=bool(s.attrs.get("higher_is_better", True)))
     seeds = f"{delta.n} seed{'s' if delta.n != 1 else ''}"
+    if str(r.get("reused_from") or ""):
+        return d, f"{metric} {fmt(base[metric], 4)}: the baseline's runs (same function, not re-trained; {seeds})"
     return d, f"{metric} {fmt(base[metric], 4)} → {fmt(r[metric], 4)}: {d.label} {d.evidence()} ({seeds})"
 
 

@@ -4,8 +4,11 @@ As the public Deep-GPCM generator: abilities theta ~ N(0, 1) per student; per qu
 discrimination alpha ~ LogNormal(0, 0.3), a difficulty b_q ~ N(0, 1) and K-1 sorted thresholds
 ~ N(b_q, 0.5); each student answers a uniform(min, max) number of questions drawn uniformly with
 replacement; responses are sampled from the GPCM. Question ids are 1..Q (0 is padding). 80/20 split
-of students. Everything is drawn at once with numpy from one seed, so a parameter set always gives
-the same data (and the on-disk cache key is that parameter set).
+of students. Beside the responses it keeps what the generating GPCM itself predicts at each position (its most
+probable category, `oracle`): no model of these data can beat that predictor's categorical accuracy in
+expectation, so its metrics are the ceiling a trained model is read against. Everything is drawn at once with
+numpy from one seed, so a parameter set always gives the same data (and the on-disk cache key is that parameter
+set).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-GENERATOR_VERSION = 1
-"""Bump when the generator changes, so cached data from the old one is never served."""
+GENERATOR_VERSION = 2
+"""Bump when the generator changes, so cached data from the old one is never served (2: the oracle's predictions
+added; the same draws, so the same questions and responses as 1)."""
 TRAIN_FRACTION = 0.8
 
 
@@ -44,30 +48,45 @@ class SyntheticOCSpec:
                              "need at least 2 students (one per split) and 1 question")
 
 
+def gpcm_logits(theta: np.ndarray, alpha: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """GPCM category logits (..., K): logit_k = sum over h < k of alpha * (theta - threshold_h), logit_0 = 0.
+    `theta` and `alpha` broadcast against `thresholds` (..., K-1) without its last axis."""
+    steps = alpha[..., None] * (theta[..., None] - thresholds)  # (..., K-1)
+    return np.concatenate([np.zeros_like(steps[..., :1]), np.cumsum(steps, axis=-1)], axis=-1)
+
+
+def draw_parameters(rng: np.random.Generator, spec: SyntheticOCSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The generating GPCM, the generator's first draws: abilities theta (S,), discriminations alpha (Q,) and sorted
+    thresholds (Q, K-1) around each question's difficulty."""
+    theta = rng.normal(0.0, 1.0, spec.n_students)
+    alpha = rng.lognormal(0.0, 0.3, spec.n_questions)
+    difficulty = rng.normal(0.0, 1.0, spec.n_questions)
+    thresholds = np.sort(rng.normal(difficulty[:, None], 0.5, (spec.n_questions, spec.n_cats - 1)), axis=1)
+    return theta, alpha, thresholds
+
+
 def generate_synthetic_oc(spec: SyntheticOCSpec) -> dict[str, np.ndarray]:
-    """Padded questions/responses (S, max_len) int64, lengths (S,), and the train/eval student indices."""
+    """Padded questions/responses (S, max_len) int64, lengths (S,), the train/eval student indices, and the
+    generating GPCM's own most probable category at each position (`oracle`, (S, max_len), 0 at padding)."""
     rng = np.random.default_rng(spec.seed)
     n_s, n_q, k = spec.n_students, spec.n_questions, spec.n_cats
-    theta = rng.normal(0.0, 1.0, n_s)
-    alpha = rng.lognormal(0.0, 0.3, n_q)
-    difficulty = rng.normal(0.0, 1.0, n_q)
-    thresholds = np.sort(rng.normal(difficulty[:, None], 0.5, (n_q, k - 1)), axis=1)  # (Q, K-1)
+    theta, alpha, thresholds = draw_parameters(rng, spec)
     lengths = rng.integers(spec.min_seq_len, spec.max_seq_len + 1, n_s)
     valid = np.arange(spec.max_seq_len)[None, :] < lengths[:, None]  # (S, T)
     questions = np.where(valid, rng.integers(1, n_q + 1, (n_s, spec.max_seq_len)), 0)
     item = np.maximum(questions - 1, 0)
-    steps = alpha[item][..., None] * (theta[:, None, None] - thresholds[item])  # (S, T, K-1)
-    logits = np.concatenate([np.zeros_like(steps[..., :1]), np.cumsum(steps, axis=-1)], axis=-1)  # (S, T, K)
+    logits = gpcm_logits(theta[:, None], alpha[item], thresholds[item])  # (S, T, K)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     cdf = np.cumsum(probs / probs.sum(-1, keepdims=True), axis=-1)
     # inverse-CDF sampling; min() guards the last bin against cdf[-1] rounding to just under 1
     responses = np.minimum((rng.random((n_s, spec.max_seq_len, 1)) > cdf).sum(-1), k - 1)
     responses = np.where(valid, responses, 0)
+    oracle = np.where(valid, logits.argmax(-1), 0)
     order = rng.permutation(n_s)
     n_train = min(max(int(TRAIN_FRACTION * n_s), 1), n_s - 1)
     return {"questions": questions.astype(np.int64), "responses": responses.astype(np.int64),
             "lengths": lengths.astype(np.int64), "train_idx": np.sort(order[:n_train]),
-            "eval_idx": np.sort(order[n_train:])}
+            "eval_idx": np.sort(order[n_train:]), "oracle": oracle.astype(np.int64)}
 
 
 def spec_params(spec: SyntheticOCSpec) -> dict[str, int]:
@@ -101,9 +120,11 @@ class ResponseSequences(Dataset):
     """Students' (questions, responses) sequences, validated on construction; items are unpadded."""
 
     def __init__(self, questions: torch.Tensor, responses: torch.Tensor, lengths: torch.Tensor, *,
-                 n_questions: int, n_cats: int) -> None:
+                 n_questions: int, n_cats: int, oracle: torch.Tensor | None = None) -> None:
         validate_sequences(questions, responses, lengths, n_questions, n_cats)
         self.questions, self.responses, self.lengths = questions, responses, lengths
+        self.oracle = oracle
+        """The generating model's most probable category per position (generated data only; else None)."""
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -119,7 +140,8 @@ def split_datasets(data: dict[str, np.ndarray], n_questions: int, n_cats: int
     def subset(key: str) -> ResponseSequences:
         idx = data[key]
         return ResponseSequences(torch.from_numpy(data["questions"][idx]), torch.from_numpy(data["responses"][idx]),
-                                 torch.from_numpy(data["lengths"][idx]), n_questions=n_questions, n_cats=n_cats)
+                                 torch.from_numpy(data["lengths"][idx]), n_questions=n_questions, n_cats=n_cats,
+                                 oracle=torch.from_numpy(data["oracle"][idx]) if "oracle" in data else None)
     return subset("train_idx"), subset("eval_idx")
 
 

@@ -18,7 +18,11 @@ def ordinal_metrics(preds: torch.Tensor, targets: torch.Tensor, n_cats: int) -> 
     if preds.shape != targets.shape or preds.dim() != 1 or preds.numel() == 0:
         raise ValueError(f"preds {tuple(preds.shape)} and targets {tuple(targets.shape)} must be equal, "
                          "non-empty 1-D tensors of categories")
-    qwk = float(cohen_kappa(preds, targets, task="multiclass", num_classes=n_cats, weights="quadratic"))
+    # The trainer evaluates under the run's autocast; kappa's float arithmetic in bf16 moves QWK in the 4th digit
+    # (measured: -0.00158 -> -0.00086 on one pair of random labels), so an AMP variant's metric would differ from
+    # the same predictions scored in float32. The metric is the same arithmetic for every variant.
+    with torch.autocast(preds.device.type, enabled=False):
+        qwk = float(cohen_kappa(preds, targets, task="multiclass", num_classes=n_cats, weights="quadratic"))
     # Kappa is 0/0 when both raters use one category only; no agreement beyond chance is 0.
     qwk = 0.0 if math.isnan(qwk) else qwk
     return {

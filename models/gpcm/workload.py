@@ -27,6 +27,22 @@ def _knob(name: str, type_: type, default: Any, kind: str, doc: str, **kw: Any) 
 _RECIPE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "clip_grad_norm": 1.0, "batch_size": 64}
 
 
+ORACLE_METRICS = ("oracle_qwk", "oracle_categorical_accuracy")
+
+
+def oracle_metrics(dataset: torch.utils.data.Dataset, cfg: RunConfig) -> dict[str, float]:
+    """The generating GPCM's QWK and categorical accuracy on the dataset's valid positions (its most probable
+    category against the sampled one); empty for data without an oracle. Computed once per dataset."""
+    oracle = getattr(dataset, "oracle", None)
+    if oracle is None:
+        return {}
+    if getattr(dataset, "oracle_scores", None) is None:
+        valid = torch.arange(dataset.questions.shape[1]) < dataset.lengths.unsqueeze(1)  # type: ignore[attr-defined]
+        scores = ordinal_metrics(oracle[valid], dataset.responses[valid], cfg.n_cats)  # type: ignore[attr-defined]
+        dataset.oracle_scores = {f"oracle_{k}": scores[k] for k in ("qwk", "categorical_accuracy")}  # type: ignore[attr-defined]
+    return dict(dataset.oracle_scores)  # type: ignore[attr-defined]
+
+
 class GPCMWorkload(Workload):
     """DKVMN + GPCM on synthetic_OC; `forward` = sequential | parallel | scan computes one function."""
 
@@ -68,7 +84,7 @@ class GPCMWorkload(Workload):
     supports = frozenset({"bucket_by_length"})
     primary_metric = "qwk"
     higher_is_better = True
-    quality_metrics = METRIC_NAMES
+    quality_metrics = (*METRIC_NAMES, *ORACLE_METRICS)
     eval_imports = ("torchmetrics",)  # evaluate imports it lazily: ~2-3 s (scipy) a speed run never pays
 
     # --- building -------------------------------------------------------------------------------
@@ -131,14 +147,16 @@ class GPCMWorkload(Workload):
 
     def evaluate(self, model: nn.Module, dataset: torch.utils.data.Dataset, cfg: RunConfig,
                  device: torch.device) -> dict[str, float]:
-        """QWK, categorical and ordinal accuracy, MAE of argmax predictions on valid eval positions."""
+        """QWK, categorical and ordinal accuracy, MAE of argmax predictions on valid eval positions; on generated
+        data also the generating GPCM's own QWK and categorical accuracy on the same positions (`oracle_*`: the
+        ceiling the model is read against)."""
         preds, targets = [], []
         for batch in eval_batches(dataset, cfg.batch_size, self.collate(cfg)):
             outputs = self.forward(model, self.to_device(batch, device), cfg)
             valid = batch["questions"] != 0
             preds.append(outputs["log_probs"].argmax(-1).cpu()[valid])  # .cpu() syncs: fine in eval
             targets.append(batch["responses"][valid])
-        return ordinal_metrics(torch.cat(preds), torch.cat(targets), cfg.n_cats)
+        return {**ordinal_metrics(torch.cat(preds), torch.cat(targets), cfg.n_cats), **oracle_metrics(dataset, cfg)}
 
     # --- analytic cost --------------------------------------------------------------------------
 
