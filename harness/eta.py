@@ -54,13 +54,16 @@ class Eta:
         """Seconds the finished jobs took (what a step's own seconds are told apart from)."""
         self.measured: dict[str, float] = {}
         """This sweep's job seconds: the next sweep's estimate (this one keeps its prior, scaled)."""
+        self.atypical: set[str] = set()
+        """Keys whose seconds say nothing about other jobs of their phase (a quality job that reused the baseline's
+        runs took no time): never part of the median that estimates an unknown job."""
 
     def _seconds(self, key: str) -> float:
         """The last run's seconds for `key`; else the median of what this machine ran of the same phase (or of any
         job, for a job), this sweep's own runs included; else `GUESS_S`."""
         if key in self.known:
             return self.known[key]
-        seen = {**self.known, **self.measured}
+        seen = {k: v for k, v in {**self.known, **self.measured}.items() if k not in self.atypical}
         phase = key.split("/")[2]
         same = [s for k, s in seen.items() if k.split("/")[2] == phase] or \
             ([] if _is_step(key) else [s for k, s in seen.items() if not _is_step(k)])
@@ -79,9 +82,12 @@ class Eta:
             return f"a guess of {GUESS_S:g} s per run: no earlier run on this machine"
         return f"this machine's last run of {have} of the {self.planned} runs, the median for the rest"
 
-    def done(self, job: Job, seconds: float) -> None:
-        """A job finished after `seconds`: count it, remember it for the next sweep."""
+    def done(self, job: Job, seconds: float, typical: bool = True) -> None:
+        """A job finished after `seconds`: count it, remember it for the next sweep. `typical=False`: a job that did
+        not run as its phase does (reused records), left out of the estimate of unknown jobs."""
         self.jobs_s += seconds
+        if not typical:
+            self.atypical.add(job_key(job))
         self.finish(job_key(job), seconds)
 
     def finish(self, key: str, seconds: float) -> None:

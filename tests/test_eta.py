@@ -59,6 +59,17 @@ def test_a_guess_that_was_off_does_not_scale_the_known_rest(tmp_path: Path) -> N
     assert eta.remaining_s() == pytest.approx(2 + 2)
 
 
+def test_a_reused_quality_job_does_not_set_the_estimate_of_the_others(tmp_path: Path) -> None:
+    """On a new machine: after the baseline's quality run (60 s) and a variant that reused it (0 s), an unknown
+    quality run is estimated from the run that trained, not from the median with the reuse."""
+    jobs = [_job("base", "quality"), _job("same", "quality"), _job("other", "quality")]
+    eta = Eta(jobs, tmp_path / "none.json")
+    eta.done(jobs[0], 60.0)
+    eta.done(jobs[1], 0.0, typical=False)
+    assert eta.remaining_s() == pytest.approx(60.0)
+    assert json.loads((tmp_path / "none.json").read_text())["e/same/quality/tiny"] == 0.0  # the next sweep: 0 s
+
+
 def test_eta_guesses_and_says_so_on_a_new_machine(tmp_path: Path) -> None:
     eta = Eta([_job("a"), _job("b")], tmp_path / "none.json")
     assert eta.remaining_s() == pytest.approx(2 * GUESS_S)

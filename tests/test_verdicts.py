@@ -234,3 +234,27 @@ def test_quality_only_verdicts_follow_the_quality_decision() -> None:
     assert same.word == decision.UNRESOLVED and "no quality cost" in same.why
     assert decision.quality_only_verdict(q([0.05, -0.06, 0.01])).word == decision.UNRESOLVED
     assert decision.quality_only_verdict(None).word == decision.UNRESOLVED
+
+
+def test_a_quality_only_report_headlines_each_quality_decision_and_the_per_metric_changes():
+    """No speed runs: the headline is each variant's quality decision (a reused variant: the same function), and
+    the Quality section leads with every metric's paired change; a metric equal in every run is stated once."""
+    from harness.report.quality import metric_changes
+    from harness.report.speed import headline
+
+    records = []
+    for seed, (a, b, m) in enumerate([(0.80, 0.50, 1.0), (0.82, 0.51, 1.1), (0.79, 0.49, 0.9)]):
+        base = dataclasses.replace(quality_record("baseline", final={"accuracy": a, "mae": m, "ceiling": 0.9}),
+                                   repeat=seed)
+        same = dataclasses.replace(base, variant="same", reused_from="baseline",
+                                   curve=tuple({**p, "wall_s": math.nan} for p in base.curve))
+        records += [base, same, dataclasses.replace(
+            quality_record("worse", final={"accuracy": b, "mae": m + 0.5, "ceiling": 0.9}), repeat=seed)]
+    s = summarize(records, "baseline", primary_metric="accuracy", higher_is_better=True)
+    text = headline(s)
+    assert text.startswith("quality at equal epochs against `baseline` (accuracy 0.8, 3 seeds): ")
+    assert "`same` the same function (equivalence passed)" in text and "`worse` worse -0.303 [" in text
+    lines = "\n".join(metric_changes(s))
+    assert "| Variant | seeds | Δ accuracy | Δ mae |" in lines  # ceiling: one value in every run
+    assert "| `worse` | 3 | -0.303 [" in lines and "] worse | +0.5 [+0.5, +0.5] higher |" in lines
+    assert "Same in every run (the data's, not a model's): ceiling 0.9." in lines

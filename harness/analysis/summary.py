@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from harness.description import WorkloadDescription
 
 QUALITY_RUN_METRICS = ("best_epoch", "epochs_run", "final_loss", "train_wall_s")
+PER_PHASE_KNOBS = ("epochs",)
+"""Knobs the runner sets per phase (0 for speed runs and equivalence checks, quality_epochs for quality runs): a
+variant's first record and the baseline's may be of different phases, which is no change of the variant's."""
 """Metrics that describe a quality (training) run, read from phase=quality records."""
 AA_SUFFIX = "_aa"
 _LOWER_IS_BETTER_HINTS = ("loss", "mae", "mse", "error", "perplexity", "ppl", "violation", "wer", "cer")
@@ -368,7 +371,8 @@ def _variant_row(recs: Sequence[Record], base_config: Mapping[str, Any], base_sp
         "variant": v, "workload": recs[0].workload, "preset": recs[0].preset, "status": status,
         "runs_ok": runs_ok, "runs_failed": runs_failed, "errors": errors, "repeats": len(speed),
         "config": config, "env": dict(recs[0].env),
-        "changed": {k: (base_config.get(k), config.get(k)) for k in config if config.get(k) != base_config.get(k)},
+        "changed": {k: (base_config.get(k), config.get(k)) for k in config
+                    if config.get(k) != base_config.get(k) and k not in PER_PHASE_KNOBS},
     }
     _speed_columns(row, ok_speed)
     rate = speedup.UNITS[unit][1]  # the throughput the speedups count, with its spread over repeats
@@ -386,9 +390,12 @@ def _comparison_columns(df: pd.DataFrame, baseline: str, meta: Any) -> float | N
     returns that time (None without curves)."""
     base_runs = df.at[baseline, "quality_runs"]
     for m in meta.metrics:
-        df[f"{m}_delta"] = df[m] - df.at[baseline, m]
         deltas = [stats.paired_difference({k: q.get(m) for k, q in runs.items()},
                                           {k: q.get(m) for k, q in base_runs.items()}) for runs in df["quality_runs"]]
+        # the mean of the paired differences, the point its interval is around; the difference of the medians
+        # where no seed pairs (a variant run at other seeds than the baseline)
+        df[f"{m}_delta"] = [d.ratio if d.n else diff for d, diff in zip(deltas, df[m] - df.at[baseline, m],
+                                                                          strict=True)]
         df[f"{m}_delta_ci_low"] = [d.ci_low for d in deltas]
         df[f"{m}_delta_ci_high"] = [d.ci_high for d in deltas]
         if m == (meta.primary or meta.metrics[0]):

@@ -56,7 +56,7 @@ def progress(i: int, n: int, job: Job, rec: Record | None) -> None:
                 clock.add(job)  # an added repeat or a contention re-run
             _STARTED["job"] = time.perf_counter()
         else:
-            clock.done(job, time.perf_counter() - _STARTED["job"])
+            clock.done(job, time.perf_counter() - _STARTED["job"], typical=not rec.reused_from)
         eta = f" sweep ~{clock.remaining_s() / 60:.1f} min left"
     else:
         # Time left: the mean time of the jobs so far times the jobs still planned (added repeats and

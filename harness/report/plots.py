@@ -161,6 +161,9 @@ def phases(summary: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     return _save(fig, path, title)
 
 
+LINE_STYLES = ("-", "--", "-.", ":")
+
+
 def _flat(curves: dict, metric: str) -> bool:
     values = {p.get(metric) for c in curves.values() for p in c if isinstance(p.get(metric), (int, float))}
     return len(values) <= 1
@@ -205,10 +208,12 @@ def quality_curves(summary: pd.DataFrame, path: Path, title: str = "") -> Path |
         runs = _seed_curves(summary, v, metric)
         seeds = max(seeds, len(runs))
         epochs, walls, mean, low, high = _band(runs, metric)
-        (line,) = ax1.plot(walls, mean, marker="o", markersize=3, label=v)
         key = tuple(zip(epochs, np.round(mean, 12), strict=True))
+        # each distinct curve its own dash, so that curves which nearly coincide stay told apart
+        style = LINE_STYLES[len(by_epochs) % len(LINE_STYLES)]
+        (line,) = ax1.plot(walls, mean, marker="o", markersize=3, label=v, linestyle=style)
         if key not in by_epochs:
-            ax2.plot(epochs, mean, marker="o", markersize=3, color=line.get_color())
+            ax2.plot(epochs, mean, marker="o", markersize=3, color=line.get_color(), linestyle=style)
             if len(runs) > 1:  # the band: min-max over seeds at each epoch
                 ax2.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
                 ax1.fill_between(walls, low, high, color=line.get_color(), alpha=0.15, linewidth=0)

@@ -27,7 +27,7 @@ from harness.report.cells import (
     speed_decision,
 )
 from harness.report.tables import table
-from harness.report.verdicts import decision_rows, unit_label
+from harness.report.verdicts import decision_rows, quality_headline, quality_only, unit_label
 from harness.results import PHASE_NAMES, Record
 
 
@@ -36,6 +36,8 @@ def headline(s: pd.DataFrame, floor: float | None = None) -> str:
     calls for; else why none is, naming the fastest decided-faster variant and what it still lacks (a quality knob
     without a quality run is never headlined as a win)."""
     base = s.attrs["baseline"]
+    if quality_only(s):
+        return quality_headline(s, floor)
     rows = [x for x in decision_rows(s, floor) if math.isfinite(x.speed.estimate.ratio)]
     if not rows:
         return f"`{base}`: {fmt(s.at[base, 'samples_per_s'])} samples/s (no variant measured against it)"

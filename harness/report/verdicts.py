@@ -86,7 +86,7 @@ def memory_change(s: pd.DataFrame, v: str) -> tuple[float | None, str]:
     return x, "; ".join(parts) or "–"
 
 
-def _quality_only(s: pd.DataFrame) -> bool:
+def quality_only(s: pd.DataFrame) -> bool:
     """An experiment of quality runs only (repeats = 0): its speed is another experiment's, its verdict quality's."""
     return not any(len(recs) for recs in s.get("speed_records", pd.Series(dtype=object)))
 
@@ -94,7 +94,7 @@ def _quality_only(s: pd.DataFrame) -> bool:
 def decision_rows(s: pd.DataFrame, floor: float | None) -> list[Row]:
     """Every variant but the baseline, decided."""
     metric = quality_metric(s)
-    quality_only = _quality_only(s)
+    only_quality = quality_only(s)
     rows = []
     for v, r in s.iterrows():
         if v == s.attrs["baseline"]:
@@ -105,7 +105,7 @@ def decision_rows(s: pd.DataFrame, floor: float | None) -> list[Row]:
         if same and quality is None:
             quality_text = "same function (equivalence check passed)"
         mem_ratio, mem_text = memory_change(s, str(v))
-        verdict = decision.quality_only_verdict(quality) if quality_only else \
+        verdict = decision.quality_only_verdict(quality) if only_quality else \
             decision.verdict(speed, same_function=same, quality=quality, memory_ratio=mem_ratio)
         rows.append(Row(str(v), speed, quality, quality_text, mem_ratio, mem_text, verdict))
     return rows
@@ -114,14 +114,33 @@ def decision_rows(s: pd.DataFrame, floor: float | None) -> list[Row]:
 MARK = {decision.ADOPT: "✅ adopt", decision.REJECT: "❌ reject", decision.UNRESOLVED: "❔ unresolved"}
 
 
+def quality_headline(s: pd.DataFrame, floor: float | None) -> str:
+    """The headline of a quality-only experiment: each variant's quality decision against the baseline at equal
+    epochs, in the file's order (a variant that reused the baseline's runs: the same function)."""
+    base, metric = s.attrs["baseline"], quality_metric(s)
+    if metric is None:
+        return f"`{base}`: no quality run to compare against"
+    parts = []
+    for x in decision_rows(s, floor):
+        if str(s.at[x.variant, "reused_from"] if "reused_from" in s.columns else ""):
+            parts.append(f"`{x.variant}` the same function (equivalence passed)")
+        elif x.quality is None:
+            parts.append(f"`{x.variant}` unmeasured")
+        else:
+            parts.append(f"`{x.variant}` {x.quality.label} {x.quality.evidence()}")
+    seeds = len(s.at[base, "quality_runs"] or ())
+    return (f"quality at equal epochs against `{base}` ({metric} {fmt(s.at[base, metric], 4)}, {seeds} "
+            f"seed{'s' if seeds != 1 else ''}): " + "; ".join(parts))
+
+
 def decision_section(s: pd.DataFrame, floor: float | None) -> list[str]:
     """The table that answers "what does it buy, what does it cost, do I take it" before any other."""
     rows = decision_rows(s, floor)
     if not rows:
         return []
-    unit, quality_only = unit_label(s), _quality_only(s)
+    unit, only_quality = unit_label(s), quality_only(s)
     body = [[f"`{x.variant}`", ", ".join(f"{k}={fmt(new)}" for k, (_, new) in s.at[x.variant, "changed"].items()),
-             "not measured here (quality runs only)" if quality_only else f"{x.speed.label}: {x.speed.evidence()}",
+             "not measured here (quality runs only)" if only_quality else f"{x.speed.label}: {x.speed.evidence()}",
              x.quality_text, x.memory_text,
              f"**{MARK[x.verdict.word]}**: {x.verdict.why}"] for x in rows]
     why_unit = ("real tokens/s, because some variant changes the tokens a sample holds (a shorter chunk is more "
