@@ -159,6 +159,75 @@ REGRESSIONS = (
         else:
             self.opt.step()
 """),
+    # Off the default path: each breaks a knob path only the experiments' variants (or a user) take; the stored
+    # references' variants and their per-step counters (lr, gradient norms, EMA and parameter checksums) pin them.
+    Regression(
+        name="cosine_from_step0", expected="reference", file="harness/optim.py",
+        what="cosine schedule measures its progress from step 0 instead of from the end of the warmup",
+        old="            progress = (step - warmup) / max(total - warmup, 1)\n",
+        new="            progress = step / max(total - warmup, 1)\n"),
+    Regression(
+        name="schedule_before_step", expected="reference", file="harness/trainer.py",
+        what="the scheduler advanced before the optimizer step: every step runs at the next step's learning rate",
+        old="""\
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.sched is not None:
+            self.sched.step()
+""",
+        new="""\
+        else:
+            if self.sched is not None:
+                self.sched.step()
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+"""),
+    Regression(
+        name="ema_before_step", expected="reference", file="harness/trainer.py",
+        what="the EMA update moved before the optimizer step: the average lags one step behind the weights",
+        old="""\
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.sched is not None:
+            self.sched.step()
+        if self.ema is not None:
+            update_ema(self.ema, self.model)
+""",
+        new="""\
+        if self.ema is not None:
+            update_ema(self.ema, self.model)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.sched is not None:
+            self.sched.step()
+"""),
+    Regression(
+        name="bucketing_one_batch", expected="reference", file="harness/data.py",
+        what="the length-sorting pool shrunk to one batch: bucket_by_length sorts inside each batch, cutting nothing",
+        old="        self.pool = batch_size * pool_batches\n",
+        new="        self.pool = batch_size  # sort within each batch\n"),
+    Regression(
+        name="lm_keeps_logits", expected="reference", file="models/lm/workload.py",
+        what="LM workload keeps every step's logits for a train-accuracy line: memory grows one batch per step",
+        old='        return model(batch["tokens"], batch["lengths"])\n',
+        new='        logits = model(batch["tokens"], batch["lengths"])\n'
+            '        self.__dict__.setdefault("seen_logits", []).append(logits.detach())  # train accuracy, later\n'
+            '        return logits\n'),
+    Regression(
+        name="amp_off_on_cpu", expected="reference", file="harness/trainer.py",
+        what="autocast enabled on CUDA only: amp=bf16 silently trains in float32 on a CPU",
+        old="    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == \"bf16\" else torch.float16)\n",
+        new="    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == \"bf16\" else torch.float16,\n"
+            "                          enabled=device.type == \"cuda\")\n"),
 )
 
 

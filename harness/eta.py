@@ -59,12 +59,17 @@ class Eta:
         runs took no time): never part of the median that estimates an unknown job."""
 
     def _seconds(self, key: str) -> float:
-        """The last run's seconds for `key`; else the median of what this machine ran of the same phase (or of any
-        job, for a job), this sweep's own runs included; else `GUESS_S`."""
+        """The last run's seconds for `key`; else the median of this sweep's runs of the same experiment and phase
+        (a never-run quality experiment's first run says more about its others than any other experiment's runs);
+        else of what this machine ran of the same phase (or of any job, for a job); else `GUESS_S`."""
         if key in self.known:
             return self.known[key]
+        experiment, _, phase, _ = key.split("/")
+        mine = [s for k, s in self.measured.items() if k not in self.atypical
+                and k.split("/")[0] == experiment and k.split("/")[2] == phase]
+        if mine:
+            return statistics.median(mine)
         seen = {k: v for k, v in {**self.known, **self.measured}.items() if k not in self.atypical}
-        phase = key.split("/")[2]
         same = [s for k, s in seen.items() if k.split("/")[2] == phase] or \
             ([] if _is_step(key) else [s for k, s in seen.items() if not _is_step(k)])
         return statistics.median(same) if same else GUESS_S

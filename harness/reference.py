@@ -8,6 +8,12 @@ the files and prints what changed. It catches what a comparison of two settings 
 cannot: a change that moves every setting alike (gradients accumulated across steps, a changed
 initialisation or optimizer, extra compute in the model), at the cost of one explicit refresh
 whenever the training function is meant to change.
+
+Beside the baseline it pins the knob paths a default config never takes (`variant_knobs`): the harness's own
+training paths (schedules with warmup, EMA, clipping, accumulation, bf16, AdamW) and the training knobs of every
+bundled experiment's variants, each with its losses and per-step counters (`Trainer.trace`: learning rate,
+gradient norm before and after clipping, loss scale, parameter and EMA checksums), so a schedule, clipping,
+EMA or optimizer-step-order change moves a stored number on the path it breaks.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.analysis.stats import RatioEstimate
+from harness.knobs import GENERIC_BY_NAME
 
 STEPS = 10
 KNOBS = {"preset": "tiny", "threads": 1}
@@ -33,6 +40,81 @@ ANALYTIC_MARGIN = 1.0
 way (`decision.decide` with this margin: 0.5-2): a doubled forward or a lost backward leaves it; finer changes are
 the stored count's job."""
 ANALYTIC_BAND = (1 / (1 + ANALYTIC_MARGIN), 1 + ANALYTIC_MARGIN)
+
+
+TRACE = ("lr", "grad_norm", "grad_norm_clipped", "loss_scale", "param_sum", "ema_sum", "live_bytes")
+"""Per-step counters (`harness.trainer.Trainer.trace`), compared like losses."""
+TRAINING_PATHS: dict[str, dict[str, Any]] = {
+    "cosine_warmup": {"scheduler": "cosine", "lr_warmup_steps": 3},
+    "onecycle": {"scheduler": "onecycle", "lr_warmup_steps": 3},
+    "plateau_warmup": {"scheduler": "plateau", "lr_warmup_steps": 3},
+    "ema": {"ema": 0.9},
+    "clip": {"clip_grad_norm": 0.01},
+    "accum2": {"grad_accum": 2},
+    "adamw": {"optimizer": "adamw", "weight_decay": 0.1},
+    "sgd": {"optimizer": "sgd", "lr": 0.05},
+    "amp_bf16": {"amp": "bf16"},
+}
+"""The harness's training paths, pinned on every workload whatever the experiments use (a clip of 0.01 acts on every
+step; warmups end inside the 10 steps)."""
+SPAN = {"bench_warmup_steps": 1, "bench_steps": STEPS - 1}
+"""Every variant's schedule spans the reference's steps (a scheduler's length is the run's planned steps)."""
+_TRAINING_KINDS = ("quality", "approx")
+LEAK_BYTES_PER_STEP = 1024
+"""Live tensor bytes growing this much faster per step than stored is named a leak (the count is exact; batches
+of varying length move it by bytes, a kept tensor by its size every step); any other change is the per-step
+`live_bytes` line's."""
+
+
+def variant_knobs(workload: str) -> dict[str, dict[str, Any]]:
+    """Name -> knobs of each path pinned beside the baseline: `TRAINING_PATHS`, then the generic training knobs (kind
+    quality or approx) each bundled experiment's variant sets in its own section, warmups cut to 3 steps to end
+    inside the reference; one name per distinct knob set (the first), none equal to the baseline's."""
+    from harness.experiment import load_experiments
+
+    out: dict[str, dict[str, Any]] = {}
+    seen: set[str] = {json.dumps({}, sort_keys=True)}
+
+    def add(name: str, knobs: Mapping[str, Any]) -> None:
+        key = json.dumps(dict(knobs), sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out[name] = dict(knobs)
+
+    for name, knobs in TRAINING_PATHS.items():
+        add(name, knobs)
+    root = reference_dir().parent / "experiments"
+    for path in sorted(root.rglob("*.toml")):
+        try:
+            exps = load_experiments(path)
+        except (ValueError, OSError):
+            continue  # a broken experiment file is the experiment tests' finding, not the reference's
+        for exp in exps:
+            if exp.workload != workload:
+                continue
+            for v in exp.variants[1:]:
+                own = exp.overrides.get(v, {})
+                knobs = {k: (min(int(x), 3) if k == "lr_warmup_steps" else x) for k, x in own.items()
+                         if k in GENERIC_BY_NAME and GENERIC_BY_NAME[k].kind in _TRAINING_KINDS}
+                if knobs:
+                    add(f"{exp.name}.{v}", knobs)
+    return out
+
+
+def _traced(workload: str, knobs: Mapping[str, Any], steps: int) -> dict[str, Any]:
+    """Losses and per-step counters of `steps` steps at the reference config with `knobs`; {"skipped": why} when
+    the tiny preset cannot run them (a batch larger than its data)."""
+    from harness.registry import resolve
+    from harness.trainer import Trainer
+
+    try:
+        tr = Trainer(resolve(workload, {**KNOBS, **SPAN, **knobs}))
+    except ValueError as exc:
+        return {"knobs": dict(knobs), "skipped": str(exc).splitlines()[0]}
+    losses = tr.run_steps(steps, trace=True)
+    trace = tr.trace or []
+    return {"knobs": dict(knobs), "losses": losses,
+            "per_step": {k: [t.get(k) for t in trace] for k in TRACE if any(k in t for t in trace)}}
 
 
 def reference_dir() -> Path:
@@ -50,7 +132,8 @@ def measure(workload: str, steps: int = STEPS) -> dict[str, Any]:
 
     cfg = resolve(workload, KNOBS)
     tr = Trainer(cfg)
-    losses = tr.run_steps(steps)
+    losses = tr.run_steps(steps, trace=True, memory=True)  # the baseline's memory: a leak is a slope over its steps
+    trace = tr.trace or []
     quality = tr.evaluate()
     counters = step_counters(cfg)
     wl = cfg.get_workload()
@@ -60,10 +143,12 @@ def measure(workload: str, steps: int = STEPS) -> dict[str, Any]:
     return {
         "workload": workload, "knobs": dict(KNOBS), "steps": steps, "dtype": dtype,
         "losses": losses, "quality": {k: float(v) for k, v in sorted(quality.items())},
+        "per_step": {k: [t.get(k) for t in trace] for k in TRACE if any(k in t for t in trace)},
         **{k: getattr(counters, k) for k in COUNTERS},
         "analytic_flops_per_step": float(per_token * tokens) if per_token and tokens else None,
         "measured_with": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                           "python": platform.python_version()},
+        "variants": {name: _traced(workload, knobs, steps) for name, knobs in variant_knobs(workload).items()},
     }
 
 
@@ -71,20 +156,15 @@ def _close(a: float | None, b: float | None, tol: float) -> bool:
     """`b` equivalent to the stored `a` within the relative tolerance (`decision.exact`); two missing figures agree."""
     from harness.analysis import decision
 
-    if a is None and b is None:
-        return True
+    if a is None or b is None:
+        return a is None and b is None
     return decision.exact(b, a, tol).outcome == decision.EQUIVALENT
 
 
 def differences(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """Each figure that moved beyond tolerance, as a line that says what, from what, to what."""
     tol = TOLERANCE.get(str(stored.get("dtype")), TOLERANCE["float32"])
-    out = []
-    for i, (a, b) in enumerate(zip(stored.get("losses", []), now["losses"], strict=False)):
-        if not _close(a, b, tol):
-            out.append(f"training loss after step {i + 1}: {a:.7g} -> {b:.7g} (relative {abs(b - a) / abs(a):.1e} "
-                       f"> {tol:.0e})")
-            break  # the first step that moved is the finding; the later ones follow from it
+    out = _trajectory(stored, now, tol)
     for k in sorted(set(stored.get("quality", {})) | set(now["quality"])):
         a, b = stored.get("quality", {}).get(k), now["quality"].get(k)
         if a is None or b is None or not _close(a, b, tol):
@@ -92,6 +172,52 @@ def differences(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     for k in COUNTERS:
         if stored.get(k) != now[k]:
             out.append(f"{k}: {stored.get(k)} -> {now[k]}")
+    old_variants, new_variants = stored.get("variants", {}), now.get("variants", {})
+    for name in sorted(set(old_variants) | set(new_variants)):
+        a, b = old_variants.get(name), new_variants.get(name)
+        knobs = ", ".join(f"{k}={v}" for k, v in (b or a or {}).get("knobs", {}).items())
+        if a is None or b is None:
+            out.append(f"variant {name} ({knobs}): {'new' if a is None else 'no longer measured'}")
+        elif a.get("skipped") or b.get("skipped"):
+            if a.get("skipped") != b.get("skipped"):
+                out.append(f"variant {name} ({knobs}): skipped {a.get('skipped')!r} -> {b.get('skipped')!r}")
+        else:
+            out += [f"variant {name} ({knobs}): {line}" for line in _trajectory(a, b, tol)]
+    return out
+
+
+def growth_per_step(values: Sequence[float]) -> float:
+    """Least-squares slope of a per-step series, leaving out the first two steps (optimizer state appears there)."""
+    import numpy as np
+
+    ys = np.asarray(values[2:], dtype=float)
+    if ys.size < 2:
+        return 0.0
+    return float(np.polyfit(np.arange(ys.size, dtype=float), ys, 1)[0])
+
+
+def _trajectory(stored: Mapping[str, Any], now: Mapping[str, Any], tol: float) -> list[str]:
+    """The first step whose loss moved, and per counter of `TRACE` the first step where it moved (or where it
+    appeared or vanished): later steps follow from the first."""
+    out = []
+    for i, (a, b) in enumerate(zip(stored.get("losses", []), now["losses"], strict=False)):
+        if not _close(a, b, tol):
+            out.append(f"training loss after step {i + 1}: {a:.7g} -> {b:.7g} (relative {abs(b - a) / abs(a):.1e} "
+                       f"> {tol:.0e})")
+            break  # the first step that moved is the finding; the later ones follow from it
+    old, new = stored.get("per_step", {}), now.get("per_step", {})
+    if old.get("live_bytes") and new.get("live_bytes"):
+        was, now_slope = growth_per_step(old["live_bytes"]), growth_per_step(new["live_bytes"])
+        if now_slope - was >= LEAK_BYTES_PER_STEP:
+            out.append(f"live tensor memory grows {now_slope / 1024:+.1f} KiB per step over {len(new['live_bytes'])} "
+                       f"steps (stored: {was / 1024:+.1f} KiB per step): a tensor kept every step")
+    for k in [c for c in TRACE if c in old or c in new]:
+        a_steps, b_steps = old.get(k) or [None] * len(new.get(k, [])), new.get(k) or [None] * len(old.get(k, []))
+        for i, (a, b) in enumerate(zip(a_steps, b_steps, strict=False)):
+            if not _close(a, b, tol):
+                out.append(f"{k} at step {i + 1}: {a if a is None else f'{a:.7g}'} -> "
+                           f"{b if b is None else f'{b:.7g}'}")
+                break
     return out
 
 

@@ -28,6 +28,7 @@ from harness.distributed import Parallel
 from harness.knobs import world_of
 from harness.machine import default_threads
 from harness.optim import make_ema, make_optimizer, make_scheduler, update_ema
+from harness.probes.counters import live_tensor_bytes
 from harness.probes.timers import PhaseClock, reading
 from harness.workload import BatchCounts, LossResult, Workload, upcast
 
@@ -155,6 +156,17 @@ def check_contract(cfg: RunConfig, train_ds: Any) -> None:
                         "tensor: the sum over the batch's loss elements")
 
 
+def _grad_norm(model: nn.Module) -> float:
+    """The L2 norm of every gradient together, in float64 (0 without gradients)."""
+    norms = [p.grad.detach().double().norm() for p in model.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def _param_sum(model: nn.Module) -> float:
+    """The sum of every parameter, in float64: a checksum of the weights after a step."""
+    return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
 class Trainer:
     """Builds everything for a config; `train_step` runs one optimizer step, `evaluate` measures quality."""
 
@@ -196,15 +208,30 @@ class Trainer:
         self.sched, self.plateau = (own, None) if own is not None else make_scheduler(self.opt, cfg, self.total_steps)
         self.ema = make_ema(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
+        self.trace: list[dict[str, float]] | None = None
+        """Per optimizer step, when a list (`run_steps(trace=True)`): the learning rate it used, the gradient norm
+        before and after clipping, the loss scale (fp16), and after it the sum of the parameters and of the EMA
+        weights: deterministic counters that a schedule, clipping, EMA or step-order change moves even where the
+        loss moves less than its tolerance. Off (None) in measured runs: each costs a sync."""
+        self.trace_memory = False
+        """With the trace: each step's live tensor bytes after it, less those before the first step
+        (`probes.counters.live_tensor_bytes`; ~0.15 s a count)."""
+        self._live_at_start = 0
 
     # ---------------------------------------------------------------------------------------------
 
     def _optimizer_step(self) -> None:
         cfg = self.cfg
+        traced = self.trace is not None
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
+        before = _grad_norm(self.model) if traced else None  # before clipping (a sync: traced runs only)
         if cfg.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+        if traced:
+            self.trace.append({"lr": float(self.opt.param_groups[0]["lr"]), "grad_norm": before,  # type: ignore
+                               "grad_norm_clipped": _grad_norm(self.model),
+                               **({"loss_scale": float(self.scaler.get_scale())} if self.scaler else {})})
         if self.scaler is not None:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -215,6 +242,14 @@ class Trainer:
             self.sched.step()
         if self.ema is not None:
             update_ema(self.ema, self.model)
+        if traced:
+            self.trace[-1]["param_sum"] = _param_sum(self.model)  # type: ignore[index]
+            if self.ema is not None:
+                self.trace[-1]["ema_sum"] = _param_sum(self.ema.module)  # type: ignore[index]
+            if self.trace_memory:
+                # from the count before the first step: what the process held before (other runs' leftovers,
+                # caches) is not this run's, so the figure is the same in any process
+                self.trace[-1]["live_bytes"] = float(live_tensor_bytes() - self._live_at_start)  # type: ignore
 
     def train_step(self, stream: Iterator[tuple[int, Any]], clock: PhaseClock,
                    keep_host: list[Any] | None = None) -> tuple[torch.Tensor, list[BatchCounts]]:
@@ -232,12 +267,16 @@ class Trainer:
         clock.mark("optimizer")
         return loss, counts
 
-    def run_steps(self, steps: int) -> list[float]:
+    def run_steps(self, steps: int, trace: bool = False, memory: bool = False) -> list[float]:
         """`steps` optimizer steps from the loader's start, untimed; each step's loss (a sync point: read on the
-        host every step). The multi-step equivalence check and the stored references train through this."""
+        host every step). The multi-step equivalence check and the stored references train through this; with
+        `trace`, `self.trace` holds each step's counters (with `memory`, its live tensor bytes too)."""
         from harness.data import batches_forever
         from harness.probes.timers import PhaseClock
 
+        if trace:
+            self.trace, self.trace_memory = [], memory
+            self._live_at_start = live_tensor_bytes() if memory else 0
         clock = PhaseClock(self.device, enabled=False)
         stream = batches_forever(self.loader)
         return [float(self.train_step(stream, clock)[0]) for _ in range(steps)]

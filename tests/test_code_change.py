@@ -261,3 +261,78 @@ def test_compare_against_catches_a_planted_sleep_in_the_collate_and_names_data_l
     assert "FAIL old against new: lm preset=tiny" in proc.stdout and "SLOWER by" in proc.stdout
     assert "the time went to data loading" in proc.stdout and "waiting" in proc.stdout
 
+
+
+def test_a_traced_run_records_the_schedule_clipping_and_ema_of_every_step() -> None:
+    """Trainer.trace on known settings: a cosine schedule after a 2-step warmup over 6 planned steps gives the
+    learning rates by formula; a clip of 0.01 holds every clipped norm to it; EMA and parameter checksums are
+    there, no loss scale without fp16; a run without trace pays for none of it."""
+    import math
+
+    from harness.registry import resolve
+    from harness.trainer import Trainer
+
+    cfg = resolve("tests.toy:WORKLOAD", {"scheduler": "cosine", "lr_warmup_steps": 2, "clip_grad_norm": 0.01,
+                                         "ema": 0.5, "lr": 0.1, "bench_warmup_steps": 1, "bench_steps": 5,
+                                         "threads": 1})
+    tr = Trainer(cfg)
+    assert tr.trace is None
+    tr.run_steps(6, trace=True)
+    factors = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert [t["lr"] for t in tr.trace] == pytest.approx([0.1 * f for f in factors])
+    assert all(t["grad_norm"] > 0.01 and t["grad_norm_clipped"] == pytest.approx(0.01, rel=1e-4) for t in tr.trace)
+    assert all({"param_sum", "ema_sum"} <= set(t) and "loss_scale" not in t for t in tr.trace)
+    assert len({t["param_sum"] for t in tr.trace}) == 6  # the weights move every step
+
+
+def test_reference_differences_name_the_counter_and_the_variant_that_moved() -> None:
+    per_step = {"lr": [0.1, 0.2, 0.3], "grad_norm": [1.0, 0.9, 0.8]}
+    stored = {"dtype": "float32", "steps": 3, "losses": [2.0, 1.9, 1.8], "quality": {}, "per_step": per_step,
+              "flops_per_step": 100, "forward_calls_per_step": 1.0, "param_count": 10,
+              "variants": {"cosine_warmup": {"knobs": {"scheduler": "cosine"}, "losses": [2.0, 1.9, 1.8],
+                                             "per_step": per_step}}}
+    assert reference.differences(stored, stored) == []
+    moved = json.loads(json.dumps(stored))
+    moved["variants"]["cosine_warmup"]["per_step"]["lr"][2] = 0.25  # the loss has not moved (yet)
+    moved["per_step"]["grad_norm"] = [1.0, 0.9, 0.8, 0.7][:3]
+    assert reference.differences(stored, moved) == [
+        "variant cosine_warmup (scheduler=cosine): lr at step 3: 0.3 -> 0.25"]
+    del moved["variants"]["cosine_warmup"]
+    moved["per_step"]["ema_sum"] = [1.0, 1.0, 1.0]
+    assert reference.differences(stored, moved) == [
+        "ema_sum at step 1: None -> 1", "variant cosine_warmup (scheduler=cosine): no longer measured"]
+
+
+def test_references_pin_the_training_paths_and_every_experiments_training_knobs() -> None:
+    """`variant_knobs`: the harness's training paths, plus each bundled variant's generic training knobs (warmup cut
+    to end inside the reference), one name per distinct knob set; a variant of exact knobs only is not one."""
+    knobs = reference.variant_knobs("gpcm")
+    assert set(reference.TRAINING_PATHS) <= set(knobs)
+    assert knobs["gpcm.adamw_cosine"] == {"optimizer": "adamw", "scheduler": "cosine"}
+    assert not any(name.endswith((".parallel", ".scan", ".workers")) for name in knobs)
+    sudoku = reference.variant_knobs("sudoku")
+    assert "sudoku.onecycle" not in sudoku  # onecycle with its warmup cut to 3: the training path already
+    assert sudoku["sudoku.production"]["lr_warmup_steps"] == 3
+    stored = json.loads((reference.reference_dir() / "gpcm.json").read_text())
+    assert set(stored["variants"]) == set(knobs)  # the stored references cover them all
+
+
+def test_live_tensor_bytes_count_a_known_allocation_once_and_a_leak_is_a_slope() -> None:
+    """One MiB kept is counted once (its views add nothing) and is gone when dropped; a tensor kept every step of a
+    traced run grows the series by its size per step, which the reference names as a leak."""
+    from harness.probes.counters import live_tensor_bytes
+
+    before = live_tensor_bytes()
+    kept = torch.zeros(1024 * 1024, dtype=torch.uint8)
+    views = [kept[:10], kept.view(1024, 1024)]
+    assert live_tensor_bytes() - before == 1024 * 1024
+    del kept, views
+    assert live_tensor_bytes() == before
+    flat = [5e5, 6e5, 6e5 + 128, 6e5, 6e5 + 128, 6e5]  # optimizer state at step 2, batch lengths after
+    assert abs(reference.growth_per_step(flat)) < 100
+    leak = [x + 65536 * i for i, x in enumerate(flat)]
+    assert reference.growth_per_step(leak) == pytest.approx(65536, rel=0.01)
+    stored = {"losses": [1.0] * 6, "per_step": {"live_bytes": flat}}
+    lines = reference._trajectory(stored, {"losses": [1.0] * 6, "per_step": {"live_bytes": leak}}, 2e-5)
+    assert lines[0].startswith("live tensor memory grows +64.0 KiB per step over 6 steps (stored: ")
+    assert reference._trajectory(stored, stored, 2e-5) == []

@@ -60,14 +60,19 @@ def test_a_guess_that_was_off_does_not_scale_the_known_rest(tmp_path: Path) -> N
 
 
 def test_a_reused_quality_job_does_not_set_the_estimate_of_the_others(tmp_path: Path) -> None:
-    """On a new machine: after the baseline's quality run (60 s) and a variant that reused it (0 s), an unknown
-    quality run is estimated from the run that trained, not from the median with the reuse."""
+    """A never-run quality experiment: after its baseline's quality run (60 s) and a variant that reused it (0 s),
+    its unknown quality run is estimated from the run that trained, not from other experiments' quality runs (tiny
+    ones) nor from the median with the reuse."""
+    cache = tmp_path / "seconds.json"
+    cache.write_text(json.dumps({"old/a/quality/tiny": 1.0, "old/b/quality/tiny": 2.0, "old/c/quality/tiny": 1.5}))
     jobs = [_job("base", "quality"), _job("same", "quality"), _job("other", "quality")]
-    eta = Eta(jobs, tmp_path / "none.json")
+    eta = Eta(jobs, cache)
+    assert eta.remaining_s() == pytest.approx(3 * 1.5)  # nothing of e known: other experiments' quality runs
     eta.done(jobs[0], 60.0)
     eta.done(jobs[1], 0.0, typical=False)
+    # e's own quality run that trained sets the rest, not the other experiments' nor the reuse
     assert eta.remaining_s() == pytest.approx(60.0)
-    assert json.loads((tmp_path / "none.json").read_text())["e/same/quality/tiny"] == 0.0  # the next sweep: 0 s
+    assert json.loads(cache.read_text())["e/same/quality/tiny"] == 0.0  # the next sweep: 0 s
 
 
 def test_eta_guesses_and_says_so_on_a_new_machine(tmp_path: Path) -> None:

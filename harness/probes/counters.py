@@ -261,3 +261,30 @@ def cuda_peaks_gib(device: torch.device) -> tuple[float | None, float | None]:
     if device.type != "cuda":
         return None, None
     return (torch.cuda.max_memory_allocated(device) / GIB, torch.cuda.max_memory_reserved(device) / GIB)
+
+
+def live_tensor_bytes() -> int:
+    """Bytes of every tensor storage a Python object still reaches, each storage once, after a full garbage
+    collection: parameters, optimizer state, whatever the step keeps. A deterministic count (not the allocator's,
+    which a CPU does not expose and which caching blurs): a tensor kept per step is a slope over steps, to the byte.
+    Walks every tracked object (~0.15 s in a process with torch loaded): for traced reference runs, never timed ones."""
+    import gc
+    import warnings
+
+    gc.collect()
+    seen: set[int] = set()
+    total = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # isinstance on some torch module proxies warns of deprecation
+        for obj in gc.get_objects():
+            if not isinstance(obj, torch.Tensor) or obj.is_meta:
+                continue
+            try:
+                storage = obj.untyped_storage()
+                ptr = storage.data_ptr()
+            except (RuntimeError, NotImplementedError):  # a fake or functional tensor: no storage of its own
+                continue
+            if ptr and ptr not in seen:
+                seen.add(ptr)
+                total += storage.nbytes()
+    return total
