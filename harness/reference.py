@@ -187,7 +187,7 @@ def differences(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
 
 
 def growth_per_step(values: Sequence[float]) -> float:
-    """Least-squares slope of a per-step series, leaving out the first two steps (optimizer state appears there)."""
+    """Least-squares slope of a per-step series, leaving out the first two steps (one-time state appears there)."""
     import numpy as np
 
     ys = np.asarray(values[2:], dtype=float)

@@ -214,7 +214,7 @@ class Trainer:
         weights: deterministic counters that a schedule, clipping, EMA or step-order change moves even where the
         loss moves less than its tolerance. Off (None) in measured runs: each costs a sync."""
         self.trace_memory = False
-        """With the trace: each step's live tensor bytes after it, less those before the first step
+        """With the trace: each step's live tensor bytes after it, less those after the first step
         (`probes.counters.live_tensor_bytes`; ~0.15 s a count)."""
         self._live_at_start = 0
 
@@ -247,9 +247,13 @@ class Trainer:
             if self.ema is not None:
                 self.trace[-1]["ema_sum"] = _param_sum(self.ema.module)  # type: ignore[index]
             if self.trace_memory:
-                # from the count before the first step: what the process held before (other runs' leftovers,
-                # caches) is not this run's, so the figure is the same in any process
-                self.trace[-1]["live_bytes"] = float(live_tensor_bytes() - self._live_at_start)  # type: ignore
+                # from the count after the first step: what the process held before (other runs' leftovers) and
+                # what a first step creates once per process (optimizer state, caches another run may have made
+                # already) are not growth, so the figure is the same in any process
+                live = live_tensor_bytes()
+                if len(self.trace) == 1:  # type: ignore[arg-type]
+                    self._live_at_start = live
+                self.trace[-1]["live_bytes"] = float(live - self._live_at_start)  # type: ignore[index]
 
     def train_step(self, stream: Iterator[tuple[int, Any]], clock: PhaseClock,
                    keep_host: list[Any] | None = None) -> tuple[torch.Tensor, list[BatchCounts]]:
@@ -276,7 +280,6 @@ class Trainer:
 
         if trace:
             self.trace, self.trace_memory = [], memory
-            self._live_at_start = live_tensor_bytes() if memory else 0
         clock = PhaseClock(self.device, enabled=False)
         stream = batches_forever(self.loader)
         return [float(self.train_step(stream, clock)[0]) for _ in range(steps)]
