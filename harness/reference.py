@@ -101,6 +101,11 @@ def variant_knobs(workload: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def per_step(trace: Sequence[Mapping[str, float]]) -> dict[str, list[float | None]]:
+    """A traced run's counters (`Trainer.trace`) as one series per counter of `TRACE` that it recorded."""
+    return {k: [t.get(k) for t in trace] for k in TRACE if any(k in t for t in trace)}
+
+
 def _traced(workload: str, knobs: Mapping[str, Any], steps: int) -> dict[str, Any]:
     """Losses and per-step counters of `steps` steps at the reference config with `knobs`; {"skipped": why} when
     the tiny preset cannot run them (a batch larger than its data)."""
@@ -112,9 +117,7 @@ def _traced(workload: str, knobs: Mapping[str, Any], steps: int) -> dict[str, An
     except ValueError as exc:
         return {"knobs": dict(knobs), "skipped": str(exc).splitlines()[0]}
     losses = tr.run_steps(steps, trace=True)
-    trace = tr.trace or []
-    return {"knobs": dict(knobs), "losses": losses,
-            "per_step": {k: [t.get(k) for t in trace] for k in TRACE if any(k in t for t in trace)}}
+    return {"knobs": dict(knobs), "losses": losses, "per_step": per_step(tr.trace or [])}
 
 
 def reference_dir() -> Path:
@@ -133,7 +136,6 @@ def measure(workload: str, steps: int = STEPS) -> dict[str, Any]:
     cfg = resolve(workload, KNOBS)
     tr = Trainer(cfg)
     losses = tr.run_steps(steps, trace=True, memory=True)  # the baseline's memory: a leak is a slope over its steps
-    trace = tr.trace or []
     quality = tr.evaluate()
     counters = step_counters(cfg)
     wl = cfg.get_workload()
@@ -143,7 +145,7 @@ def measure(workload: str, steps: int = STEPS) -> dict[str, Any]:
     return {
         "workload": workload, "knobs": dict(KNOBS), "steps": steps, "dtype": dtype,
         "losses": losses, "quality": {k: float(v) for k, v in sorted(quality.items())},
-        "per_step": {k: [t.get(k) for t in trace] for k in TRACE if any(k in t for t in trace)},
+        "per_step": per_step(tr.trace or []),
         **{k: getattr(counters, k) for k in COUNTERS},
         "analytic_flops_per_step": float(per_token * tokens) if per_token and tokens else None,
         "measured_with": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),

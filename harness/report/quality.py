@@ -54,7 +54,7 @@ def quality_section(s: pd.DataFrame) -> list[str]:
     default = (f" The target, {primary} {fmt(target)}, is 95% of the baseline's final value (no `quality_target` "
                "set)." if s.attrs.get("target_is_default") else "")
     seeds = max((len(runs) for runs in s.get("quality_runs", pd.Series(dtype=object)) if runs), default=0)
-    reused = [f"`{v}`" for v in has.index if str(has.at[v, "reused_from"] if "reused_from" in has else "")]
+    reused = [f"`{v}`" for v in has.index if has.at[v, "reused_from"]]
     same = ([f"{', '.join(reused)}: not re-trained. Each changes only exact knobs and passed its equivalence check "
              "(the baseline's function, outputs and gradients), so its quality records are the baseline's of the "
              "same seeds, marked as such in the records; its time is its speed runs' (no train s or time to target "

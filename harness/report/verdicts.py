@@ -58,7 +58,7 @@ def _quality(s: pd.DataFrame, v: str, metric: str | None) -> tuple[decision.Deci
     d = decision.quality_decision(delta, float(base[metric]), margin=own,
                                   higher_is_better=bool(s.attrs.get("higher_is_better", True)))
     seeds = f"{delta.n} seed{'s' if delta.n != 1 else ''}"
-    if str(r.get("reused_from") or ""):
+    if r["reused_from"]:
         return d, f"{metric} {fmt(base[metric], 4)}: the baseline's runs (same function, not re-trained; {seeds})"
     return d, f"{metric} {fmt(base[metric], 4)} → {fmt(r[metric], 4)}: {d.label} {d.evidence()} ({seeds})"
 
@@ -122,7 +122,7 @@ def quality_headline(s: pd.DataFrame, floor: float | None) -> str:
         return f"`{base}`: no quality run to compare against"
     parts = []
     for x in decision_rows(s, floor):
-        if str(s.at[x.variant, "reused_from"] if "reused_from" in s.columns else ""):
+        if s.at[x.variant, "reused_from"]:
             parts.append(f"`{x.variant}` the same function (equivalence passed)")
         elif x.quality is None:
             parts.append(f"`{x.variant}` unmeasured")
